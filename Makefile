@@ -1,0 +1,32 @@
+# One command to test on a fresh machine: `make test` creates the virtual environment when
+# it is missing, installs the project with its test extras, and runs the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: install test phantom-sheet bench-phantom clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when the project's dependencies change.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade --quiet "pip>=24"
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docs/phantom.png: four identities x (no finding + six findings), the layout of Fig. 7.
+phantom-sheet: $(STAMP)
+	$(VENV)/bin/whatif phantom sheet --out docs/phantom.png
+
+bench-phantom: $(STAMP)
+	$(PY) benchmarks/phantom.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from .identity import STREAM_IDENTITY, Identity, LungGeometry, seed_rng
-from .lung_masks import CANONICAL, LungMaskBank, load_lung_masks
-from .shapes import bezier, bump, ellipse_half_width, ellipse_sdf, inside, line_band, smoothstep
+from .lung_masks import LungMaskBank, load_lung_masks
+from .shapes import bezier, bump, ellipse_half_width, inside, line_band, smoothstep, soft_ellipse
 
 LAYERS = ("body", "lungs", "markings", "heart", "medi", "ribs", "bone", "opac", "extra")
 
@@ -74,8 +75,7 @@ def body_grid(ident: Identity, size: int) -> tuple[np.ndarray, np.ndarray, float
 
 def heart_layer(u, v, cu, cv, a, b, tilt, px) -> np.ndarray:
     # Flatten the heart's lower border where it sits on the diaphragm: an ellipse cut below.
-    sdf = ellipse_sdf(u, v, cu, cv, a, b, tilt)
-    return inside(sdf, 3 * px).astype(np.float32)
+    return soft_ellipse(u, v, cu, cv, a, b, tilt, 3 * px)
 
 
 def heart_axes(ident: Identity, ctr: float) -> tuple[float, float]:
@@ -145,7 +145,7 @@ def build_scene(ident: Identity, size: int, bank: LungMaskBank | None = None) ->
             gl = geometry["right" if sgn < 0 else "left"]
             cu = sgn * 0.55 * ident.lung_half_width
             cv = gl.bottom - 0.12
-            breast = inside(ellipse_sdf(u, v, cu, cv, 0.34, 0.24), 0.03) * smoothstep((v - cv + 0.02) / 0.12)
+            breast = soft_ellipse(u, v, cu, cv, 0.34, 0.24, 0.0, 0.03) * smoothstep((v - cv + 0.02) / 0.12)
             body = body + 0.16 * breast
     body = (body * ident.soft_tissue).astype(f32)
 
@@ -154,7 +154,7 @@ def build_scene(ident: Identity, size: int, bank: LungMaskBank | None = None) ->
     heart_shape = (ident.heart_center[0], ident.heart_center[1], a, b, ident.heart_tilt)
     heart = heart_layer(u, v, *heart_shape, px)
     ku, kv, kr = ident.aortic_knob
-    medi = 0.3 * inside(ellipse_sdf(u, v, ku, kv, kr, kr * 1.2), 2 * px)
+    medi = 0.3 * soft_ellipse(u, v, ku, kv, kr, kr * 1.2, 0.0, 2 * px)
     mw = ident.mediastinum_half_width
     medi += 0.3 * inside(np.abs(u - 0.01) - mw, 0.03) * smoothstep((ident.heart_center[1] + 0.1 - v) / 0.1)
     trachea = line_band(u, v, [(0.0, -1.2), (0.0, ident.carina_v)], 0.026, 3 * px)
@@ -165,7 +165,7 @@ def build_scene(ident: Identity, size: int, bank: LungMaskBank | None = None) ->
     medi -= 0.2 * trachea
     if ident.stomach_bubble:
         gl = geometry["left"]
-        bub = inside(ellipse_sdf(u, v, gl.medial + 0.18, gl.bottom + 0.07, 0.09, 0.05), 3 * px)
+        bub = soft_ellipse(u, v, gl.medial + 0.18, gl.bottom + 0.07, 0.09, 0.05, 0.0, 3 * px)
         bub *= 1.0 - lungs[1]
         medi -= 0.35 * bub
     medi = medi.astype(f32)
@@ -187,7 +187,7 @@ def build_scene(ident: Identity, size: int, bank: LungMaskBank | None = None) ->
     markings = np.zeros((size, size), f32)
     # Low-frequency texture breaks the regularity of the radial pattern.
     coarse = seed_rng(ident.seed, STREAM_IDENTITY, 7).standard_normal((24, 24)).astype(f32)
-    texture = ndimage.map_coordinates(coarse, [(cy / CANONICAL) * 23, (cx / CANONICAL) * 23], order=1, mode="nearest")
+    texture = np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BILINEAR))
     texture = 0.3 + 0.7 * smoothstep(0.5 + 0.6 * texture)
     f1, f2 = ident.marking_freq
     ph = ident.marking_phase
@@ -197,8 +197,12 @@ def build_scene(ident: Identity, size: int, bank: LungMaskBank | None = None) ->
         du, dv = u[sel] - hu, v[sel] - hv
         r = np.sqrt(du * du + dv * dv)
         phi = np.arctan2(dv, du)
-        m1 = (0.5 + 0.5 * np.cos(f1 * phi + 2.5 * np.sin(7 * r + ph))) ** 10
-        m2 = (0.5 + 0.5 * np.cos(f2 * phi + 3.0 * np.sin(11 * r + 1.7 * ph))) ** 12
+        c1 = 0.5 + 0.5 * np.cos(f1 * phi + 2.5 * np.sin(7 * r + ph))
+        c2 = 0.5 + 0.5 * np.cos(f2 * phi + 3.0 * np.sin(11 * r + 1.7 * ph))
+        c1 *= c1  # sharpen the stripes into thin vessels: c**10 and c**12 by squaring
+        c1 = c1 * (c1 * c1) ** 2
+        c2 = (c2 * c2 * c2) ** 4
+        m1, m2 = c1, c2
         m = (m1 + 0.7 * m2) * np.exp(-r / 0.3) * texture[sel] + 0.7 * bump(r * r / 0.09**2)
         markings[sel] = m.astype(f32)
 

@@ -17,7 +17,7 @@ from scipy import ndimage
 from .anatomy import Scene, heart_axes, heart_layer, rib_density
 from .findings import Finding
 from .lung_masks import CANONICAL, load_lung_masks
-from .shapes import bezier, bump, ellipse_sdf, inside, line_band, smoothstep
+from .shapes import bezier, bump, inside, line_band, smoothstep, soft_ellipse
 
 SEVERITY_SCALE = {"mild": 0.0, "moderate": 0.5, "severe": 1.0}
 # Cardiothoracic ratio of an enlarged heart by severity (normal is below 0.5).
@@ -293,14 +293,25 @@ def pleural_other(scene: Scene, f: Finding, rng: np.random.Generator) -> None:
         _fill(scene, 0.9 * band * lateral_half)
 
 
+DEVICE_RATES = {"ett": 0.45, "ngt": 0.4, "line": 0.6, "pacer": 0.2}
+
+
+def device_kinds(rng: np.random.Generator) -> list[str]:
+    """Which devices a "Support Devices" finding shows; the first draws of its generator.
+
+    The report calls this with a fresh generator of the same seed, so it names exactly the
+    devices that were drawn.
+    """
+    kinds = [d for d, p in DEVICE_RATES.items() if rng.random() < p]
+    return kinds or ["line"]
+
+
 def support_devices(scene: Scene, f: Finding, rng: np.random.Generator) -> None:
     """Tubes and lines: endotracheal tube, nasogastric tube, central line or PICC, pacemaker."""
     ident = scene.identity
     sgn = -1.0 if f.side == "right" else 1.0
-    gr, gl = scene.geometry["right"], scene.geometry["left"]
-    devices = [d for d in ("ett", "ngt", "line", "pacer") if rng.random() < {"ett": 0.45, "ngt": 0.4, "line": 0.6, "pacer": 0.2}[d]]
-    if not devices:
-        devices = ["line"]
+    gl = scene.geometry["left"]
+    devices = device_kinds(rng)
     u, v, px = scene.u, scene.v, scene.px
     opaque = np.zeros_like(u)
     if "ett" in devices:
@@ -312,15 +323,13 @@ def support_devices(scene: Scene, f: Finding, rng: np.random.Generator) -> None:
         pts = np.concatenate([bezier((0.02, -1.2), (0.03, 0.0), (0.03, gl.bottom)), bezier((0.03, gl.bottom), (0.2, gl.bottom + 0.05), (0.3, gl.bottom + 0.12))])
         opaque = np.maximum(opaque, 0.6 * line_band(u, v, pts, 0.007, 2 * px))
     if "line" in devices:
-        g = gr if sgn < 0 else gl
         entry = (sgn * (ident.lung_half_width + 0.25), ident.lung_top + rng.uniform(0.0, 0.08))
         svc = (-0.05, ident.carina_v + rng.uniform(0.05, 0.15))
         pts = bezier(entry, (sgn * 0.1, ident.lung_top - 0.02), svc, n=24)
         opaque = np.maximum(opaque, 0.55 * line_band(u, v, pts, 0.005, 2 * px))
-        del g
     if "pacer" in devices:
         cu, cv = sgn * (ident.lung_half_width * 0.7), ident.lung_top + 0.1
-        can = inside(ellipse_sdf(u, v, cu, cv, 0.07, 0.05), 2 * px)
+        can = soft_ellipse(u, v, cu, cv, 0.07, 0.05, 0.0, 2 * px)
         hcu, hcv, a, b, _ = scene.heart_shape
         lead = bezier((cu, cv), (0.0, ident.carina_v), (hcu + 0.4 * a, hcv + 0.5 * b), n=24)
         opaque = np.maximum(opaque, np.maximum(1.4 * can, 0.7 * line_band(u, v, lead, 0.005, 2 * px)))

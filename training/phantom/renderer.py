@@ -55,7 +55,8 @@ class PhantomImage:
         info.add_text("whatif:identity_seed", str(self.identity_seed))
         info.add_text("whatif:render_seed", str(self.render_seed))
         buf = io.BytesIO()
-        Image.fromarray(self.image, mode="L").save(buf, format="PNG", pnginfo=info)
+        # compress_level 3: files ~10% larger than the default 6, encoding about twice as fast.
+        Image.fromarray(self.image, mode="L").save(buf, format="PNG", pnginfo=info, compress_level=3)
         return buf.getvalue()
 
 

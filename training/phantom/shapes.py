@@ -74,3 +74,13 @@ def bezier(p0, p1, p2, n: int = 16) -> np.ndarray:
     t = np.linspace(0.0, 1.0, n)[:, None]
     p0, p1, p2 = (np.asarray(p, dtype=np.float64) for p in (p0, p1, p2))
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+
+
+def soft_ellipse(u, v, cu, cv, a, b, tilt, edge) -> np.ndarray:
+    """Soft indicator of a tilted ellipse, computed only in its bounding box (for speed)."""
+    out = np.zeros(u.shape, dtype=np.float32)
+    r = max(a, b) + edge
+    sel = (np.abs(u - cu) <= r) & (np.abs(v - cv) <= r)
+    if sel.any():
+        out[sel] = inside(ellipse_sdf(u[sel], v[sel], cu, cv, a, b, tilt), edge)
+    return out

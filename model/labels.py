@@ -8,6 +8,8 @@ subset of them (see `training.phantom.findings`), the refiner extracts them from
 
 from __future__ import annotations
 
+import difflib
+
 # CheXpert column order (chexpert_train.csv, MIMIC-CXR-JPG chexpert.csv).
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding",
@@ -59,8 +61,10 @@ def canonical_label(name: str) -> str:
     try:
         return _LABEL_BY_KEY[key]
     except KeyError:
+        close = difflib.get_close_matches(key, list(_LABEL_BY_KEY), n=1, cutoff=0.75)
+        hint = f" (did you mean {_LABEL_BY_KEY[close[0]]!r}?)" if close else ""
         raise ValueError(
-            f"unknown finding label {name!r}; known labels: {', '.join(CHEXPERT_LABELS)}"
+            f"unknown finding label {name!r}{hint}; known labels: {', '.join(CHEXPERT_LABELS)}"
         ) from None
 
 

@@ -1,0 +1,3 @@
+from whatif.cli import main
+
+raise SystemExit(main())

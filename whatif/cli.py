@@ -1,0 +1,46 @@
+"""`whatif` entry point: parses the command line and dispatches to a command group.
+
+Errors a user can fix (bad arguments, an unknown finding, an unwritable path) are printed as
+one line, `whatif: error: ...`, with exit status 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from whatif import phantom_cmd
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: shown as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the full usage is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="whatif",
+        description="Counterfactual chest X-rays. The embedded model and the phantom are synthetic: "
+        "for demonstration and testing, not for clinical use.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    phantom_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ValueError, OSError) as exc:
+        parser.exit(2, f"whatif: error: {exc}\n")
+    except KeyboardInterrupt:
+        print("whatif: interrupted", file=sys.stderr)
+        return 130

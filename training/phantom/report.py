@@ -102,7 +102,7 @@ def _present(f: Finding, pick, render_seed: int) -> tuple[str, str]:
     if label == "Pneumonia":
         s = pick(
             [
-                f"Patchy airspace opacities in {where}, consistent with {_ADJ[sev]} pneumonia.",
+                f"Findings in {where} consistent with {_ADJ[sev]} pneumonia.",
                 f"There is {_ADJ[sev]} pneumonia in {where}.",
             ]
         )
@@ -111,7 +111,7 @@ def _present(f: Finding, pick, render_seed: int) -> tuple[str, str]:
         kind = {"mild": "mild subsegmental", "moderate": "moderate", "severe": "severe"}[sev]
         s = pick(
             [
-                f"Linear opacities in {where} consistent with {kind} atelectasis.",
+                f"Plate-like {kind} atelectasis in {where}.",
                 f"There is {kind} atelectasis in {where}.",
             ]
         )

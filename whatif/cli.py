@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from whatif import phantom_cmd
+from whatif import phantom_cmd, refine_cmd
 
 
 class UsageError(Exception):
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     phantom_cmd.add_parser(sub)
+    refine_cmd.add_parser(sub)
     return parser
 
 

@@ -117,7 +117,7 @@ ZONE_WORDS = [
 SEVERITY_WORDS = [
     (re.compile(r"\b(?:nondisplaced|non-displaced|undisplaced)\b"), "mild"),
     (re.compile(r"\b(?:massive|large|larger|sizable|big|tension)\b"), "large"),
-    (re.compile(r"\b(?:severe|severely|marked|markedly|extensive|significant|significantly|dense|(?<!non-)(?<!non)displaced)\b"), "severe"),
+    (re.compile(r"\b(?:severe|severely|marked|markedly|extensive|significant|significantly|dense|(?<!non-)(?<!non)(?<!mildly )(?<!minimally )(?<!moderately )displaced)\b"), "severe"),
     (re.compile(r"\b(?:moderate|moderately|moderate-sized|moderate-size)\b"), "moderate"),
     (re.compile(r"\b(?:small|smaller|tiny|trace)\b"), "small"),
     (re.compile(r"\b(?:mild|mildly|minimal|minimally|slight|slightly|borderline|subtle|faint|minor|top[- ]normal|upper limits? of normal)\b"), "mild"),

@@ -119,18 +119,18 @@ def _present(f: Finding, pick, render_seed: int) -> tuple[str, str]:
     if label == "Edema":
         s = pick(
             [
-                f"{_ADJ[sev].capitalize()} pulmonary edema with perihilar haziness.",
-                f"Bilateral perihilar haziness and Kerley B lines consistent with {_ADJ[sev]} interstitial edema.",
+                f"{_ADJ[sev].capitalize()} pulmonary edema with Kerley B lines.",
+                f"Bilateral interstitial thickening and Kerley B lines consistent with {_ADJ[sev]} interstitial edema.",
                 f"There is {_ADJ[sev]} bilateral pulmonary edema.",
             ]
         )
         return s, f"{_ADJ[sev].capitalize()} pulmonary edema."
     if label == "Lung Lesion":
-        noun = {"mild": "small nodule", "moderate": "nodule", "severe": "large mass"}[sev]
+        noun = {"mild": "small nodule", "moderate": "moderate-sized nodule", "severe": "large mass"}[sev]
         s = pick([f"There is a {noun} in {where}.", f"A {noun} projects over {where}."])
         return s, f"{noun.capitalize()} in {where}."
     if label == "Fracture":
-        kind = {"mild": "nondisplaced", "moderate": "mildly displaced", "severe": "displaced"}[sev]
+        kind = {"mild": "nondisplaced", "moderate": "moderately displaced", "severe": "displaced"}[sev]
         s = pick(
             [
                 f"There is a {kind} fracture of a {side} rib in the {f.zone} zone.",
@@ -190,7 +190,7 @@ _HEDGES = {
     "Consolidation": ["Possible consolidation at the lung bases.", "Cannot exclude consolidation."],
     "Pleural Effusion": ["Possible trace pleural effusion.", "Cannot exclude a small pleural effusion."],
     "Edema": ["Possible mild edema.", "Cannot exclude mild pulmonary edema."],
-    "Cardiomegaly": ["The heart is borderline in size.", "Possible mild cardiomegaly."],
+    "Cardiomegaly": ["Cannot exclude mild cardiomegaly.", "Possible mild cardiomegaly."],
     "Enlarged Cardiomediastinum": ["The mediastinum may be slightly widened.", "Possible mediastinal widening."],
     "Lung Opacity": ["Questionable opacity at the lung bases.", "Possible subtle opacity."],
     "Lung Lesion": ["Possible small nodule, which may represent a nipple shadow.", "Cannot exclude a pulmonary nodule."],

@@ -1,0 +1,28 @@
+"""The refiner reads the phantom's reports back into the phantom's structured truth.
+
+Training conditions the diffusion model on refined phantom reports, so this is the path the
+default model learns from: labels exact, and side and severity where the phantom has them.
+"""
+
+from model.refine import refine
+from model.refine.schema import SEVERITY_ORDINAL
+from training.phantom.cases import sample_case
+
+PHANTOM_ORDINAL = {"mild": 1, "moderate": 2, "severe": 3}
+
+
+def test_refiner_recovers_phantom_truth():
+    for index in range(300):
+        case = sample_case(11, index)
+        result = refine(case.report().text)
+        present = {f.label: f for f in result.present() if f.label != "No Finding"}
+        assert set(present) == {f.label for f in case.findings}, case.report().text
+        for f in case.findings:
+            got = present[f.label]
+            # Edema is always bilateral in the phantom; its reports need not say so.
+            if f.side and f.label not in ("Support Devices", "Edema"):
+                assert got.side == f.side, (f, got, case.report().text)
+            if f.severity:
+                assert got.severity and SEVERITY_ORDINAL[got.severity] == PHANTOM_ORDINAL[f.severity], (f, got)
+        for label in case.uncertain:
+            assert label not in present

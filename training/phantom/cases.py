@@ -13,9 +13,8 @@ from model.labels import CHEXPERT_LABELS, NO_FINDING
 from .findings import Finding, labels_vector, sort_findings
 from .identity import STREAM_CASE, STREAM_FINDING, seed_rng
 from .prevalence import POSITIVE, UNCERTAIN, sample_label_row
-from .renderer import PhantomImage, render
+from .renderer import PhantomImage, cached_identity, render
 from .report import Report, write_report
-from .renderer import _identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Case:
         return render(self.identity_seed, self.findings, self.render_seed, size)
 
     def report(self) -> Report:
-        return write_report(_identity(self.identity_seed), list(self.findings), list(self.uncertain), self.labels, self.render_seed)
+        return write_report(cached_identity(self.identity_seed), list(self.findings), list(self.uncertain), self.labels, self.render_seed)
 
     def manifest_row(self, path: str) -> dict:
         return {

@@ -18,14 +18,14 @@ import functools
 import hashlib
 import importlib.util
 import io
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from .cache import cache_dir, save_npz_atomic
 
 CANONICAL = 128  # side of the canonical frame each lung pair is resampled to
 _WORK = 256  # masks are reduced to at most this side before components are found
@@ -69,10 +69,6 @@ def data_path(name: str) -> Path:
     return path
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("WHATIF_CACHE_DIR", Path.home() / ".cache" / "whatif-cxr"))
-
-
 @functools.lru_cache(maxsize=1)
 def load_lung_masks() -> LungMaskBank:
     """The lung-mask bank, from the cache when present, else built from the zip and cached."""
@@ -83,14 +79,7 @@ def load_lung_masks() -> LungMaskBank:
         with np.load(cpath, allow_pickle=False) as z:
             return LungMaskBank(z["masks"], z["aspect"], tuple(z["names"].tolist()), int(z["n_source"]))
     bank = _build(zpath)
-    cpath.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary file and rename: generation workers may race to build the cache.
-    fd, tmp = tempfile.mkstemp(dir=cpath.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez_compressed(
-            fh, masks=bank.masks, aspect=bank.aspect, names=np.array(bank.names), n_source=bank.n_source
-        )
-    os.replace(tmp, cpath)
+    save_npz_atomic(cpath, masks=bank.masks, aspect=bank.aspect, names=np.array(bank.names), n_source=bank.n_source)
     return bank
 
 

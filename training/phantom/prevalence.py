@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 
 import numpy as np
 
 from model.labels import CHEXPERT_LABELS
 
-from .lung_masks import cache_dir, data_path
+from .cache import cache_dir, save_npz_atomic
+from .lung_masks import data_path
 
 POSITIVE, NEGATIVE, UNCERTAIN, BLANK = 1, 0, -1, -2
 _CACHE_VERSION = 1
@@ -37,11 +36,7 @@ def chexpert_label_table() -> np.ndarray:
 
     frame = pd.read_csv(path, usecols=list(CHEXPERT_LABELS))
     table = frame[list(CHEXPERT_LABELS)].fillna(BLANK).to_numpy().astype(np.int8)
-    cpath.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cpath.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez_compressed(fh, labels=table)
-    os.replace(tmp, cpath)
+    save_npz_atomic(cpath, labels=table)
     return table
 
 

@@ -61,7 +61,7 @@ class PhantomImage:
 
 
 @functools.lru_cache(maxsize=64)
-def _identity(seed: int) -> Identity:
+def cached_identity(seed: int) -> Identity:
     return Identity.sample(seed, load_lung_masks())
 
 
@@ -96,7 +96,7 @@ def render(
         resolved.append(f)
     resolved = sort_findings(resolved)
 
-    ident = _identity(int(identity_seed))
+    ident = cached_identity(int(identity_seed))
     scene = build_scene(ident, size)
     by_label = {f.label: f for f in resolved}
     masks: dict[str, np.ndarray] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from whatif import phantom_cmd, refine_cmd
+from whatif import model_cmd, phantom_cmd, refine_cmd
 
 
 class UsageError(Exception):
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     phantom_cmd.add_parser(sub)
     refine_cmd.add_parser(sub)
+    model_cmd.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,88 @@
+"""Configs as typed dataclasses and `save_pretrained` / `from_pretrained` for every network.
+
+A component directory holds `config.json` (the constructor arguments, the class name and a
+schema version) and `model.safetensors` (the weights). Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+SCHEMA_VERSION = 1
+C = TypeVar("C", bound="StrictConfig")
+M = TypeVar("M", bound="PretrainedModule")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing, incomplete, from another schema or inconsistent."""
+
+
+@dataclasses.dataclass
+class StrictConfig:
+    """Base of component configs: an unknown key is an error, not silently ignored."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CheckpointError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                value = data[f.name]
+                kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+class PretrainedModule(nn.Module):
+    """An `nn.Module` built from one `config_class` instance, saved as config.json + safetensors."""
+
+    config_class: ClassVar[type[StrictConfig]]
+
+    def __init__(self, config: StrictConfig):
+        super().__init__()
+        self.config = config
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"class": type(self).__name__, "schema_version": SCHEMA_VERSION, "config": self.config.to_dict()}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"class": type(self).__name__})
+
+    @classmethod
+    def from_pretrained(cls: type[M], directory: str | Path, map_location: str | torch.device = "cpu") -> M:
+        directory = Path(directory)
+        cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+        for path in (cfg_path, weights):
+            if not path.is_file():
+                raise CheckpointError(f"{cls.__name__}: {path} is missing")
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{cfg_path} is not valid JSON ({exc.msg})") from None
+        if meta.get("class") != cls.__name__:
+            raise CheckpointError(f"{cfg_path} holds a {meta.get('class')!r}, expected {cls.__name__}")
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise CheckpointError(f"{cfg_path}: schema version {meta.get('schema_version')}, this library reads {SCHEMA_VERSION}")
+        model = cls(cls.config_class.from_dict(meta["config"]))
+        state = load_file(str(weights), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights} does not match {cls.__name__}: missing {len(missing)} tensors "
+                f"({', '.join(missing[:3])}), unexpected {len(unexpected)} ({', '.join(unexpected[:3])})"
+            )
+        return model.eval()

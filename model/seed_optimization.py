@@ -1,0 +1,101 @@
+"""Seed optimisation: the paper's long-tail module (Algorithm 2), with the fast variants.
+
+L_P (Eq. 18) = || mu_z - E_CXR(I_G) ||^2, mu_z the centroid of the E_CXR features of m
+reference images of the target finding(s). The seed z_T of the pathology diffusion is updated
+by Adam to lower L_P; the UNet, T, the decoder and E_CXR stay frozen (section 3.2).
+
+How I_G is obtained from z_T while optimising (`method`):
+  "x0"       one guided UNet call at the first DDIM timestep and the scheduler's proper
+             x0-prediction (DESIGN.md sensible reading 4; InitNO's single-call loss).
+             Algorithm 2 line 7 writes z_0 <- z_T - e_hat, which is this estimate without the
+             alpha terms; the proper one is used.
+  "shortcut" `shortcut_steps` DDIM steps; only the first UNet call keeps its graph, the DDIM
+             arithmetic of the rest stays differentiable (SDO's gradient shortcut).
+  "full"     the gradient through every UNet call of `shortcut_steps` DDIM steps.
+Options that apply to all: `batch_seeds` seeds optimised as one batch, the best kept;
+`norm_weight` * (mean(z_T^2) - 1)^2 keeps the seed in N(0, I)'s typical set (ReNO);
+early stop when the best L_P has not improved by `min_delta` (relative) in `patience` steps
+(section 4.1: "stops if L_P does not significantly decrease in the last five epochs").
+The final image always comes from full DDIM sampling of the best seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+
+
+@dataclasses.dataclass
+class SeedOptConfig:
+    method: str = "x0"  # x0 | shortcut | full
+    max_iters: int = 20
+    lr: float = 0.1
+    batch_seeds: int = 1
+    norm_weight: float = 0.1
+    patience: int = 5
+    min_delta: float = 0.01  # relative improvement that counts
+    shortcut_steps: int = 4
+
+    def __post_init__(self):
+        if self.method not in ("x0", "shortcut", "full"):
+            raise ValueError(f"unknown seed optimisation method {self.method!r}; use x0, shortcut or full")
+        if self.max_iters < 1 or self.batch_seeds < 1:
+            raise ValueError("max_iters and batch_seeds must be at least 1")
+
+
+@dataclasses.dataclass
+class SeedOptResult:
+    seed: torch.Tensor  # (1, 1, h, w): the best seed, model space
+    history: list[float]  # best-so-far L_P of the kept seed after each iteration (first: before any update)
+    iterations: int
+    seconds: float
+
+
+def optimize_seed(
+    z_T: torch.Tensor,
+    render: Callable[[torch.Tensor, str, int], torch.Tensor],
+    centroid: torch.Tensor,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    config: SeedOptConfig,
+    callback: Callable[[int, int, float], None] | None = None,
+) -> SeedOptResult:
+    """Optimise seeds `z_T` (B, 1, h, w) so that `encode(render(z_T))` nears `centroid`.
+
+    `render(z, method, steps)` maps seeds to images differentiably by the chosen method.
+    """
+    t0 = time.perf_counter()
+    z = z_T.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=config.lr)
+    best_loss = torch.full((z.shape[0],), float("inf"))
+    best_seed = z.detach().clone()
+    history: list[float] = []
+    stale = 0
+    it = 0
+    for it in range(config.max_iters + 1):
+        images = render(z, config.method, config.shortcut_steps)
+        feats = encode(images)
+        lp = ((feats - centroid) ** 2).sum(dim=-1)  # Eq. 18, one value per seed
+        with torch.no_grad():
+            improved = lp.detach().cpu() < best_loss
+            best_loss = torch.where(improved, lp.detach().cpu(), best_loss)
+            best_seed[improved.to(best_seed.device)] = z.detach()[improved.to(z.device)]
+        current = float(best_loss.min())
+        if history and current > history[-1] * (1 - config.min_delta):
+            stale += 1
+        else:
+            stale = 0
+        history.append(current)
+        if callback:
+            callback(it, config.max_iters, current)
+        if it == config.max_iters or stale >= config.patience:
+            break
+        norm = ((z**2).mean(dim=(1, 2, 3)) - 1.0) ** 2
+        loss = (lp + config.norm_weight * norm).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    keep = int(torch.argmin(best_loss))
+    return SeedOptResult(best_seed[keep : keep + 1], history, it, time.perf_counter() - t0)

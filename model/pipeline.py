@@ -236,7 +236,7 @@ class CounterfactualPipeline:
             progress: called as progress(stage, step, total, current L_P or None).
             seed_opt: seed-optimisation settings (checkpoint defaults).
         """
-        steps = int(steps or self.config["sampling"]["steps"])
+        steps = int(self.config["sampling"]["steps"] if steps is None else steps)
         guidance = float(self.config["sampling"]["guidance"] if guidance is None else guidance)
         if not 1 <= steps <= 1000:
             raise ValueError(f"steps must be between 1 and 1000, got {steps}")

@@ -1,0 +1,114 @@
+"""Networks of the model library with the tiny preset: shapes, round trips, errors."""
+
+import json
+
+import pytest
+import torch
+
+from model.modeling import CheckpointError
+from model.pipeline import COMPONENTS
+from model.presets import available_presets, get_preset, preset_from_dict
+
+TINY = get_preset("tiny")
+
+
+def _inputs(name, gen):
+    c = TINY.components
+    if name in ("vae", "identity_encoder", "eval_classifier", "contrastive"):
+        return torch.rand((2, 1, TINY.resolution, TINY.resolution), generator=gen) * 2 - 1
+    if name == "transformer":
+        return torch.randn((2, 4, c["transformer"].latent_size, c["transformer"].latent_size), generator=gen)
+    if name == "findings_head":
+        return torch.randn((2, 1, 16, 16), generator=gen)
+    raise AssertionError(name)
+
+
+def _run(name, module, x):
+    if name == "contrastive":
+        return torch.cat([module.encode_image(x), module.encode_text(["mild cardiomegaly", "no finding"])], -1)
+    if name == "diffusion":
+        g = torch.Generator().manual_seed(3)
+        z = torch.randn((1, 1, 16, 16), generator=g)
+        cond = torch.randn((1, 24, 32), generator=g)
+        return module.sample(z, cond, torch.zeros_like(cond), steps=3, guidance=2.0)
+    if name == "vae":
+        return module(x)
+    return module(x)
+
+
+@pytest.mark.parametrize("name", list(COMPONENTS))
+def test_shapes_and_save_load_round_trip(name, tmp_path):
+    torch.manual_seed(0)
+    module = COMPONENTS[name](TINY.components[name]).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = None if name == "diffusion" else _inputs(name, gen)
+    with torch.no_grad():
+        y = _run(name, module, x)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    expected = {
+        "vae": (2, 1, 64, 64), "transformer": (2, 4, 16, 16), "findings_head": (2, 14), "diffusion": (1, 1, 16, 16),
+        "contrastive": (2, 64), "identity_encoder": (2, 16), "eval_classifier": (2, 14),
+    }[name]
+    assert tuple(y.shape) == expected
+    module.save_pretrained(tmp_path / name)
+    meta = json.loads((tmp_path / name / "config.json").read_text())
+    assert meta["schema_version"] == 1 and meta["class"] == type(module).__name__
+    again = type(module).from_pretrained(tmp_path / name)
+    with torch.no_grad():
+        assert torch.equal(_run(name, again, x), y)
+
+
+def test_vae_latent_is_quarter_resolution_and_splits():
+    vae = COMPONENTS["vae"](TINY.components["vae"])
+    z = vae.encode(torch.zeros(1, 1, 64, 64)).mean
+    assert z.shape == (1, 4, 16, 16)
+    z_id, z_path = vae.split(z)
+    assert z_id.shape[1] == 3 and z_path.shape[1] == 1 and torch.equal(vae.join(z_id, z_path), z)
+
+
+def test_untrained_transformer_is_identity():
+    t = COMPONENTS["transformer"](TINY.components["transformer"])
+    z = torch.randn(1, 4, 16, 16)
+    assert torch.equal(t(z), z)
+
+
+def test_explicit_ddim_loop_matches_diffusers_scheduler():
+    from diffusers import DDIMScheduler
+
+    torch.manual_seed(0)
+    d = COMPONENTS["diffusion"](TINY.components["diffusion"]).eval()
+    g = torch.Generator().manual_seed(0)
+    z_T, cond = torch.randn((1, 1, 16, 16), generator=g), torch.randn((1, 24, 32), generator=g)
+    uncond = torch.zeros_like(cond)
+    ours = d.sample(z_T, cond, uncond, steps=6, guidance=3.0)
+    sched = DDIMScheduler.from_config(d.train_scheduler.config, clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+    sched.set_timesteps(6)
+    z = z_T
+    with torch.no_grad():
+        for t in sched.timesteps:
+            z = sched.step(d.eps(z, int(t), cond, uncond, 3.0), t, z).prev_sample
+    assert torch.allclose(ours, z, atol=1e-5)
+
+
+def test_presets_registry_and_strict_keys():
+    assert {"tiny", "phantom-128", "paper-256"} <= set(available_presets())
+    with pytest.raises(CheckpointError, match="unknown preset 'huge'"):
+        get_preset("huge")
+    data = get_preset("tiny").to_dict()
+    data["vae"]["latent_chanels"] = 4
+    with pytest.raises(CheckpointError, match="unknown VAEConfig key"):
+        preset_from_dict("x", data)
+    data = get_preset("tiny").to_dict()
+    data["colour"] = True
+    with pytest.raises(CheckpointError, match="unknown key"):
+        preset_from_dict("x", data)
+    data = get_preset("tiny").to_dict()
+    data["resolution"] = 128
+    with pytest.raises(CheckpointError, match="latent"):
+        preset_from_dict("x", data)
+
+
+def test_paper_preset_matches_the_paper():
+    p = get_preset("paper-256")
+    assert p.resolution == 256 and p.components["vae"].latent_channels == 4
+    assert p.components["transformer"].depth == 4 and p.components["transformer"].latent_size == 64

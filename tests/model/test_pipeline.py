@@ -1,0 +1,189 @@
+"""CounterfactualPipeline on an untrained tiny checkpoint: determinism, seed optimisation, errors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model.modeling import CheckpointError
+from model.pipeline import CounterfactualPipeline
+from model.preprocess import ImageInputError, load_image_file, to_unit_grey
+from model.refine import NoFindingRecognised
+from model.seed_optimization import SeedOptConfig, optimize_seed
+from training.centroids import compute_centroids
+from training.phantom.renderer import render
+from whatif.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    pipe = CounterfactualPipeline.from_preset("tiny", seed=0)
+    pipe.centroids = compute_centroids(pipe, m=4)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    return CounterfactualPipeline.from_pretrained(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def xray():
+    return render(3, [], 0, 96).image
+
+
+FAST = SeedOptConfig(max_iters=4)
+
+
+def test_output_contract(pipe, xray):
+    stages = []
+    out = pipe(xray, "small left pleural effusion", seed=2, steps=4, seed_opt=FAST, progress=lambda *a: stages.append(a[0]))
+    assert out.image.shape == (64, 64) and out.image.dtype == np.float32
+    assert 0.0 <= out.image.min() and out.image.max() <= 1.0
+    assert np.allclose(out.difference, out.image - out.input_image)
+    assert out.condition == "small left pleural effusion" and out.seed == 2
+    assert set(out.timings) >= {"encode", "seed_optimization", "sampling", "decode"}
+    assert out.quality.target_probability.keys() == {"Pleural Effusion"}
+    assert -1.0 <= out.quality.identity_similarity <= 1.0 + 1e-6
+    assert {"encode", "seed_optimization", "sampling", "decode"} <= set(stages)
+    assert len(out.lp_history) >= 2
+
+
+def test_save_load_gives_identical_outputs_and_same_seed_same_image(pipe, checkpoint, tmp_path, xray):
+    a = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST)
+    b = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST)
+    assert np.array_equal(a.image, b.image)
+    pipe.save_pretrained(tmp_path / "again")
+    c = CounterfactualPipeline.from_pretrained(tmp_path / "again")(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST)
+    assert np.array_equal(a.image, c.image)
+    d = pipe(xray, "moderate cardiomegaly", seed=6, steps=3, seed_opt=FAST)
+    assert not np.array_equal(a.image, d.image)
+
+
+@pytest.mark.parametrize("method", ["x0", "shortcut", "full"])
+def test_gradient_reaches_the_seed(pipe, xray, method):
+    x = torch.from_numpy(to_unit_grey(xray)).float()
+    from model.preprocess import to_model_input
+
+    x = to_model_input(xray, 64)
+    z_id, _ = pipe.vae.split(pipe.vae.encode(x).mean.detach())
+    cond = pipe.contrastive.text_tokens(["mild edema"])
+    uncond = pipe.contrastive.text_tokens([""])
+    render_fn = pipe._render(z_id, cond, uncond, 3.0, pipe.diffusion.timesteps(4)[0])
+    z = torch.randn(1, 1, 16, 16, requires_grad=True)
+    loss = pipe.contrastive.encode_image(render_fn(z, method, 2)).sum()
+    loss.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["x0", "shortcut"])
+def test_seed_optimisation_lowers_lp(pipe, xray, method):
+    out = pipe(xray, "large right pneumothorax", seed=1, steps=4, seed_opt=SeedOptConfig(method=method, max_iters=8, patience=8))
+    assert out.lp_history[-1] < out.lp_history[0]
+    assert all(b <= a for a, b in zip(out.lp_history, out.lp_history[1:]))  # best-so-far never rises
+
+
+def test_early_stop_when_lp_stops_falling():
+    centroid = torch.zeros(1, 4)
+    res = optimize_seed(
+        torch.zeros(1, 1, 2, 2), lambda z, m, s: z, centroid, lambda img: torch.zeros(img.shape[0], 4) + 1.0,
+        SeedOptConfig(max_iters=50, patience=3),
+    )
+    assert res.iterations == 3 and len(res.history) == 4
+
+
+def test_batched_seeds_keep_the_best(pipe, xray):
+    out = pipe(xray, "mild cardiomegaly", seed=1, steps=3, seed_opt=SeedOptConfig(max_iters=3, batch_seeds=3))
+    assert out.image.shape == (64, 64)
+
+
+def test_structured_target_and_user_references(pipe, xray):
+    refs = [render(50 + i, [], 0, 64).image for i in range(3)]
+    out = pipe(xray, [{"label": "Edema", "severity": "moderate"}], seed=0, steps=3, references=refs, seed_opt=FAST)
+    assert out.condition == "moderate edema"
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((64, 64, 3), np.uint8), "colour"),
+        (np.full((64, 64), np.nan, np.float32), "NaN"),
+        (np.zeros((8, 8), np.uint8), "between 32 and 8192"),
+        (np.zeros((2, 64, 64), np.uint8), "2-D grey"),
+    ],
+)
+def test_bad_images_are_clear_errors(pipe, image, message):
+    with pytest.raises(ImageInputError, match=message):
+        pipe(image, "mild edema", optimize_seed=False, steps=2)
+
+
+def test_bad_target_and_arguments(pipe, xray):
+    with pytest.raises(NoFindingRecognised, match="understood findings"):
+        pipe(xray, "make it interesting", optimize_seed=False)
+    with pytest.raises(ValueError, match="steps"):
+        pipe(xray, "mild edema", steps=0)
+
+
+def test_wrong_or_incomplete_checkpoints(checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        CounterfactualPipeline.from_pretrained(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        CounterfactualPipeline.from_pretrained(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / "vae" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="vae.*model.safetensors is missing"):
+        CounterfactualPipeline.from_pretrained(broken)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(checkpoint, swapped)
+    shutil.rmtree(swapped / "vae")
+    shutil.copytree(checkpoint / "transformer", swapped / "vae")
+    with pytest.raises(CheckpointError, match="holds a 'CausalTransformer', expected DisentangledVAE"):
+        CounterfactualPipeline.from_pretrained(swapped)
+    cfg = json.loads((checkpoint / "vae" / "config.json").read_text())
+    cfg["config"]["colour"] = True
+    odd = tmp_path / "odd"
+    shutil.copytree(checkpoint, odd)
+    (odd / "vae" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown VAEConfig key"):
+        CounterfactualPipeline.from_pretrained(odd)
+
+
+def test_dicom_monochrome1_and_16_bit_png(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(next(iter(importlib.util.find_spec("data_store").submodule_search_locations))) / "data"
+    unc = load_image_file(root / "RG1_UNCR.dcm")
+    j2k = load_image_file(root / "RG1_J2KR.dcm")
+    assert unc.pixels.shape == (1955, 1841) and "inverted MONOCHROME1" in unc.notes
+    assert np.allclose(unc.pixels, j2k.pixels, atol=1e-6)  # lossless JPEG 2000 decodes to the same pixels
+    arr = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x16.png")
+    got = load_image_file(tmp_path / "x16.png")
+    assert got.pixels.max() == pytest.approx(1.0) and got.source_format == "png"
+
+
+def test_cli_generate_and_init(checkpoint, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.fromarray(render(9, [], 0, 128).image).save(src)
+    out, rep = tmp_path / "cf.png", tmp_path / "r.json"
+    args = ["generate", "--image", str(src), "--target", "moderate right pleural effusion", "--out", str(out)]
+    assert main(args + ["--checkpoint", str(checkpoint), "--report", str(rep), "--steps", "3"]) == 0
+    img = Image.open(out)
+    assert img.size == (64, 64) and "SYNTHETIC" in img.info["Comment"]
+    report = json.loads(rep.read_text())
+    assert report["condition"] == "moderate right pleural effusion" and report["lp_history"]
+    with pytest.raises(SystemExit):
+        main(args + ["--checkpoint", str(tmp_path / "missing")])
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["checkpoint", "init", "--preset", "tiny", "--out", str(tmp_path / "init")]) == 0
+    assert CounterfactualPipeline.from_pretrained(tmp_path / "init").centroids.keys() >= {"No Finding", "Fracture"}

@@ -2,7 +2,7 @@
 
 For each label, m reference images (default 10, section 4.1) of that finding alone are encoded
 by E_CXR and averaged. On phantom data the references are rendered on held-out identities
-(seeds from 10**9 up, which the training sets never use); with real data, pass images.
+(identity seeds above 2**31, which phantom training cases never use); with real data, pass images.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from model.labels import CHEXPERT_LABELS, NO_FINDING
 from model.pipeline import CounterfactualPipeline
 from model.preprocess import to_model_input
 
-REFERENCE_IDENTITY_BASE = 10**9
+# Phantom cases draw identity seeds below 2**31; references and evaluation use seeds above it,
+# so no training identity is ever a reference or an evaluation identity.
+REFERENCE_IDENTITY_BASE = 2**31 + 10**6
 
 
 def phantom_references(label: str, m: int, size: int, seed: int = 0):

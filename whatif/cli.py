@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from whatif import model_cmd, phantom_cmd, refine_cmd
+from whatif import model_cmd, phantom_cmd, refine_cmd, train_cmd
 
 
 class UsageError(Exception):
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     phantom_cmd.add_parser(sub)
     refine_cmd.add_parser(sub)
     model_cmd.add_parser(sub)
+    train_cmd.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,94 @@
+"""Phantom data for every training stage: from `whatif phantom generate` output or rendered on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.labels import CHEXPERT_LABELS
+from model.refine import refine
+from training.phantom.cases import sample_case
+from training.phantom.findings import Finding
+from training.phantom.renderer import render
+
+
+def _to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
+    if pixels.shape[0] != size:
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
+    return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)[None]
+
+
+class PhantomDataset(torch.utils.data.Dataset):
+    """Cases `0..n-1` of master seed `seed`, rendered at `size` on the fly (deterministic)."""
+
+    def __init__(self, n: int, size: int, seed: int = 0):
+        if n < 1:
+            raise ValueError("a phantom dataset needs at least one case")
+        self.n, self.size, self.seed = n, size, seed
+        self._text: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def case(self, i: int):
+        return sample_case(self.seed, i)
+
+    def __getitem__(self, i: int) -> dict:
+        case = self.case(i)
+        if i not in self._text:
+            self._text[i] = refine(case.report().text).condition
+        return {
+            "image": _to_tensor(case.render(self.size).image, self.size),
+            "labels": torch.tensor([float(case.labels[label]) for label in CHEXPERT_LABELS]),
+            "text": self._text[i],
+            "identity": case.identity_seed,
+        }
+
+    def other_view(self, i: int) -> torch.Tensor:
+        """The same identity with the findings of another case: a positive pair for E_ID."""
+        case, other = self.case(i), sample_case(self.seed + 1, i)
+        findings = [Finding(f.label, f.location, f.severity) for f in other.findings]
+        return _to_tensor(render(case.identity_seed, findings, case.render_seed, self.size).image, self.size)
+
+
+class PhantomDirDataset(torch.utils.data.Dataset):
+    """A directory written by `whatif phantom generate` (images/ + manifest.jsonl)."""
+
+    def __init__(self, root: str | Path, size: int):
+        self.root = Path(root)
+        manifest = self.root / "manifest.jsonl"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{self.root} has no manifest.jsonl (make one with `whatif phantom generate`)")
+        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        if not self.rows:
+            raise ValueError(f"{manifest} is empty")
+        self.size = size
+        self._text: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        if i not in self._text:
+            self._text[i] = refine(row["report"]).condition
+        pixels = np.asarray(Image.open(self.root / row["path"]).convert("L"))
+        return {
+            "image": _to_tensor(pixels, self.size),
+            "labels": torch.tensor([float(row["labels"][label]) for label in CHEXPERT_LABELS]),
+            "text": self._text[i],
+            "identity": int(row["identity_seed"]),
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "labels": torch.stack([it["labels"] for it in items]),
+        "text": [it["text"] for it in items],
+        "identity": torch.tensor([it["identity"] for it in items]),
+    }

@@ -1,0 +1,140 @@
+"""What every training stage shares: the run directory, data, resume, progress, metrics and curves.
+
+Run directory (`--out DIR`):
+    run.json             preset, data spec, seed: a resume with other values is refused
+    checkpoint/          the pipeline as trained so far (a loadable whatif-cxr checkpoint)
+    state/<stage>/       resumable state of the stage in progress (safetensors + JSON, no pickle)
+    metrics/<stage>.jsonl, curves/<stage>.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model.pipeline import CounterfactualPipeline
+
+from .state import load_state, save_state
+
+
+class TrainingError(ValueError):
+    """A problem found before training starts: bad data path, empty data, preset mismatch."""
+
+
+@dataclasses.dataclass
+class RunSpec:
+    preset: str
+    data: str
+    seed: int = 0
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def open_run(out: Path, spec: RunSpec, resume: bool) -> CounterfactualPipeline:
+    """Check the run directory and return the pipeline to train (from checkpoint/ when resuming)."""
+    run_json = out / "run.json"
+    if run_json.exists():
+        old = json.loads(run_json.read_text())
+        if not resume:
+            raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if old["preset"] != spec.preset:
+            raise TrainingError(f"--resume with preset {spec.preset!r}, but {out} was trained with {old['preset']!r}")
+        if old["data"] != spec.data:
+            raise TrainingError(f"--resume with data {spec.data!r}, but {out} was trained on {old['data']!r}")
+    elif resume:
+        raise TrainingError(f"--resume: {out} holds no run to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    run_json.write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
+    if (out / "checkpoint" / "config.json").is_file():
+        return CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    return CounterfactualPipeline.from_preset(spec.preset, seed=spec.seed)
+
+
+def batches(dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
+    """Endless shuffled batches, a different shard per rank (DDP)."""
+    from .datasets.phantom import collate
+
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(len(dataset), generator=g).tolist()[rank::world]
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            yield {**collate([dataset[j] for j in idx]), "index": idx}
+        epoch += 1
+
+
+def run_loop(
+    out: Path,
+    stage: str,
+    steps: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    step_fn: Callable[[int], dict[str, float]],
+    resume: bool,
+    save_every: int = 200,
+    rank: int = 0,
+) -> dict:
+    """Run `step_fn(step)` from the saved step (when resuming) to `steps`, with state saved on the way."""
+    state_dir = out / "state" / stage
+    start = 0
+    if resume and (state_dir / "state.json").is_file():
+        start = int(load_state(state_dir, modules, optimizers)["step"])
+    metrics_path = out / "metrics" / f"{stage}.jsonl"
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    last: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with open(metrics_path, "a") as mfh, tqdm(total=steps, initial=start, desc=stage, unit="step", disable=rank != 0) as bar:
+        for step in range(start, steps):
+            last = step_fn(step)
+            if rank == 0:
+                mfh.write(json.dumps({"step": step + 1, **{k: round(v, 6) for k, v in last.items()}}) + "\n")
+                bar.set_postfix({k: f"{v:.4f}" for k, v in list(last.items())[:3]})
+                bar.update(1)
+                if (step + 1) % save_every == 0 or step + 1 == steps:
+                    mfh.flush()
+                    save_state(state_dir, modules, optimizers, {"step": step + 1, "stage": stage})
+    if rank == 0:
+        plot_curves(metrics_path, out / "curves" / f"{stage}.png", stage)
+    return {"final": last, "seconds": time.perf_counter() - t0, "start_step": start}
+
+
+def plot_curves(metrics: Path, png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    keys = [k for k in rows[-1] if k != "step"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        if all(p[1] > 0 for p in pts):
+            ax.set_yscale("log")
+    fig.suptitle(f"{title} training curves", fontsize=10)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""The training stages of whatif-cxr (paper Algorithm 1, with stage 0 for the encoders it assumes).
+
+stage0: the image-report contrastive model (E_CXR and the text encoder), the identity encoder
+        E_ID (same identity, other findings: positives) and the evaluation classifier, the last
+        on data no other stage sees (master seed + 7919).
+stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE + lambda (1 - SSIM)),
+        alpha KL, beta per-label BCE (Eq. 6 read as multi-label), and every 5th step the
+        pathology swap with gamma L_ID + delta L_PC as DESIGN.md reads Eq. 8: identity kept from A,
+        pathology taken from B, both decoded through T.
+stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined report text, with
+        caption dropout so that classifier-free guidance has an unconditional model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from model.vae import ssim
+
+from .loop import batches, run_loop
+
+
+@dataclasses.dataclass
+class Hyper:
+    """Paper section 4.1 defaults; `lr` is lr_1 = lr_2."""
+
+    lr: float = 1e-4
+    alpha: float = 0.1  # KL
+    beta: float = 5.0  # classification
+    lam: float = 0.01  # SSIM term of L_recon
+    gamma: float = 1.0  # L_ID
+    delta: float = 2.5  # L_PC
+    swap_every: int = 5
+    caption_dropout: float = 0.1
+
+
+def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
+    """Data parallel under torchrun: average gradients over ranks before the step (what DDP does)."""
+    if world > 1:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+
+
+def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
+    clip, ident, clf = pipe.contrastive, pipe.identity_encoder, pipe.eval_classifier
+    for m in (clip, ident, clf):
+        m.train().requires_grad_(True)
+    opts = {
+        "contrastive": torch.optim.AdamW(clip.parameters(), lr=hp.lr * 3),
+        "identity": torch.optim.AdamW(ident.parameters(), lr=hp.lr * 3),
+        "classifier": torch.optim.AdamW(clf.parameters(), lr=hp.lr * 3),
+    }
+    it = batches(data, batch_size, seed, rank, world)
+    it_eval = batches(eval_data, batch_size, seed + 1, rank, world)
+
+    has_views = hasattr(data, "other_view")
+
+    def step(i):
+        b = next(it)
+        loss_c = clip.contrastive_loss(b["image"], b["text"])
+        if has_views:
+            # E_ID: the same identity with other findings is the positive, the rest of the batch
+            # the negatives (InfoNCE, temperature 0.1).
+            e1 = ident(b["image"])
+            e2 = ident(torch.stack([data.other_view(j) for j in b["index"]]))
+            loss_i = F.cross_entropy(e1 @ e2.t() / 0.1, torch.arange(len(b["index"])))
+        else:
+            loss_i = torch.zeros(())
+        be = next(it_eval)
+        loss_k = F.binary_cross_entropy_with_logits(clf(be["image"]), be["labels"])
+        for opt in opts.values():
+            opt.zero_grad()
+        (loss_c + loss_i + loss_k).backward()
+        for opt in opts.values():
+            _sync(opt, world)
+            opt.step()
+        return {"contrastive": float(loss_c), "identity": float(loss_i), "classifier": float(loss_k)}
+
+    res = run_loop(out, "stage0", steps, {"contrastive": clip, "identity": ident, "classifier": clf}, opts, step, resume, rank=rank)
+    for m in (clip, ident, clf):
+        m.eval().requires_grad_(False)
+    return res
+
+
+def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
+    vae, T, head = pipe.vae, pipe.transformer, pipe.findings_head
+    e_cxr, e_id = pipe.contrastive, pipe.identity_encoder  # frozen, from stage 0
+    for m in (vae, T, head):
+        m.train().requires_grad_(True)
+    params = [*vae.parameters(), *T.parameters(), *head.parameters()]
+    opts = {"stage1": torch.optim.AdamW(params, lr=hp.lr)}
+    it = batches(data, batch_size, seed, rank, world)
+    g = torch.Generator().manual_seed(seed)
+
+    def step(i):
+        b = next(it)
+        x, y = b["image"], b["labels"]
+        dist = vae.encode(x)
+        z = dist.sample(g)
+        x_hat = vae.decode(T(z))
+        l_rec = F.mse_loss(x_hat, x) + hp.lam * (1 - ssim(x_hat, x))  # Eq. 4
+        # KL per latent element (mean): with the sum, alpha = 0.1 would swamp a per-pixel MSE.
+        l_kl = dist.kl() / z[0].numel()
+        l_cls = F.binary_cross_entropy_with_logits(head(vae.split(z)[1]), y)  # Eq. 6, multi-label
+        loss = l_rec + hp.alpha * l_kl + hp.beta * l_cls
+        out_m = {"recon": float(l_rec), "kl": float(l_kl), "cls": float(l_cls)}
+        if (i + 1) % hp.swap_every == 0:
+            # Algorithm 1 lines 7-13 as DESIGN.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).
+            z_b = z.roll(1, dims=0)
+            x_b = x.roll(1, dims=0)
+            x_ab = vae.decode(T(vae.join(vae.split(z)[0], vae.split(z_b)[1])))
+            l_id = ((e_id(x) - e_id(x_ab)) ** 2).sum(-1).mean()  # identity kept from A
+            l_pc = ((e_cxr.encode_image(x_b) - e_cxr.encode_image(x_ab)) ** 2).sum(-1).mean()  # pathology from B
+            loss = loss + hp.gamma * l_id + hp.delta * l_pc
+            out_m.update({"id": float(l_id), "pc": float(l_pc)})
+        opts["stage1"].zero_grad()
+        loss.backward()
+        _sync(opts["stage1"], world)
+        opts["stage1"].step()
+        out_m["total"] = float(loss)
+        return out_m
+
+    res = run_loop(out, "stage1", steps, {"vae": vae, "transformer": T, "head": head}, opts, step, resume, rank=rank)
+    for m in (vae, T, head):
+        m.eval().requires_grad_(False)
+    return res
+
+
+def latent_statistics(pipe, data, n: int = 256) -> tuple[float, float]:
+    """Mean and 1/std of z^n over `n` training images: the diffusion's latent standardisation."""
+    zs = []
+    with torch.no_grad():
+        for i in range(min(n, len(data))):
+            zs.append(pipe.vae.split(pipe.vae.encode(data[i]["image"][None]).mean)[1])
+    z = torch.cat(zs)
+    return float(z.mean()), float(1.0 / z.std().clamp_min(1e-6))
+
+
+def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
+    diff = pipe.diffusion
+    if not resume or not (out / "state" / "stage2" / "state.json").is_file():
+        shift, scale = latent_statistics(pipe, data)
+        diff.config.latent_shift, diff.config.latent_scale = shift, scale
+    diff.train().requires_grad_(True)
+    opts = {"stage2": torch.optim.AdamW(diff.unet.parameters(), lr=hp.lr * 3)}
+    it = batches(data, batch_size, seed, rank, world)
+    g = torch.Generator().manual_seed(seed)
+
+    def step(i):
+        b = next(it)
+        with torch.no_grad():
+            z_path = pipe.vae.split(pipe.vae.encode(b["image"]).mean)[1]
+            # Caption dropout: an empty text trains the unconditional model used for guidance.
+            drop = torch.rand(len(b["text"]), generator=g) < hp.caption_dropout
+            texts = ["" if d else t for d, t in zip(drop.tolist(), b["text"])]
+            cond = pipe.contrastive.text_tokens(texts)
+        loss = diff.training_loss(z_path, cond, g)  # L_G, Eq. 16
+        opts["stage2"].zero_grad()
+        loss.backward()
+        _sync(opts["stage2"], world)
+        opts["stage2"].step()
+        return {"diffusion": float(loss)}
+
+    res = run_loop(out, "stage2", steps, {"diffusion": diff}, opts, step, resume, rank=rank)
+    diff.eval().requires_grad_(False)
+    return res

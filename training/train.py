@@ -1,0 +1,90 @@
+"""`whatif train stage0|stage1|stage2|all`: build the data, check everything, run the stages, save the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from model.presets import get_preset
+
+from .centroids import compute_centroids
+from .loop import RunSpec, TrainingError, distributed, open_run
+from .stages import Hyper, stage0, stage1, stage2
+
+STAGES = ("stage0", "stage1", "stage2")
+EVAL_CLASSIFIER_SEED_OFFSET = 7919  # the classifier's data: a master seed no other stage uses
+
+
+def make_dataset(spec: str, size: int, seed_offset: int = 0):
+    """`phantom:N[:SEED]` (rendered on the fly) or a directory from `whatif phantom generate`."""
+    from .datasets.phantom import PhantomDataset, PhantomDirDataset
+
+    if spec.startswith("phantom:"):
+        parts = spec.split(":")
+        try:
+            n = int(parts[1])
+            seed = int(parts[2]) if len(parts) > 2 else 0
+        except (IndexError, ValueError):
+            raise TrainingError(f"--data {spec!r}: expected phantom:N or phantom:N:SEED") from None
+        if n < 1:
+            raise TrainingError(f"--data {spec!r}: the dataset is empty")
+        return PhantomDataset(n, size, seed + seed_offset)
+    path = Path(spec)
+    if not path.exists():
+        raise TrainingError(f"--data {spec}: no such file or directory (use phantom:N or a generated phantom directory)")
+    try:
+        return PhantomDirDataset(path, size)
+    except (FileNotFoundError, ValueError) as exc:
+        raise TrainingError(f"--data {spec}: {exc}") from None
+
+
+def ood_statistics(pipe, data, n: int = 128) -> dict:
+    """Reconstruction MSE of training images: the reference for the input's out-of-distribution score."""
+    errs = []
+    with torch.no_grad():
+        for i in range(min(n, len(data))):
+            x = data[i]["image"][None]
+            errs.append(float(((pipe.vae.decode(pipe.transformer(pipe.vae.encode(x).mean)) - x) ** 2).mean()))
+    t = torch.tensor(errs)
+    return {"recon_mse_mean": float(t.mean()), "recon_mse_std": float(t.std().clamp_min(1e-6))}
+
+
+def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch_size: int, resume: bool = False, seed: int = 0, hp: Hyper | None = None) -> dict:
+    if stage not in (*STAGES, "all"):
+        raise TrainingError(f"unknown stage {stage!r}; use {', '.join(STAGES)} or all")
+    if steps < 1 or batch_size < 2:
+        raise TrainingError("--steps must be at least 1 and --batch-size at least 2 (contrastive losses need pairs)")
+    hp = hp or Hyper()
+    p = get_preset(preset)
+    dataset = make_dataset(data, p.resolution)
+    if len(dataset) < batch_size:
+        raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
+    out = Path(out)
+    torch.manual_seed(seed)
+    rank, world = distributed()
+    pipe = open_run(out, RunSpec(preset, data, seed), resume)
+    todo = STAGES if stage == "all" else (stage,)
+    report = {}
+    t0 = time.perf_counter()
+    for name in todo:
+        if name == "stage0":
+            eval_data = make_dataset(data, p.resolution, EVAL_CLASSIFIER_SEED_OFFSET) if data.startswith("phantom:") else dataset
+            report[name] = stage0(pipe, dataset, eval_data, out, steps, batch_size, hp, resume, seed, rank, world)
+        elif name == "stage1":
+            report[name] = stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+        else:
+            report[name] = stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+        if rank == 0:
+            pipe.centroids = compute_centroids(pipe, m=10)
+            pipe.config["ood"] = ood_statistics(pipe, dataset)
+            history = pipe.config.setdefault("training", {}).setdefault("stages", {})
+            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"]}
+            pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
+            pipe.save_pretrained(out / "checkpoint")
+    if rank == 0:
+        (out / "report.json").write_text(json.dumps({k: {**v, "final": v["final"]} for k, v in report.items()}, indent=2) + "\n")
+    report["seconds"] = time.perf_counter() - t0
+    return report

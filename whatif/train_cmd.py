@@ -1,0 +1,31 @@
+"""`whatif train`: the training stages, resumable, the same command under torchrun."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a stage (or all) on phantom or real data")
+    t.add_argument("stage", choices=["stage0", "stage1", "stage2", "all"])
+    t.add_argument("--preset", default="phantom-128")
+    t.add_argument("--data", required=True, help="phantom:N[:SEED] (rendered on the fly) or a `whatif phantom generate` directory")
+    t.add_argument("--out", required=True, help="run directory (checkpoint/, state/, metrics/, curves/)")
+    t.add_argument("--steps", type=int, default=1000, help="optimisation steps per stage")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from training.loop import TrainingError
+    from training.stages import Hyper
+    from training.train import train
+    from whatif.cli import UsageError
+
+    try:
+        report = train(args.stage, args.preset, args.data, args.out, args.steps, args.batch_size, args.resume, args.seed, Hyper(lr=args.lr))
+    except TrainingError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"done in {report['seconds']:.0f} s; checkpoint in {args.out}/checkpoint")
+    return 0

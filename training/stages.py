@@ -80,7 +80,7 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
         for opt in opts.values():
             _sync(opt, world)
             opt.step()
-        return {"contrastive": float(loss_c), "identity": float(loss_i), "classifier": float(loss_k)}
+        return {"contrastive": float(loss_c.detach()), "identity": float(loss_i.detach()), "classifier": float(loss_k.detach())}
 
     res = run_loop(out, "stage0", steps, {"contrastive": clip, "identity": ident, "classifier": clf}, opts, step, resume, rank=rank)
     for m in (clip, ident, clf):
@@ -109,7 +109,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         l_kl = dist.kl() / z[0].numel()
         l_cls = F.binary_cross_entropy_with_logits(head(vae.split(z)[1]), y)  # Eq. 6, multi-label
         loss = l_rec + hp.alpha * l_kl + hp.beta * l_cls
-        out_m = {"recon": float(l_rec), "kl": float(l_kl), "cls": float(l_cls)}
+        out_m = {"recon": float(l_rec.detach()), "kl": float(l_kl.detach()), "cls": float(l_cls.detach())}
         if (i + 1) % hp.swap_every == 0:
             # Algorithm 1 lines 7-13 as DESIGN.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).
             z_b = z.roll(1, dims=0)
@@ -118,12 +118,12 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
             l_id = ((e_id(x) - e_id(x_ab)) ** 2).sum(-1).mean()  # identity kept from A
             l_pc = ((e_cxr.encode_image(x_b) - e_cxr.encode_image(x_ab)) ** 2).sum(-1).mean()  # pathology from B
             loss = loss + hp.gamma * l_id + hp.delta * l_pc
-            out_m.update({"id": float(l_id), "pc": float(l_pc)})
+            out_m.update({"id": float(l_id.detach()), "pc": float(l_pc.detach())})
         opts["stage1"].zero_grad()
         loss.backward()
         _sync(opts["stage1"], world)
         opts["stage1"].step()
-        out_m["total"] = float(loss)
+        out_m["total"] = float(loss.detach())
         return out_m
 
     res = run_loop(out, "stage1", steps, {"vae": vae, "transformer": T, "head": head}, opts, step, resume, rank=rank)
@@ -165,7 +165,7 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         loss.backward()
         _sync(opts["stage2"], world)
         opts["stage2"].step()
-        return {"diffusion": float(loss)}
+        return {"diffusion": float(loss.detach())}
 
     res = run_loop(out, "stage2", steps, {"diffusion": diff}, opts, step, resume, rank=rank)
     diff.eval().requires_grad_(False)

@@ -1,0 +1,89 @@
+"""`whatif train` on the tiny preset: every stage runs, resumes, and refuses bad runs before starting."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.pipeline import CounterfactualPipeline
+from training.loop import TrainingError
+from training.state import load_state, save_state
+from training.train import train
+from whatif.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    report = train("all", "tiny", "phantom:24", out, steps=6, batch_size=4)
+    return out, report
+
+
+def test_all_stages_write_a_loadable_checkpoint(run):
+    out, report = run
+    for stage in ("stage0", "stage1", "stage2"):
+        rows = [json.loads(line) for line in (out / "metrics" / f"{stage}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(1, 7))
+        assert all(np.isfinite(v) for r in rows for k, v in r.items())
+        assert (out / "curves" / f"{stage}.png").stat().st_size > 1000
+    stage1 = [json.loads(line) for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
+    assert "pc" in stage1[4] and "id" in stage1[4] and "pc" not in stage1[3]  # the swap every 5th step
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    assert pipe.config["training"]["state"] == "trained on phantoms"
+    assert set(pipe.centroids) >= {"Pneumonia", "No Finding"}
+    assert pipe.diffusion.config.latent_scale != 1.0  # measured on the data before stage 2
+    from training.phantom.renderer import render
+
+    out_img = pipe(render(1, [], 0, 64).image, "mild edema", steps=2, optimize_seed=False)
+    assert out_img.image.shape == (64, 64)
+
+
+def test_resume_continues_where_it_stopped(run):
+    out, _ = run
+    before = CounterfactualPipeline.from_pretrained(out / "checkpoint").vae.state_dict()
+    train("stage1", "tiny", "phantom:24", out, steps=8, batch_size=4, resume=True)
+    rows = [json.loads(line)["step"] for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
+    assert rows == list(range(1, 9))  # steps 7 and 8 only were added
+    after = CounterfactualPipeline.from_pretrained(out / "checkpoint").vae.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(data="/no/such/dir"), "no such file"),
+        (dict(data="phantom:0"), "empty"),
+        (dict(data="phantom:3"), "fewer than one batch"),
+        (dict(stage="stage9"), "unknown stage"),
+    ],
+)
+def test_bad_runs_fail_before_training(tmp_path, kwargs, message):
+    args = dict(stage="stage1", preset="tiny", data="phantom:24", out=tmp_path / "r", steps=2, batch_size=4)
+    args.update(kwargs)
+    with pytest.raises(TrainingError, match=message):
+        train(**args)
+    assert not (tmp_path / "r" / "state").exists()
+
+
+def test_resume_with_other_preset_or_without_flag_is_refused(run, capsys):
+    out, _ = run
+    with pytest.raises(TrainingError, match="trained with 'tiny'"):
+        train("stage1", "phantom-128", "phantom:24", out, steps=2, batch_size=4, resume=True)
+    with pytest.raises(SystemExit):
+        main(["train", "stage1", "--preset", "tiny", "--data", "phantom:24", "--out", str(out), "--steps", "2", "--batch-size", "4"])
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_state_round_trip_includes_optimizer(tmp_path):
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    m(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_state(tmp_path, {"m": m}, {"o": opt}, {"step": 1})
+    m2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3)
+    assert load_state(tmp_path, {"m": m2}, {"o": opt2})["step"] == 1
+    assert torch.equal(m.weight, m2.weight)
+    s1, s2 = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
+    assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and float(s1["step"]) == float(s2["step"])

@@ -19,8 +19,20 @@ EVAL_CLASSIFIER_SEED_OFFSET = 7919  # the classifier's data: a master seed no ot
 
 
 def make_dataset(spec: str, size: int, seed_offset: int = 0):
-    """`phantom:N[:SEED]` (rendered on the fly) or a directory from `whatif phantom generate`."""
+    """`phantom:N[:SEED]` (rendered on the fly), a `whatif phantom generate` directory, or a real
+    layout: `mimic:ROOT` (MIMIC-CXR-JPG; reports under ROOT), `chexpert:ROOT`, `iu-xray:IMAGES`."""
+    from .datasets import real
     from .datasets.phantom import PhantomDataset, PhantomDirDataset
+
+    readers = {"mimic": real.mimic_cxr_jpg, "chexpert": real.chexpert, "iu-xray": real.iu_xray}
+    kind, _, where = spec.partition(":")
+    if kind in readers:
+        if not Path(where).exists():
+            raise TrainingError(f"--data {spec}: {where} does not exist")
+        try:
+            return readers[kind](where, size)
+        except (FileNotFoundError, ValueError) as exc:
+            raise TrainingError(f"--data {spec}: {exc}") from None
 
     if spec.startswith("phantom:"):
         parts = spec.split(":")

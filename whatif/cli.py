@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from whatif import model_cmd, phantom_cmd, refine_cmd, train_cmd
+from whatif import eval_cmd, model_cmd, phantom_cmd, refine_cmd, train_cmd
 
 
 class UsageError(Exception):
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine_cmd.add_parser(sub)
     model_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
+    eval_cmd.add_parser(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ FINDING_PATTERNS: dict[str, list[str]] = {
     "Enlarged Cardiomediastinum": [
         r"(?:widened|widening of the|enlarged|prominent|prominence of the) (?:\w+ ){0,3}(?:superior |upper )?mediastin\w*",
         r"mediastin\w* (?:silhouette |contours? )?(?:is |are |appears? )?(?:mildly |slightly |markedly )?(?:widen\w*|enlarged|prominent)",
+        r"enlarged cardiomediastin\w*",  # the canonical label name itself
     ],
     "Lung Opacity": [
         r"(?<!nodular )(?<!calcified )(?<!round )opaci\w*",
@@ -64,9 +65,11 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"(?:apical|biapical) (?:pleural )?(?:cap|caps|thickening)",
         r"pleural[- ]parenchymal thickening",
         r"fibrothorax",
+        r"pleural other",  # the canonical label name itself
     ],
     "Fracture": [r"fracture\w*", r"\bfx\b"],
     "Support Devices": [
+        r"support devices?",  # the canonical label name itself
         r"\bpicc\b",
         r"central (?:venous )?(?:line|catheter)",
         r"(?:venous|dialysis|swan[- ]ganz|pulmonary artery|internal jugular|subclavian|ij|indwelling) (?:catheter|line)s?",

@@ -128,3 +128,15 @@ def test_deterministic_and_rules_backend_by_default():
     text = "Small bilateral pleural effusions. Possible right lower lobe pneumonia. No pneumothorax."
     a, b = Refiner()(text), Refiner()(text)
     assert a == b and a.backend == "rules" and a.fallback_reason is None
+
+
+def test_canonical_condition_text_refines_to_itself():
+    # The pipeline and the evaluation write condition texts; reading them back must be lossless.
+    from model.labels import CHEXPERT_LABELS
+
+    for label in CHEXPERT_LABELS:
+        if label == "No Finding":
+            continue
+        for words in (label.lower(), f"moderate {label.lower()}", f"severe left lower {label.lower()}"):
+            got = {f.label for f in refine_request(words).present()} - {"No Finding"}
+            assert got == {label}, (words, got)

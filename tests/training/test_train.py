@@ -87,3 +87,20 @@ def test_state_round_trip_includes_optimizer(tmp_path):
     assert torch.equal(m.weight, m2.weight)
     s1, s2 = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
     assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and float(s1["step"]) == float(s2["step"])
+
+
+def test_eval_writes_table_and_sheet(run, tmp_path):
+    from training.evaluate import TARGETS, auroc, evaluate_counterfactuals, write_report
+
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0 and auroc([0.1], [0.9]) == 0.0 and auroc([0.5], [0.5]) == 0.5
+    out, _ = run
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    pipe.config["sampling"]["steps"] = 2
+    pipe.config["seed_optimization"]["max_iters"] = 2
+    result = evaluate_counterfactuals(pipe, 2, progress=False)
+    assert len(result["table"]) == 2 * len(TARGETS)
+    assert all(0.0 <= v["auroc"] <= 1.0 and -1.0 <= v["ssim"] <= 1.0 for v in result["table"].values())
+    md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
+    write_report(result, pipe, "ckpt", md, png)
+    text = md.read_text()
+    assert text.count("\n| ") == 1 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000

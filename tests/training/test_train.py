@@ -103,4 +103,4 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
     write_report(result, pipe, "ckpt", md, png)
     text = md.read_text()
-    assert text.count("\n| ") == 1 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
+    assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000

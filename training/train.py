@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from model.pipeline import CounterfactualPipeline
 from model.presets import get_preset
 
 from .centroids import compute_centroids
@@ -77,7 +78,15 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
     out = Path(out)
     torch.manual_seed(seed)
     rank, world = distributed()
-    pipe = open_run(out, RunSpec(preset, data, seed), resume)
+    # Rank 0 checks and claims the run directory; the others then build the same starting
+    # pipeline (same checkpoint, or the same seeded initialisation).
+    if rank == 0:
+        pipe = open_run(out, RunSpec(preset, data, seed), resume)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        ckpt = out / "checkpoint"
+        pipe = CounterfactualPipeline.from_pretrained(ckpt) if (ckpt / "config.json").is_file() else CounterfactualPipeline.from_preset(preset, seed=seed)
     todo = STAGES if stage == "all" else (stage,)
     report = {}
     t0 = time.perf_counter()

@@ -104,3 +104,17 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     write_report(result, pipe, "ckpt", md, png)
     text = md.read_text()
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
+
+
+def test_same_command_under_torchrun_two_processes(tmp_path):
+    # Data parallel on the CPU (gloo): two ranks, one run directory written by rank 0.
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "whatif",
+           "train", "stage2", "--preset", "tiny", "--data", "phantom:16", "--out", str(out), "--steps", "2", "--batch-size", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = (out / "metrics" / "stage2.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and CounterfactualPipeline.from_pretrained(out / "checkpoint").diffusion is not None

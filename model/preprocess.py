@@ -103,7 +103,7 @@ def load_image_file(path_or_bytes: str | Path | bytes) -> LoadedImage:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as exc:  # PIL raises many types for corrupt input
-        raise ImageInputError(f"not a readable PNG, JPEG or DICOM file ({type(exc).__name__})") from None
+        raise ImageInputError(f"corrupt or unsupported image: not a readable PNG, JPEG or DICOM file ({type(exc).__name__})") from None
     fmt = (img.format or "").lower()
     if fmt not in ("png", "jpeg"):
         raise ImageInputError(f"unsupported image format {img.format!r}; use PNG, JPEG or DICOM")

@@ -1,0 +1,56 @@
+"""POST /counterfactual: validate the upload and the target, store the input, enqueue the job."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+
+from ..deps import Caller, SettingsDep, StoreDep
+from ..ingest import UploadRejected, decode_upload
+from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
+from ..schemas import JobCreated
+
+router = APIRouter()
+
+
+@router.post("/counterfactual", status_code=202, response_model=JobCreated)
+async def create(
+    request: Request,
+    response: Response,
+    owner: Caller,
+    settings: SettingsDep,
+    store: StoreDep,
+    image: Annotated[UploadFile, File(description="PNG, JPEG or DICOM radiograph")],
+    target: Annotated[str, Form(description="finding(s) wanted, e.g. 'small left pleural effusion'")],
+    seed: Annotated[int, Form(ge=0, lt=2**32)] = 0,
+    optimize_seed: Annotated[bool, Form()] = True,
+    steps: Annotated[int | None, Form(ge=1)] = None,
+    guidance: Annotated[float | None, Form(ge=0.0, le=30.0)] = None,
+):
+    from model.refine import NoFindingRecognised, refine_request
+
+    if steps is not None and steps > settings.max_steps:
+        raise HTTPException(422, f"steps must be at most {settings.max_steps}")
+    try:
+        refinement = refine_request(target)
+    except NoFindingRecognised as exc:
+        UPLOADS_REJECTED.labels("422").inc()
+        raise HTTPException(422, str(exc)) from None
+    data = await image.read(settings.max_upload_bytes + 1)
+    try:
+        png, notes, fmt = decode_upload(data, settings.max_upload_bytes, settings.max_pixels)
+    except UploadRejected as exc:
+        UPLOADS_REJECTED.labels(str(exc.status)).inc()
+        raise HTTPException(exc.status, exc.message) from None
+    store.purge_expired()
+    job_id = store.new_id()
+    store.put(job_id, "input.png", png)
+    params = {"target": target, "seed": seed, "optimize_seed": optimize_seed, "steps": steps, "guidance": guidance}
+    store.put_meta(job_id, {"owner": owner, "created_at": time.time(), "condition": refinement.condition,
+                            "notes": notes, "source_format": fmt, "params": params})
+    request.app.state.celery.send_task("whatif.counterfactual", args=[job_id, params], task_id=job_id)
+    JOBS_CREATED.inc()
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return JobCreated(id=job_id, status_url=f"/jobs/{job_id}", condition=refinement.condition)

@@ -1,0 +1,33 @@
+"""Request and response schemas (separate from the job metadata stored internally)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: Literal["queued"] = "queued"
+    status_url: str
+    condition: str
+
+
+class Progress(BaseModel):
+    stage: str | None = None
+    step: int | None = None
+    total: int | None = None
+    lp: float | None = None
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    condition: str
+    created_at: float
+    progress: Progress | None = None
+    error: str | None = None
+    links: dict[str, str] = {}
+    result: dict | None = None
+    synthetic: bool = True

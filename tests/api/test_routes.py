@@ -1,0 +1,90 @@
+"""Routes of the API with the Celery task running in-process."""
+
+import io
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from .conftest import KEY_A, KEY_B, png_bytes, wait
+
+H = {"X-API-Key": KEY_A}
+
+
+def test_upload_to_result(service):
+    r = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
+                     data={"target": "moderate left pleural effusion", "seed": "3"})
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    assert r.headers["location"] == f"/jobs/{job}" and len(job) >= 22
+    body, seen = wait(service, job, KEY_A)
+    assert body["status"] == "succeeded", body
+    assert body["condition"] == "moderate left pleural effusion"
+    assert set(body["links"]) == {"result.png", "diff.png", "result.dcm"}
+    q = body["result"]["quality"]
+    assert "Pleural Effusion" in q["target_probability"] and body["result"]["lp_history"]
+    png = service.get(f"/jobs/{job}/result.png", headers=H)
+    assert png.status_code == 200 and "SYNTHETIC" in Image.open(io.BytesIO(png.content)).info["Comment"]
+    dcm = pydicom.dcmread(io.BytesIO(service.get(f"/jobs/{job}/result.dcm", headers=H).content))
+    assert list(dcm.ImageType) == ["DERIVED", "SECONDARY"] and "SYNTHETIC" in dcm.ImageComments
+    assert Image.open(io.BytesIO(service.get(f"/jobs/{job}/diff.png", headers=H).content)).mode == "RGB"
+    # Another key cannot see it; deleting removes it.
+    assert service.get(f"/jobs/{job}", headers={"X-API-Key": KEY_B}).status_code == 404
+    assert service.delete(f"/jobs/{job}", headers=H).status_code == 204
+    assert service.get(f"/jobs/{job}", headers=H).status_code == 404
+
+
+def test_authentication_required(service):
+    r = service.post("/counterfactual", files={"image": ("x.png", png_bytes(), "image/png")}, data={"target": "mild edema"})
+    assert r.status_code == 401
+    assert service.get("/jobs/whatever-id-000000000000", headers={"X-API-Key": "x" * 32}).status_code == 401
+
+
+def _post(service, data, target="mild edema", name="x.png", ctype="image/png"):
+    return service.post("/counterfactual", headers=H, files={"image": (name, data, ctype)}, data={"target": target})
+
+
+def test_bad_inputs_are_clear_4xx(service):
+    cases = [
+        (_post(service, png_bytes(), target="   "), 422, "empty"),
+        (_post(service, png_bytes(), target="make it spooky"), 422, "understood findings"),
+        (_post(service, b"not an image at all"), 415, "PNG, JPEG or DICOM"),
+        (_post(service, b""), 422, "empty"),
+        (_post(service, png_bytes()[:200]), 415, "corrupt"),
+        (_post(service, b"\0" * 8_100_000), 413, "larger than"),
+    ]
+    big = Image.new("L", (3000, 2000))
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    cases.append((_post(service, buf.getvalue()), 413, "pixels"))
+    for r, code, msg in cases:
+        assert r.status_code == code, (r.status_code, r.text)
+        assert msg in r.json()["detail"], r.text
+
+
+def test_rgb_and_16_bit_and_dicom_are_accepted(service):
+    import importlib.util
+    from pathlib import Path
+
+    r = _post(service, png_bytes(mode="RGB"))
+    assert r.status_code == 202
+    body, _ = wait(service, r.json()["id"], KEY_A)
+    assert body["status"] == "succeeded" and "converted colour to grey" in body["result"]["quality"]["notes"]
+    arr = (np.arange(96 * 96).reshape(96, 96) * 7).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    assert _post(service, buf.getvalue()).status_code == 202
+    root = Path(next(iter(importlib.util.find_spec("data_store").submodule_search_locations))) / "data"
+    # The real RG1 radiograph: MONOCHROME1, 16-bit, JPEG 2000 lossless.
+    r = _post(service, (root / "RG1_J2KR.dcm").read_bytes(), name="rg1.dcm", ctype="application/dicom")
+    assert r.status_code == 202, r.text
+    body, _ = wait(service, r.json()["id"], KEY_A)
+    assert body["status"] == "succeeded" and "inverted MONOCHROME1" in body["result"]["quality"]["notes"]
+
+
+def test_health_metrics_openapi(service):
+    assert service.get("/healthz").json() == {"status": "ok"}
+    ready = service.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["workers"] >= 1
+    assert "whatif_jobs_created_total" in service.get("/metrics").text
+    assert "/counterfactual" in service.get("/openapi.json").json()["paths"]

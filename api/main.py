@@ -8,7 +8,7 @@ from worker.blobs import BlobStore
 from worker.celery_app import make_celery
 
 from .core.config import Settings
-from .routes import counterfactual, health, jobs
+from .routes import counterfactual, health, jobs, web
 
 
 def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
@@ -25,4 +25,5 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     app.include_router(counterfactual.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(web.router)
     return app

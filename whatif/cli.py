@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from whatif import eval_cmd, model_cmd, phantom_cmd, refine_cmd, train_cmd
+from whatif import eval_cmd, model_cmd, phantom_cmd, refine_cmd, serve_cmd, train_cmd
 
 
 class UsageError(Exception):
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
+    serve_cmd.add_parser(sub)
     return parser
 
 

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test phantom-sheet bench-phantom clean
+.PHONY: install test serve phantom-sheet bench-phantom clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Single-machine mode: API + web form + in-process worker on http://127.0.0.1:8000/ (no Redis, no GPU).
+serve: $(STAMP)
+	$(VENV)/bin/whatif serve $(SERVE_ARGS)
 
 # docs/phantom.png: four identities x (no finding + six findings), the layout of Fig. 7.
 phantom-sheet: $(STAMP)

@@ -1,0 +1,22 @@
+"""Helpers for tests that need a real program (redis-server, chromium): present in CI, which installs them."""
+
+import os
+import shutil
+import socket
+
+import pytest
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed; .ci/run installs it")
+    pytest.skip(f"{name} not installed here (CI installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,66 @@
+"""Upload to result.png through a real redis-server and a real Celery worker process."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from .conftest import KEY_A, png_bytes, wait
+from .helpers import free_port, require_binary
+
+
+@pytest.fixture()
+def redis_url(tmp_path):
+    server = require_binary("redis-server")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_path):
+    from api.core.config import Settings
+    from api.main import create_app
+
+    env = {**os.environ, "WHATIF_BROKER_URL": f"{redis_url}/0", "WHATIF_RESULT_BACKEND": f"{redis_url}/1",
+           "WHATIF_BLOB_DIR": str(tmp_path / "blobs"), "WHATIF_CHECKPOINT": tiny_checkpoint, "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
+         "--loglevel=WARNING", "--without-mingle", "--without-gossip"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        settings = Settings(api_keys=[KEY_A], broker_url=f"{redis_url}/0", result_backend=f"{redis_url}/1",
+                            blob_dir=str(tmp_path / "blobs"), checkpoint=tiny_checkpoint)
+        with TestClient(create_app(settings)) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "worker never became ready"
+                time.sleep(0.5)
+            r = client.post("/counterfactual", headers={"X-API-Key": KEY_A},
+                            files={"image": ("x.png", png_bytes(), "image/png")}, data={"target": "small right pneumothorax"})
+            assert r.status_code == 202, r.text
+            body, seen = wait(client, r.json()["id"], KEY_A, timeout=180)
+            assert body["status"] == "succeeded", body
+            png = client.get(f"/jobs/{body['id']}/result.png", headers={"X-API-Key": KEY_A})
+            assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        worker.terminate()
+        try:
+            out, _ = worker.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()

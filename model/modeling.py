@@ -24,6 +24,19 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete, from another schema or inconsistent."""
 
 
+def read_config(path: Path, key: str, expected: str) -> dict:
+    """A checkpoint JSON file whose `key` must be `expected`, at this library's schema version."""
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc.msg})") from None
+    if meta.get(key) != expected:
+        raise CheckpointError(f"{path} holds a {meta.get(key)!r}, expected {expected}")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: schema version {meta.get('schema_version')}, this library reads {SCHEMA_VERSION}")
+    return meta
+
+
 @dataclasses.dataclass
 class StrictConfig:
     """Base of component configs: an unknown key is an error, not silently ignored."""
@@ -69,14 +82,7 @@ class PretrainedModule(nn.Module):
         for path in (cfg_path, weights):
             if not path.is_file():
                 raise CheckpointError(f"{cls.__name__}: {path} is missing")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({exc.msg})") from None
-        if meta.get("class") != cls.__name__:
-            raise CheckpointError(f"{cfg_path} holds a {meta.get('class')!r}, expected {cls.__name__}")
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise CheckpointError(f"{cfg_path}: schema version {meta.get('schema_version')}, this library reads {SCHEMA_VERSION}")
+        meta = read_config(cfg_path, "class", cls.__name__)
         model = cls(cls.config_class.from_dict(meta["config"]))
         state = load_file(str(weights), device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -24,10 +24,10 @@ from .eval_classifier import EvalClassifier
 from .findings_head import FindingsHead
 from .identity_encoder import IdentityEncoder
 from .labels import CHEXPERT_LABELS, NO_FINDING
-from .modeling import SCHEMA_VERSION, CheckpointError
+from .modeling import SCHEMA_VERSION, CheckpointError, read_config
 from .pathology_diffusion import PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input
-from .presets import COMPONENT_CONFIGS, Preset, get_preset
+from .presets import Preset, get_preset
 from .seed_optimization import SeedOptConfig
 from .seed_optimization import optimize_seed as run_seed_optimization
 from .vae import DisentangledVAE
@@ -147,14 +147,7 @@ class CounterfactualPipeline:
         cfg_path = directory / "config.json"
         if not cfg_path.is_file():
             raise CheckpointError(f"{directory} is not a whatif-cxr checkpoint: config.json is missing")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({exc.msg})") from None
-        if config.get("kind") != "whatif-cxr-pipeline":
-            raise CheckpointError(f"{cfg_path} is not a whatif-cxr pipeline config")
-        if config.get("schema_version") != SCHEMA_VERSION:
-            raise CheckpointError(f"{cfg_path}: schema version {config.get('schema_version')}, this library reads {SCHEMA_VERSION}")
+        config = read_config(cfg_path, "kind", "whatif-cxr-pipeline")
         components = {name: COMPONENTS[name].from_pretrained(directory / sub) for name, sub in config["components"].items()}
         cpath = directory / "centroids.safetensors"
         if not cpath.is_file():

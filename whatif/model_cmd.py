@@ -40,8 +40,7 @@ def _init(args) -> int:
 
 
 def _generate(args) -> int:
-    from PIL import PngImagePlugin
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
     from tqdm import tqdm
 
     from model.pipeline import SYNTHETIC_NOTICE, CounterfactualPipeline

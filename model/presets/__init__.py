@@ -10,13 +10,13 @@ import dataclasses
 import json
 from importlib import resources
 
+from ..causal_transformer import TransformerConfig
 from ..contrastive import ContrastiveConfig
 from ..eval_classifier import EvalClassifierConfig
 from ..findings_head import FindingsHeadConfig
 from ..identity_encoder import IdentityEncoderConfig
 from ..modeling import CheckpointError
 from ..pathology_diffusion import DiffusionConfig
-from ..causal_transformer import TransformerConfig
 from ..vae import VAEConfig
 
 COMPONENT_CONFIGS = {

@@ -34,8 +34,8 @@ def live_server(tiny_checkpoint, tmp_path):
 
 def test_form_upload_progress_result(live_server, tmp_path):
     chromium = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
     from PIL import Image
+    from playwright.sync_api import sync_playwright
 
     from training.phantom.renderer import render
 

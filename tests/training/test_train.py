@@ -111,8 +111,13 @@ def test_same_command_under_torchrun_two_processes(tmp_path):
     import subprocess
     import sys
 
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "whatif",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "whatif",
            "train", "stage2", "--preset", "tiny", "--data", "phantom:16", "--out", str(out), "--steps", "2", "--batch-size", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

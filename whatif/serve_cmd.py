@@ -16,13 +16,13 @@ def add_parser(sub) -> None:
 def _serve(args) -> int:
     import uvicorn
 
-    from api.core.config import Settings
     from api.main import create_app
     from model.pipeline import default_checkpoint_dir
     from training.phantom.cache import cache_dir
     from worker.celery_app import make_celery
     from worker.embedded import start_embedded_worker
 
+    _settings(args, args.checkpoint)  # refuse bad settings before building anything
     checkpoint = args.checkpoint
     if checkpoint is None and not (default_checkpoint_dir() / "config.json").is_file():
         # No trained embedded model in this installation yet: serve an untrained tiny one, and say so.
@@ -36,13 +36,25 @@ def _serve(args) -> int:
             pipe.save_pretrained(checkpoint)
         print("whatif: WARNING: no trained embedded model in this installation; serving an UNTRAINED tiny "
               "model (its images are not meaningful)", file=sys.stderr)
-    local = args.host in ("127.0.0.1", "localhost", "::1")
-    settings = Settings(
-        single_machine=True, auth_disabled=local, bind_host=args.host, broker_url="memory://",
-        result_backend="cache+memory://", blob_dir=str(cache_dir() / "blobs"), checkpoint=checkpoint,
-    )
+    settings = _settings(args, checkpoint)
     celery = make_celery(settings)
     start_embedded_worker(celery)
-    print(f"whatif: serving on http://{args.host}:{args.port}/ (authentication {'off: local only' if local else 'on'})", file=sys.stderr)
+    print(f"whatif: serving on http://{args.host}:{args.port}/ (authentication {'off: local only' if settings.auth_disabled else 'on'})", file=sys.stderr)
     uvicorn.run(create_app(settings, celery), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _settings(args, checkpoint):
+    from pydantic import ValidationError
+
+    from training.phantom.cache import cache_dir
+    from whatif.cli import UsageError
+
+    local = args.host in ("127.0.0.1", "localhost", "::1")
+    try:
+        return Settings(
+            single_machine=True, auth_disabled=local, bind_host=args.host, broker_url="memory://",
+            result_backend="cache+memory://", blob_dir=str(cache_dir() / "blobs"), checkpoint=checkpoint,
+        )
+    except ValidationError as exc:
+        raise UsageError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None

@@ -47,6 +47,7 @@ def _serve(args) -> int:
 def _settings(args, checkpoint):
     from pydantic import ValidationError
 
+    from api.core.config import Settings
     from training.phantom.cache import cache_dir
     from whatif.cli import UsageError
 

@@ -88,3 +88,26 @@ def test_health_metrics_openapi(service):
     assert ready.status_code == 200 and ready.json()["workers"] >= 1
     assert "whatif_jobs_created_total" in service.get("/metrics").text
     assert "/counterfactual" in service.get("/openapi.json").json()["paths"]
+
+
+def test_serve_refuses_a_public_address_without_keys(capsys, monkeypatch):
+    import pytest
+
+    from whatif.cli import main
+
+    monkeypatch.delenv("WHATIF_API_KEYS", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--host", "0.0.0.0", "--port", "8769"])
+    assert exc.value.code == 2 and "WHATIF_API_KEYS" in capsys.readouterr().err
+
+
+def test_settings_refuse_weak_keys_and_open_public_mode():
+    import pytest
+    from pydantic import ValidationError
+
+    from api.core.config import Settings
+
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(api_keys=["changeme"])
+    with pytest.raises(ValidationError, match="only allowed in single-machine mode"):
+        Settings(auth_disabled=True, single_machine=True, bind_host="0.0.0.0")

@@ -108,10 +108,9 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
 
 def test_same_command_under_torchrun_two_processes(tmp_path):
     # Data parallel on the CPU (gloo): two ranks, one run directory written by rank 0.
+    import socket
     import subprocess
     import sys
-
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

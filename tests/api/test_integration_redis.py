@@ -8,8 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.helpers import free_port, require_binary
+
 from .conftest import KEY_A, png_bytes, wait
-from .helpers import free_port, require_binary
 
 
 @pytest.fixture()

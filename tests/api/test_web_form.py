@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from .helpers import free_port, require_binary
+from tests.helpers import free_port, require_binary
 
 
 @pytest.fixture()

@@ -20,7 +20,11 @@ from .tokenizer import ConditionTokenizer
 
 @dataclasses.dataclass
 class ContrastiveConfig(StrictConfig):
-    backbone: str = "whatif-condition-clip"  # custom small config (the default, trained here)
+    # "whatif-condition-clip": the custom small config below, trained here (the default);
+    # "open_clip:local-dir:/path": a pretrained open_clip model the user has on disk (for example
+    # BiomedCLIP exported with open_clip_config.json + open_clip_model.safetensors); its own
+    # tokenizer and normalisation are used and the size fields below are ignored.
+    backbone: str = "whatif-condition-clip"
     image_size: int = 128  # E_CXR input side (images are resized to it)
     embed_dim: int = 128  # joint embedding width: E_CXR features and L_P live here
     vision_width: int = 128
@@ -40,9 +44,15 @@ class ContrastiveModel(PretrainedModule):
 
     def __init__(self, config: ContrastiveConfig):
         super().__init__(config)
+        c = config
+        self.image_mean = self.image_std = None
+        if c.backbone.startswith("open_clip:"):
+            self._init_pretrained(c.backbone.removeprefix("open_clip:"))
+            return
+        if c.backbone != "whatif-condition-clip":
+            raise ValueError(f"unknown contrastive backbone {c.backbone!r}")
         from open_clip.model import CLIP
 
-        c = config
         self.tokenizer = ConditionTokenizer(c.context_length)
         self.clip = CLIP(
             embed_dim=c.embed_dim,
@@ -56,17 +66,42 @@ class ContrastiveModel(PretrainedModule):
             ),
         )
 
+    def _init_pretrained(self, name: str) -> None:
+        """A pretrained open_clip model from a local directory (never a download)."""
+        import open_clip
+
+        if not name.startswith("local-dir:"):
+            raise ValueError("pretrained backbones are read from disk only: open_clip:local-dir:/path")
+        from pathlib import Path
+
+        path = Path(name.removeprefix("local-dir:"))
+        if not (path / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"{path} holds no open_clip_config.json (an open_clip model export)")
+        self.clip = open_clip.create_model_from_pretrained(name, return_transform=False)
+        self.tokenizer = open_clip.get_tokenizer(name)
+        size = self.clip.visual.image_size
+        self.config.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        self.image_mean = torch.tensor(self.clip.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+        self.image_std = torch.tensor(self.clip.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+
+    @property
+    def text_width(self) -> int:
+        return int(self.text_tokens([""]).shape[-1])
+
     def _rgb(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.config.image_size:
             x = F.interpolate(x, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        return x.expand(-1, 3, -1, -1)  # grey -> the three channels the ViT stem expects
+        x = x.expand(-1, 3, -1, -1)  # grey -> the three channels the ViT stem expects
+        if self.image_mean is not None:  # a pretrained model wants its own normalisation
+            x = ((x + 1) / 2 - self.image_mean.to(x)) / self.image_std.to(x)
+        return x
 
     def encode_image(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """E_CXR: images (B, 1, H, W) in [-1, 1] -> (B, embed_dim)."""
         return self.clip.encode_image(self._rgb(x), normalize=normalize)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.tokenizer(texts).to(self.clip.positional_embedding.device)
+        return self.tokenizer(texts).to(next(self.clip.parameters()).device)
 
     def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         return self.clip.encode_text(self.tokenize(texts), normalize=normalize)
@@ -75,9 +110,13 @@ class ContrastiveModel(PretrainedModule):
         """Per-token text features (B, context_length, text_width) for cross-attention."""
         clip = self.clip
         tokens = self.tokenize(texts)
-        x = clip.token_embedding(tokens) + clip.positional_embedding
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
-        return clip.ln_final(x)
+        text = clip if hasattr(clip, "token_embedding") else clip.text  # CLIP or CustomTextCLIP
+        if hasattr(text, "token_embedding"):
+            x = text.token_embedding(tokens) + text.positional_embedding
+            x = text.transformer(x, attn_mask=text.attn_mask)
+            return text.ln_final(x)
+        # A Hugging Face text tower (BiomedCLIP's PubMedBERT): its last hidden states.
+        return text.transformer(input_ids=tokens, attention_mask=(tokens != text.config.pad_token_id).long()).last_hidden_state
 
     def contrastive_loss(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Symmetric InfoNCE of CLIP."""

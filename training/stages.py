@@ -51,15 +51,18 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     clip, ident, clf = pipe.contrastive, pipe.identity_encoder, pipe.eval_classifier
     for m in (clip, ident, clf):
         m.train().requires_grad_(True)
+    if getattr(ident, "pretrained", False):  # a pretrained E_ID (VGG-16) stays frozen
+        ident.eval().requires_grad_(False)
     opts = {
         "contrastive": torch.optim.AdamW(clip.parameters(), lr=hp.lr * 3),
-        "identity": torch.optim.AdamW(ident.parameters(), lr=hp.lr * 3),
         "classifier": torch.optim.AdamW(clf.parameters(), lr=hp.lr * 3),
     }
+    if not getattr(ident, "pretrained", False):
+        opts["identity"] = torch.optim.AdamW(ident.parameters(), lr=hp.lr * 3)
     it = batches(data, batch_size, seed, rank, world)
     it_eval = batches(eval_data, batch_size, seed + 1, rank, world)
 
-    has_views = hasattr(data, "other_view")
+    has_views = hasattr(data, "other_view") and not getattr(ident, "pretrained", False)
 
     def step(i):
         b = next(it)

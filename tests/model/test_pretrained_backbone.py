@@ -47,3 +47,22 @@ def test_pretrained_backbone_is_never_downloaded(tmp_path):
         ContrastiveModel(ContrastiveConfig(backbone=f"open_clip:local-dir:{tmp_path}"))
     with pytest.raises(ValueError, match="unknown contrastive backbone"):
         ContrastiveModel(ContrastiveConfig(backbone="resnet"))
+
+
+def test_vgg16_identity_encoder_from_local_safetensors(tmp_path):
+    from torchvision.models import vgg16
+
+    from model.identity_encoder import IdentityEncoder, IdentityEncoderConfig
+
+    torch.manual_seed(0)
+    features = vgg16(weights=None).features  # the convolutional part: what E_ID uses (59 MB)
+    path = tmp_path / "vgg16.safetensors"
+    save_file({f"features.{k}": v.contiguous() for k, v in features.state_dict().items()}, str(path))
+    enc = IdentityEncoder(IdentityEncoderConfig(backbone=f"vgg16:{path}")).eval()
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        e = enc(x)
+    assert e.shape == (2, 512) and torch.allclose(e.norm(dim=-1), torch.ones(2))
+    assert not any(p.requires_grad for p in enc.parameters())
+    with pytest.raises(FileNotFoundError, match="VGG-16 weights"):
+        IdentityEncoder(IdentityEncoderConfig(backbone=f"vgg16:{tmp_path / 'missing.safetensors'}"))

@@ -42,7 +42,9 @@ FINDING_PATTERNS: dict[str, list[str]] = {
     ],
     "Edema": [
         r"edema",
-        r"(?:vascular|venous|pulmonary|interstitial) (?:congestion|engorgement|prominence|redistribution|indistinctness)",
+        # "interstitial prominence" is curated as a marking pattern, not edema.
+        r"(?:vascular|venous|pulmonary) (?:congestion|engorgement|prominence|redistribution|indistinctness)",
+        r"interstitial congestion",
         r"\bengorged\b|indistinct (?:pulmonary )?vascula\w*|vascular (?:margination|markings) (?:is |are )?indistinct",
         r"\bcongestion\b",
         r"kerley",
@@ -67,7 +69,8 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"fibrothorax",
         r"pleural other",  # the canonical label name itself
     ],
-    "Fracture": [r"fracture\w*", r"\bfx\b"],
+    # Not a broken device: "catheter fracture", "fractured lead".
+    "Fracture": [r"(?<!catheter )(?<!lead )(?<!wire )(?<!line )fracture(?!d (?:\w+ ){0,3}(?:leads?|wires?|xxxx|catheter))\w*", r"\bfx\b"],
     "Support Devices": [
         r"support devices?",  # the canonical label name itself
         r"\bpicc\b",
@@ -76,10 +79,11 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"\bcatheters?\b",
         r"port[- ]?a[- ]?cath|mediport|power ?port|(?:chest|subcutaneous|venous) port",
         r"pacemaker|\bpacer\b|defibrillator|\baicd\b|\bicd\b|loop recorder",
-        r"(?:endotracheal|\bet\b|nasogastric|\bng\b|orogastric|\bog\b|feeding|chest|tracheostomy|enteric|dobhoff|gastric) tubes?",
+        r"(?:endotracheal|\bet\b|nasogastric|\bng\b|orogastric|\bog\b|feeding|chest|tracheostomy|enteric|dobhoff|gastric|gastrostomy) tubes?",
         r"tracheostomy",
         r"(?:prosthetic|mechanical|replaced) (?:aortic |mitral |tricuspid |pulmonic )?valves?|valve (?:replacement|prosthesis)",
         r"\bdevices?\b|prosthe(?:sis|ses|tic)",
+        r"pacing leads?|lines and tubes|tubes and lines|stimulator|bone anchors?|internal fixation|implantable cardiac|cardiac xxxx (?:in|is|and|with)",
         r"with (?:its |the )?(?:distal )?tips?\b",
         r"\b(?:pacer|pacemaker|icd|cardiac|transvenous|monitor|monitoring|ecg|ekg|external) leads?\b",
         r"(?:chest|subclavian|jugular|\bij) xxxx(?: \w+)?(?: with (?:its |the )?(?:distal )?tip| tip)|\bxxxx tips?\b|\btip (?:projects|overlies|is|in|at|terminates|overlying|projecting)",
@@ -142,7 +146,7 @@ PRE_UNCERTAIN = re.compile(
     r"\b(?:possible|possibly|questionable|question of|may represent|may be|may reflect|could be|could represent|"
     r"cannot exclude|can not exclude|cannot rule out|not excluded|cannot be excluded|suspicious for|suspected|"
     r"concern for|concerning for|equivocal|differential|or early|might|uncertain|indeterminate|"
-    r"exclude|to exclude|evaluate for|could reflect|reflect|suggestive of|suggesting|suggests)\b"
+    r"exclude|to exclude|evaluate for|evaluation of|evaluation for|could reflect|reflect|suggestive of|suggesting|suggests)\b"
 )
 POST_UNCERTAIN = re.compile(
     r"^\W*(?:(?:is|are)\s+)?(?:(?:not|cannot be|can not be|can't be) (?:excluded|ruled out)|possible|questioned|suspected|"

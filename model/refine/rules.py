@@ -35,7 +35,7 @@ from .lexicon import (
 )
 from .schema import SEVERITY_ORDINAL, StructuredFinding
 
-SCOPE_WORDS = 10  # how far back a pre-trigger reaches (NegEx uses 5; radiology lists are long)
+SCOPE_WORDS = 14  # how far back a pre-trigger reaches (NegEx uses 5; radiology negation lists are long: dev-tuned)
 _SENTENCE = re.compile(r"(?<!\d)[.;!?]+(?!\d)|\n+")
 _PATHOLOGIES = tuple(label for label in CHEXPERT_LABELS if label not in (NO_FINDING, SUPPORT_DEVICES))
 _NO_LOCATION = ("Cardiomegaly", "Enlarged Cardiomediastinum")  # whole-heart / mediastinal findings

@@ -67,7 +67,3 @@ def canonical_label(name: str) -> str:
             f"unknown finding label {name!r}{hint}; known labels: {', '.join(CHEXPERT_LABELS)}"
         ) from None
 
-
-def label_index(name: str) -> int:
-    """Index of a label in `CHEXPERT_LABELS` (accepts any case)."""
-    return CHEXPERT_LABELS.index(canonical_label(name))

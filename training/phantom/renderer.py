@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -125,6 +125,3 @@ def cardiothoracic_ratio(anatomy: dict[str, np.ndarray]) -> float:
     # Row-wise widths are what a reader measures; the rotation is small, so columns suffice.
     return float((heart_cols[-1] - heart_cols[0] + 1) / (lung_cols[-1] - lung_cols[0] + 1))
 
-
-def render_many(cases: Sequence[tuple[int, Sequence[Finding], int]], size: int) -> list[PhantomImage]:
-    return [render(i, f, r, size) for i, f, r in cases]

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test serve phantom-sheet bench-phantom clean
+.PHONY: install test serve train-default phantom-sheet bench-phantom clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: $(STAMP)
 # Single-machine mode: API + web form + in-process worker on http://127.0.0.1:8000/ (no Redis, no GPU).
 serve: $(STAMP)
 	$(VENV)/bin/whatif serve $(SERVE_ARGS)
+
+# The embedded default model's recipe (phantom-128 on the 2-core CPU; resumable: run again to
+# continue after an interruption). RUN holds the state outside git until the model is final.
+RUN ?= $(HOME)/whatif-runs/phantom-128
+DATA ?= phantom:50000
+train-default: $(STAMP)
+	$(VENV)/bin/whatif train stage0 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 3000 --batch-size 32 $(if $(wildcard $(RUN)/run.json),--resume)
+	$(VENV)/bin/whatif train stage1 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 3000 --batch-size 16 --resume
+	$(VENV)/bin/whatif train stage2 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 4000 --batch-size 16 --resume
+	$(VENV)/bin/whatif eval --checkpoint $(RUN)/checkpoint --n 20
 
 # docs/phantom.png: four identities x (no finding + six findings), the layout of Fig. 7.
 phantom-sheet: $(STAMP)

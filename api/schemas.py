@@ -25,7 +25,9 @@ class JobStatus(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     condition: str
-    created_at: float
+    created_at: float  # seconds since the epoch
+    started_at: float | None = None
+    finished_at: float | None = None
     progress: Progress | None = None
     error: str | None = None
     links: dict[str, str] = {}

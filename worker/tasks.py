@@ -40,7 +40,7 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
     except BlobNotFound:
         raise Ignore() from None  # deleted or expired before it ran
     attempts = int(meta.get("attempts", 0)) + 1
-    store.update_meta(job_id, attempts=attempts)
+    store.update_meta(job_id, attempts=attempts, started_at=time.time())
     if attempts > s.max_deliveries:
         raise JobError(f"the job was started {attempts - 1} times without finishing; giving up")
     pixels = np.asarray(Image.open(io.BytesIO(store.get(job_id, "input.png")))).astype(np.float32) / 65535.0
@@ -65,6 +65,7 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
     store.put(job_id, "result.png", synthetic_png(out.to_uint8(), out.condition, out.seed))
     store.put(job_id, "diff.png", difference_png(out.difference))
     store.put(job_id, "result.dcm", secondary_capture_dcm(out.to_uint8(), out.condition))
+    store.update_meta(job_id, finished_at=time.time())
     store.purge_expired()
     q = out.quality
     return {

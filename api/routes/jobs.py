@@ -30,7 +30,10 @@ def status(job_id: str, request: Request, owner: Caller, store: StoreDep):
     meta = _owned(store, job_id, owner)
     res = request.app.state.celery.AsyncResult(job_id)
     state = _STATUS.get(res.state, "queued")
-    body = JobStatus(id=job_id, status=state, condition=meta["condition"], created_at=meta["created_at"])
+    body = JobStatus(id=job_id, status=state, condition=meta["condition"], created_at=meta["created_at"],
+                     started_at=meta.get("started_at"), finished_at=meta.get("finished_at"))
+    if state == "failed" and body.finished_at is None and res.date_done is not None:
+        body.finished_at = res.date_done.timestamp()
     if res.state == "PROGRESS" and isinstance(res.info, dict):
         body.progress = Progress(**{k: res.info.get(k) for k in ("stage", "step", "total", "lp")})
     elif state == "succeeded":

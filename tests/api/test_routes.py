@@ -20,6 +20,7 @@ def test_upload_to_result(service):
     body, seen = wait(service, job, KEY_A)
     assert body["status"] == "succeeded", body
     assert body["condition"] == "moderate left pleural effusion"
+    assert body["created_at"] <= body["started_at"] <= body["finished_at"]
     assert set(body["links"]) == {"result.png", "diff.png", "result.dcm"}
     q = body["result"]["quality"]
     assert "Pleural Effusion" in q["target_probability"] and body["result"]["lp_history"]

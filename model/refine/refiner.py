@@ -50,6 +50,10 @@ class Refiner:
             raise ValueError("the 'openai' refiner backend needs WHATIF_REFINER_BASE_URL and WHATIF_REFINER_MODEL")
 
     def __call__(self, text: str) -> Refinement:
+        return self._refine(text)[0]
+
+    def _refine(self, text: str) -> tuple[Refinement, bool]:
+        """The refinement, and whether the rules recognised any finding or a 'normal' statement."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
         fallback = None
@@ -58,19 +62,20 @@ class Refiner:
             try:
                 findings = chat_findings(text, s.base_url, s.model, s.api_key, s.timeout_s)
                 findings = _with_no_finding(sorted(findings, key=sort_key))
-                return Refinement(findings=findings, condition=condition_text(findings), backend="openai")
+                understood = any(f.label != NO_FINDING for f in findings) or refine_findings(text)[1]
+                return Refinement(findings=findings, condition=condition_text(findings), backend="openai"), understood
             except BackendError as exc:
                 fallback = f"openai backend failed: {exc}; used the rule backend"
-        findings, _ = refine_findings(text)
-        return Refinement(findings=findings, condition=condition_text(findings), backend="rules", fallback_reason=fallback)
+        findings, understood = refine_findings(text)
+        result = Refinement(findings=findings, condition=condition_text(findings), backend="rules", fallback_reason=fallback)
+        return result, understood
 
     def request(self, text: str) -> Refinement:
         """Refine a clinician's request; an error if no finding could be recognised in it."""
         if not text or not text.strip():
             raise NoFindingRecognised(f"the target text is empty; {UNDERSTOOD_HELP}")
-        result = self(text)
-        _, understood = refine_findings(text)
-        if not understood and not any(f.label != NO_FINDING for f in result.findings):
+        result, understood = self._refine(text)
+        if not understood:
             raise NoFindingRecognised(f"no finding recognised in {text.strip()[:80]!r}; {UNDERSTOOD_HELP}")
         return result
 

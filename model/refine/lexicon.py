@@ -12,6 +12,7 @@ import re
 
 _CARDIAC = r"(?:heart|cardiac (?:silhouette|shadow|size|contour)|heart size|cardiac)"
 _ENLARGED = r"(?:enlarged|enlargement|large|prominent|increased|borderline)"
+_LUNG_PLACE_AFTER = r"[^.;]*\b(?:lungs?|lobes?|bases?|basilar|bibasilar|apex|apices|apical|midlung|lingula\w*|retrocardiac|costophrenic|perihilar|parenchym\w*|zones?|air ?space)\b"
 
 FINDING_PATTERNS: dict[str, list[str]] = {
     "Cardiomegaly": [
@@ -19,6 +20,10 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         rf"{_ENLARGED} (?:in size )?(?:of the )?{_CARDIAC}",
         rf"{_CARDIAC}(?: size)?(?: (?:is|are|appears?|remains?|which is|seems?))?(?: (?:again|now|still|stably|also))?(?: (?:mildly|moderately|markedly|severely|slightly|minimally|significantly|borderline|at the))?(?: borderline(?: to (?:mildly )?enlarged)?| {_ENLARGED})",
         r"cardiac enlargement",
+        # "heart size XXXX mildly enlarged", "heart size is persistently enlarged": up to three
+        # words between, none of them a negation (that would hide inside the mention).
+        rf"{_CARDIAC}(?: size)?(?: (?!not\b|no\b|normal\b|within\b|upper\b)[\w-]+){{1,3}} (?:enlarged|large)\b",
+        r"increase in (?:the )?(?:heart|cardiac) size",
     ],
     "Enlarged Cardiomediastinum": [
         r"(?:widened|widening of the|enlarged|prominent|prominence of the) (?:\w+ ){0,3}(?:superior |upper )?mediastin\w*",
@@ -29,7 +34,10 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"(?<!nodular )(?<!calcified )(?<!round )opaci\w*",
         r"air ?space (?:disease|process|opacit\w*)",
         r"infiltrat\w*",
-        r"(?<!bone )(?<!osseous )(?<!soft tissue )(?<!calcified )(?<!calcific )(?<!nodular )(?<!round )(?<!breast )(?<!nipple )densit(?:y|ies)",
+        # "density" alone names anything radio-opaque (hernia, breast, sternum, vessels): it is
+        # a lung opacity only with a lung place or an airspace word in the same sentence.
+        rf"(?<!bone )(?<!osseous )(?<!soft tissue )(?<!calcified )(?<!calcific )(?<!nodular )(?<!round )(?<!breast )(?<!nipple )densit(?:y|ies)(?={_LUNG_PLACE_AFTER})",
+        r"(?:air ?space|parenchymal|pulmonary|lung|basilar|bibasilar|perihilar|retrocardiac|apical|patchy|hazy|streaky|confluent|reticular|interstitial|alveolar) densit(?:y|ies)",
         r"haziness|hazy",
         r"ground[- ]glass",
     ],
@@ -135,22 +143,28 @@ PRE_NEGATION = re.compile(
     r"\b(?:no|not|without|negative for|free of|clear of|absence of|absent|resolution of|resolved|removal of|"
     r"no evidence of|no signs? of|no xxxx of|no findings? of|no radiographic evidence of|rules? out|ruled out|"
     r"there is no|there are no|never|nor|interval removal of|no longer|remove|removed|take away|get rid of|minus|"
-    r"instead of|clearing of)\b"
+    r"instead of|clearing of|clear(?= air ?space))\b"
 )
 POST_NEGATION = re.compile(
-    r"^\W*(?:(?:is|are|has|have|was|were|may|might)\s+)?(?:been\s+)?(?:not\s+(?:be\s+)?(?:definitely\s+|clearly\s+|well\s+)?(?:seen|identified|present|visualized|evident|demonstrated|appreciated|noted)|"
+    r"^\W*(?:(?:is|are|has|have|was|were|may|might)\s+)?(?:been\s+)?(?:not\s+(?:be\s+)?(?:definitely\s+|clearly\s+|well[\s-]+)?(?:seen|identified|present|visualized|evident|demonstrated|appreciated|noted)|"
     r"absent|resolved|removed|cleared|no longer (?:seen|present|visualized)|negative|gone|"
     r"(?:appears?\s+|is\s+|are\s+)?(?:within\s+(?:the\s+)?(?:limits\s+of\s+)?normal(?:\s+limits)?|normal|unremarkable))\b"
+)
+# "the previously seen right upper lobe mass lesion is not seen": a post-trigger a few words
+# on, with no punctuation between (only the "not seen" family; "normal" there means another organ).
+POST_NEGATION_FAR = re.compile(
+    r"^[a-z0-9 -]{0,40}?\b(?:is|are|was|were)\s+(?:not|no longer)\s+(?:definitely\s+|clearly\s+|well[\s-]+)?"
+    r"(?:seen|identified|visualized|evident|demonstrated|appreciated)\b"
 )
 PRE_UNCERTAIN = re.compile(
     r"\b(?:possible|possibly|questionable|question of|may represent|may be|may reflect|could be|could represent|"
     r"cannot exclude|can not exclude|cannot rule out|not excluded|cannot be excluded|suspicious for|suspected|"
     r"concern for|concerning for|equivocal|differential|or early|might|uncertain|indeterminate|"
-    r"exclude|to exclude|evaluate for|evaluation of|evaluation for|could reflect|reflect|suggestive of|suggesting|suggests)\b"
+    r"could (?:obscure|hide|mask)|(?:could|may|might) indicate|favou?r\w*|exclude|to exclude|evaluate for|evaluation of|evaluation for|could reflect|reflect|suggestive of|suggesting|suggests)\b"
 )
 POST_UNCERTAIN = re.compile(
     r"^\W*(?:(?:is|are)\s+)?(?:(?:not|cannot be|can not be|can't be) (?:excluded|ruled out)|possible|questioned|suspected|"
-    r"not entirely excluded|is in the differential|(?:is|are) not excluded|could be considered)\b"
+    r"not entirely excluded|is in the differential|(?:would be )?a consideration|(?:is|are) not excluded|could be considered)\b"
 )
 # Words that close a negation scope: what follows is a new statement.
 TERMINATION = re.compile(
@@ -158,3 +172,8 @@ TERMINATION = re.compile(
     r"there has been|with|has developed|developing)\b"
 )
 NORMAL_WORD = re.compile(r"\bnormal\b")
+
+# NegEx pseudo-triggers: "no change in the effusion" says the effusion is still there.
+PSEUDO_NEGATION = re.compile(
+    r"\b(?:no|without) (?:significant |definite |substantial |appreciable |interval |xxxx )*(?:change|increase|worsening|improvement)\b"
+)

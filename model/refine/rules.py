@@ -25,9 +25,11 @@ from .lexicon import (
     IMPLICIT_BILATERAL,
     NORMAL_REGEX,
     POST_NEGATION,
+    POST_NEGATION_FAR,
     POST_UNCERTAIN,
     PRE_NEGATION,
     PRE_UNCERTAIN,
+    PSEUDO_NEGATION,
     SEVERITY_WORDS,
     SIDE_WORDS,
     TERMINATION,
@@ -55,7 +57,8 @@ class Mention:
 
 def normalise(text: str) -> str:
     text = text.lower().replace("x-xxxx", "x-ray")
-    return re.sub(r"[ \t]+", " ", text)
+    text = re.sub(r"[ \t]+", " ", text)
+    return PSEUDO_NEGATION.sub("unchanged", text)
 
 
 def sentences(text: str) -> list[str]:
@@ -71,18 +74,21 @@ def _status(sentence: str, start: int, end: int) -> str:
     cut = 0
     for t in TERMINATION.finditer(before):
         cut = t.end()
-    window = before[cut:]
     best, best_pos = None, -1
     for regex, status in ((PRE_NEGATION, "absent"), (PRE_UNCERTAIN, "uncertain")):
-        for m in regex.finditer(window):
-            if _words(window[m.end():]) <= SCOPE_WORDS and m.start() >= best_pos:
+        # Searched in the whole sentence so that a trigger may look ahead ("clear airspace
+        # disease"), kept only when it ends before the mention.
+        for m in regex.finditer(sentence, cut):
+            if m.end() > start:
+                break
+            if _words(before[m.end():]) <= SCOPE_WORDS and m.start() >= best_pos:
                 # The nearer trigger wins; at the same place uncertainty wins ("can not exclude").
                 if m.start() > best_pos or status == "uncertain":
                     best, best_pos = status, m.start()
     after = sentence[end : end + 60]
     if POST_UNCERTAIN.search(after):
         return "uncertain"
-    if POST_NEGATION.search(after):
+    if POST_NEGATION.search(after) or POST_NEGATION_FAR.search(after):
         return "absent"
     return best or "present"
 

@@ -117,6 +117,20 @@ def test_unrecognised_request_is_a_helpful_error(text):
         ("Nodular opacity in the left upper lobe.", "Lung Lesion", "present"),
         ("Calcified granuloma in the right upper lobe.", "Lung Lesion", None),
         ("No pericardial effusion.", "Pleural Effusion", None),
+        # "density" is a lung opacity only with a lung place in the sentence.
+        ("Radiodensity overlying the heart, a hiatal hernia.", "Lung Opacity", None),
+        ("Increasing density in the left lower lobe.", "Lung Opacity", "present"),
+        ("Patchy density at the right base.", "Lung Opacity", "present"),
+        # NegEx pseudo-triggers: "no change in X" keeps X.
+        ("No significant change in right pleural fluid.", "Pleural Effusion", "present"),
+        ("Without interval change of mild atelectasis at the left base.", "Atelectasis", "present"),
+        # A post-trigger a few words after the mention.
+        ("The previously seen right upper lobe mass lesion is not seen.", "Lung Lesion", "absent"),
+        ("The nodule in the right lower lung is not well-seen today.", "Lung Lesion", "absent"),
+        ("Lungs are expanded and clear airspace disease.", "Lung Opacity", "absent"),
+        ("Heart size XXXX mildly enlarged.", "Cardiomegaly", "present"),
+        ("The heart size is not enlarged.", "Cardiomegaly", None),
+        ("Minimal perihilar opacity which could indicate an atypical pneumonia.", "Pneumonia", "uncertain"),
     ],
 )
 def test_report_phrasing_and_negation_scope(text, label, status):

@@ -105,6 +105,31 @@ def evaluate_counterfactuals(pipe: CounterfactualPipeline, n: int, progress: boo
     return {"n": n, "table": table, "sheet": sheet}
 
 
+def summary(result: dict) -> dict[bool, dict[str, float]]:
+    """Per setting (without / with seed optimisation): mean AUROC, mean SSIM, tail and head AUROC."""
+    t = result["table"]
+    out = {}
+    for opt in (False, True):
+        out[opt] = {
+            "mean_auroc": float(np.nanmean([t[(x, opt)]["auroc"] for x in TARGETS])),
+            "mean_ssim": float(np.mean([t[(x, opt)]["ssim"] for x in TARGETS])),
+            "tail_auroc": float(np.nanmean([t[(x, opt)]["auroc"] for x in TAIL])),
+            "head_auroc": float(np.nanmean([t[(x, opt)]["auroc"] for x in PAPER_TABLE2_LABELS if x not in TAIL])),
+        }
+    return out
+
+
+def summary_lines(result: dict) -> list[str]:
+    lines = []
+    for opt, s in summary(result).items():
+        lines.append(
+            f"{'With' if opt else 'Without'} seed optimisation: mean AUROC {s['mean_auroc']:.3f} (target >= 0.85), "
+            f"mean SSIM {s['mean_ssim']:.3f} (target >= 0.85), tail AUROC {s['tail_auroc']:.3f} vs head "
+            f"{s['head_auroc']:.3f} (gap {s['head_auroc'] - s['tail_auroc']:+.3f}; target within 0.05 with seed optimisation)."
+        )
+    return lines
+
+
 def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, out_md: Path, out_png: Path) -> None:
     import matplotlib
 
@@ -127,17 +152,8 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
             f"| {target}{' (tail)' if target in TAIL else ''} | {a['auroc']:.3f} | {b['auroc']:.3f} | {a['ssim']:.3f} | "
             f"{b['ssim']:.3f} | {a['mae']:.1f} | {a['mae_in']:.1f} | {a['mae_out']:.1f} | {b['mae']:.1f} |"
         )
-    for opt in (False, True):
-        mean_auc = np.nanmean([t[(x, opt)]["auroc"] for x in TARGETS])
-        mean_ssim = np.mean([t[(x, opt)]["ssim"] for x in TARGETS])
-        tail = np.nanmean([t[(x, opt)]["auroc"] for x in TAIL])
-        head = np.nanmean([t[(x, opt)]["auroc"] for x in PAPER_TABLE2_LABELS if x not in TAIL])
-        lines.append("")
-        lines.append(
-            f"{'With' if opt else 'Without'} seed optimisation: mean AUROC {mean_auc:.3f} (target >= 0.85), "
-            f"mean SSIM {mean_ssim:.3f} (target >= 0.85), tail AUROC {tail:.3f} vs head {head:.3f} "
-            f"(gap {head - tail:+.3f}; target within 0.05 with seed optimisation)."
-        )
+    for line in summary_lines(result):
+        lines += ["", line]
     lines += ["", f"![contact sheet]({out_png.name})", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines))

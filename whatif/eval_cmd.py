@@ -10,6 +10,7 @@ def add_parser(sub) -> None:
     e.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
     e.add_argument("--n", type=int, default=20, help="held-out identities per target (default 20)")
     e.add_argument("--out", default="docs/default-model.md", help="Markdown report; the contact sheet is written beside it")
+    e.add_argument("--write-card", action="store_true", help="also write MODEL_CARD.md (data, wall time, these metrics) into the checkpoint")
     e.set_defaults(func=_eval)
 
 
@@ -24,4 +25,11 @@ def _eval(args) -> int:
     out = Path(args.out)
     write_report(result, pipe, args.checkpoint or "(embedded)", out, out.with_name(out.stem + "-sheet.png"))
     print(f"wrote {out}")
+    if args.write_card:
+        from model.pipeline import default_checkpoint_dir
+        from training.model_card import write_model_card
+
+        ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
+        command = f"whatif eval --checkpoint {args.checkpoint or default_checkpoint_dir()} --n {args.n}"
+        print(f"wrote {write_model_card(ckpt, pipe.config, result, command)}")
     return 0

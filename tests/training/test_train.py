@@ -105,6 +105,12 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     text = md.read_text()
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
 
+    from training.model_card import write_model_card
+
+    card = write_model_card(out / "checkpoint", pipe.config, result, "whatif eval --checkpoint X --n 2").read_text()
+    assert "not for clinical use" in card and "| stage1 |" in card and "--data phantom:24" in card
+    assert "With seed optimisation: mean AUROC" in card and "Total training wall time" in card
+
 
 def test_same_command_under_torchrun_two_processes(tmp_path):
     # Data parallel on the CPU (gloo): two ranks, one run directory written by rank 0.

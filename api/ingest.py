@@ -1,8 +1,9 @@
-"""Uploads at the boundary: size and pixel caps, decoding, de-identification by construction.
+"""Uploads at the boundary: size and pixel caps, de-identification, decoding.
 
-Only the decoded pixels are stored (a 16-bit grey PNG), never the uploaded file: no DICOM
-header, PNG/JPEG metadata or EXIF (where PHI lives) is kept or logged. Every rejection is an
-`UploadRejected` with an HTTP status and a message for the user.
+A DICOM upload is de-identified with deid (`api/deidentify.py`) before its pixels are decoded,
+and even then only the decoded pixels are stored (a 16-bit grey PNG), never the uploaded file:
+no DICOM header, PNG/JPEG metadata or EXIF (where PHI lives) is kept or logged. Every rejection
+is an `UploadRejected` with an HTTP status and a message for the user.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class UploadRejected(Exception):
 
 
 def _pixel_count(data: bytes) -> int:
-    if len(data) > 132 and data[128:132] == b"DICM":
+    if _is_dicom(data):
         import pydicom
 
         try:
@@ -46,6 +47,10 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> tuple[bytes, 
     pixels = _pixel_count(data)
     if pixels > max_pixels:
         raise UploadRejected(413, f"the image has {pixels:,} pixels, more than the {max_pixels:,} allowed")
+    notes: list[str] = []
+    if _is_dicom(data):
+        data, removed = _deidentified(data)
+        notes.append(f"DICOM de-identified before storage ({removed} header attributes removed; only pixels kept)")
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL refuses larger images while decoding too
     try:
@@ -58,4 +63,26 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> tuple[bytes, 
         Image.MAX_IMAGE_PIXELS = previous
     buf = io.BytesIO()
     Image.fromarray(np.round(loaded.pixels * 65535).astype(np.uint16)).save(buf, format="PNG")
-    return buf.getvalue(), loaded.notes, loaded.source_format
+    return buf.getvalue(), notes + list(loaded.notes), loaded.source_format
+
+
+def _is_dicom(data: bytes) -> bool:
+    return len(data) > 132 and data[128:132] == b"DICM"
+
+
+def _deidentified(data: bytes) -> tuple[bytes, int]:
+    import pydicom
+
+    from .deidentify import DeidentificationError, deidentify
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception:
+        raise UploadRejected(422, "corrupt DICOM file: it cannot be read") from None
+    try:
+        clean, removed = deidentify(ds)
+    except DeidentificationError as exc:
+        raise UploadRejected(422, str(exc)) from None
+    buf = io.BytesIO()
+    clean.save_as(buf)
+    return buf.getvalue(), removed

@@ -58,16 +58,16 @@ def deidentify(ds) -> tuple[object, int]:
     return clean, before - sum(1 for _ in clean.iterall())
 
 
+def _identifying(el) -> bool:
+    kw = el.keyword or ""
+    if kw in _KEEP:
+        return False
+    return el.VR == "PN" or (el.VR in _DATE_TIME_VR and el.value not in (None, "")) or bool(kw and _IDENTIFYING.search(kw))
+
+
 def _fail_closed(ds) -> None:
     """Remove what identifies a person or a place if the recipe left it (in sequences too)."""
-    doomed = []
-    for el in ds.iterall():
-        kw = el.keyword or ""
-        if kw in _KEEP:
-            continue
-        if el.VR == "PN" or (el.VR in _DATE_TIME_VR and el.value not in (None, "")) or (kw and _IDENTIFYING.search(kw)):
-            doomed.append(el.tag)
-    for tag in doomed:
+    for tag in [el.tag for el in ds.iterall() if _identifying(el) or el.tag.is_private]:
         _delete_everywhere(ds, tag)
 
 
@@ -81,14 +81,5 @@ def _delete_everywhere(ds, tag) -> None:
 
 
 def remaining_identifiers(ds) -> list[str]:
-    """Keywords of attributes that would identify someone (empty for a de-identified dataset)."""
-    out = []
-    for el in ds.iterall():
-        kw = el.keyword or str(el.tag)
-        if kw in _KEEP:
-            continue
-        if el.VR == "PN" or (el.VR in _DATE_TIME_VR and el.value not in (None, "")) or _IDENTIFYING.search(kw):
-            out.append(kw)
-        if el.tag.is_private:
-            out.append(str(el.tag))
-    return out
+    """Keywords (tags, for private ones) of attributes that would identify someone; empty once clean."""
+    return [el.keyword or str(el.tag) for el in ds.iterall() if _identifying(el) or el.tag.is_private]

@@ -36,6 +36,7 @@ train-default: $(STAMP)
 	$(VENV)/bin/whatif train stage0 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 800 --batch-size 32 $(if $(wildcard $(RUN)/run.json),--resume)
 	$(VENV)/bin/whatif train stage1 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 2000 --batch-size 16 --resume
 	$(VENV)/bin/whatif train stage2 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 2000 --batch-size 16 --resume
+	$(VENV)/bin/whatif train classifier --preset phantom-128 --data $(DATA) --out $(RUN) --steps 1500 --batch-size 32 --resume
 	rm -rf $(DEFAULT_DIR) && mkdir -p $(DEFAULT_DIR) && cp -r $(RUN)/checkpoint/. $(DEFAULT_DIR)/
 	$(VENV)/bin/whatif eval --checkpoint $(DEFAULT_DIR) --n $(EVAL_N) --write-card
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .evaluate import summary, summary_lines
 
-STAGE_ORDER = ("stage0", "stage1", "stage2")
+STAGE_ORDER = ("stage0", "stage1", "stage2", "classifier")
 
 
 def _size_mb(directory: Path) -> float:
@@ -47,6 +47,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "stage0": "contrastive E_CXR + text encoder, identity encoder E_ID, evaluation classifier",
         "stage1": "VAE + transformer T + findings head (Algorithm 1, lines 1-23)",
         "stage2": "pathology diffusion on z^n (Algorithm 1, lines 24-36)",
+        "classifier": "evaluation classifier again, on class-balanced phantoms of its own seed",
     }
     for name in STAGE_ORDER:
         if name not in stages:

@@ -9,6 +9,8 @@ stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE +
         pathology taken from B, both decoded through T.
 stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined report text, with
         caption dropout so that classifier-free guidance has an unconditional model.
+classifier: the evaluation classifier again, on class-balanced phantoms (so that it measures
+        the tail findings as well as the head ones).
 """
 
 from __future__ import annotations
@@ -88,6 +90,31 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     res = run_loop(out, "stage0", steps, {"contrastive": clip, "identity": ident, "classifier": clf}, opts, step, resume, rank=rank)
     for m in (clip, ident, clf):
         m.eval().requires_grad_(False)
+    return res
+
+
+def classifier_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
+    """The evaluation classifier alone, on class-balanced phantoms (`BalancedPhantomDataset`).
+
+    It measures the counterfactuals (Table 2) and nothing trains on its output, so it can be
+    trained after the generative stages, on data none of them sees.
+    """
+    clf = pipe.eval_classifier
+    clf.train().requires_grad_(True)
+    opts = {"classifier": torch.optim.AdamW(clf.parameters(), lr=hp.lr * 3)}
+    it = batches(data, batch_size, seed, rank, world)
+
+    def step(i):
+        b = next(it)
+        loss = F.binary_cross_entropy_with_logits(clf(b["image"]), b["labels"])
+        opts["classifier"].zero_grad()
+        loss.backward()
+        _sync(opts["classifier"], world)
+        opts["classifier"].step()
+        return {"classifier": float(loss.detach())}
+
+    res = run_loop(out, "classifier", steps, {"classifier": clf}, opts, step, resume, rank=rank)
+    clf.eval().requires_grad_(False)
     return res
 
 

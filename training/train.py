@@ -13,9 +13,9 @@ from model.presets import get_preset
 
 from .centroids import compute_centroids
 from .loop import RunSpec, TrainingError, distributed, open_run
-from .stages import Hyper, stage0, stage1, stage2
+from .stages import Hyper, classifier_stage, stage0, stage1, stage2
 
-STAGES = ("stage0", "stage1", "stage2")
+STAGES = ("stage0", "stage1", "stage2", "classifier")
 EVAL_CLASSIFIER_SEED_OFFSET = 7919  # the classifier's data: a master seed no other stage uses
 
 
@@ -52,6 +52,18 @@ def make_dataset(spec: str, size: int, seed_offset: int = 0):
         return PhantomDirDataset(path, size)
     except (FileNotFoundError, ValueError) as exc:
         raise TrainingError(f"--data {spec}: {exc}") from None
+
+
+def classifier_data(spec: str, size: int):
+    """The evaluation classifier's own data: class-balanced phantoms of a seed no other stage uses
+    (for phantom runs), else the run's data."""
+    if spec.startswith("phantom:"):
+        from .datasets.balanced import BalancedPhantomDataset
+
+        parts = spec.split(":")
+        seed = int(parts[2]) if len(parts) > 2 else 0
+        return BalancedPhantomDataset(int(parts[1]), size, seed + EVAL_CLASSIFIER_SEED_OFFSET)
+    return make_dataset(spec, size)
 
 
 def ood_statistics(pipe, data, n: int = 128) -> dict:
@@ -96,8 +108,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             report[name] = stage0(pipe, dataset, eval_data, out, steps, batch_size, hp, resume, seed, rank, world)
         elif name == "stage1":
             report[name] = stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
-        else:
+        elif name == "stage2":
             report[name] = stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+        else:
+            report[name] = classifier_stage(pipe, classifier_data(data, p.resolution), out, steps, batch_size, hp, resume, seed, rank, world)
         if rank == 0:
             pipe.centroids = compute_centroids(pipe, m=10)
             pipe.config["ood"] = ood_statistics(pipe, dataset)

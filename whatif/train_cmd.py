@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train a stage (or all) on phantom or real data")
-    t.add_argument("stage", choices=["stage0", "stage1", "stage2", "all"])
+    t.add_argument("stage", choices=["stage0", "stage1", "stage2", "classifier", "all"])
     t.add_argument("--preset", default="phantom-128")
     t.add_argument("--data", required=True, help="phantom:N[:SEED] (rendered on the fly), a `whatif phantom generate` directory, mimic:ROOT, chexpert:ROOT or iu-xray:IMAGES")
     t.add_argument("--out", required=True, help="run directory (checkpoint/, state/, metrics/, curves/)")

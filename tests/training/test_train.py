@@ -22,7 +22,7 @@ def run(tmp_path_factory):
 
 def test_all_stages_write_a_loadable_checkpoint(run):
     out, report = run
-    for stage in ("stage0", "stage1", "stage2"):
+    for stage in ("stage0", "stage1", "stage2", "classifier"):
         rows = [json.loads(line) for line in (out / "metrics" / f"{stage}.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == list(range(1, 7))
         assert all(np.isfinite(v) for r in rows for k, v in r.items())
@@ -128,3 +128,19 @@ def test_same_command_under_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = (out / "metrics" / "stage2.jsonl").read_text().splitlines()
     assert len(rows) == 2 and CounterfactualPipeline.from_pretrained(out / "checkpoint").diffusion is not None
+
+
+def test_balanced_classifier_data_is_balanced_and_apart():
+    from collections import Counter
+
+    from training.datasets.balanced import DRAWABLE, BalancedPhantomDataset
+    from training.evaluate import EVAL_IDENTITY_BASE
+
+    d = BalancedPhantomDataset(1400, 64, 7919)
+    cases = [d.findings(i) for i in range(len(d))]
+    counts = Counter(f.label for _, _, found in cases for f in found)
+    expected = len(d) / (len(DRAWABLE) + 1) * 1.3  # one finding, a second with probability 0.3
+    assert set(counts) == set(DRAWABLE) and all(0.6 * expected < c < 1.4 * expected for c in counts.values()), counts
+    assert all(identity < EVAL_IDENTITY_BASE for identity, _, _ in cases)
+    item = d[0]
+    assert item["image"].shape == (1, 64, 64) and item["labels"].shape == (14,)

@@ -86,9 +86,11 @@ class PhantomDirDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    return {
+    out = {
         "image": torch.stack([it["image"] for it in items]),
         "labels": torch.stack([it["labels"] for it in items]),
-        "text": [it["text"] for it in items],
-        "identity": torch.tensor([it["identity"] for it in items]),
     }
+    if "text" in items[0]:  # the classifier's balanced data has no reports
+        out["text"] = [it["text"] for it in items]
+        out["identity"] = torch.tensor([it["identity"] for it in items])
+    return out

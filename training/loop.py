@@ -93,9 +93,10 @@ def run_loop(
 ) -> dict:
     """Run `step_fn(step)` from the saved step (when resuming) to `steps`, with state saved on the way."""
     state_dir = out / "state" / stage
-    start = 0
+    start, before = 0, 0.0
     if resume and (state_dir / "state.json").is_file():
-        start = int(load_state(state_dir, modules, optimizers)["step"])
+        meta = load_state(state_dir, modules, optimizers)
+        start, before = int(meta["step"]), float(meta.get("seconds", 0.0))  # wall time of earlier runs
     metrics_path = out / "metrics" / f"{stage}.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     last: dict[str, float] = {}
@@ -109,10 +110,12 @@ def run_loop(
                 bar.update(1)
                 if (step + 1) % save_every == 0 or step + 1 == steps:
                     mfh.flush()
-                    save_state(state_dir, modules, optimizers, {"step": step + 1, "stage": stage})
+                    seconds = before + time.perf_counter() - t0
+                    save_state(state_dir, modules, optimizers, {"step": step + 1, "stage": stage, "seconds": round(seconds, 1)})
     if rank == 0:
         plot_curves(metrics_path, out / "curves" / f"{stage}.png", stage)
-    return {"final": last, "seconds": time.perf_counter() - t0, "start_step": start}
+    # Seconds over every run of this stage (resumed runs add up), not just this one.
+    return {"final": last, "seconds": before + time.perf_counter() - t0, "start_step": start}
 
 
 def plot_curves(metrics: Path, png: Path, title: str) -> None:

@@ -42,7 +42,12 @@ def test_all_stages_write_a_loadable_checkpoint(run):
 def test_resume_continues_where_it_stopped(run):
     out, _ = run
     before = CounterfactualPipeline.from_pretrained(out / "checkpoint").vae.state_dict()
+    state = out / "state" / "stage1" / "state.json"
+    first_seconds = json.loads(state.read_text())["seconds"]
     train("stage1", "tiny", "phantom:24", out, steps=8, batch_size=4, resume=True)
+    # Wall time adds up over resumed runs (the model card reports it).
+    assert json.loads(state.read_text())["seconds"] > first_seconds
+    assert CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"] > first_seconds
     rows = [json.loads(line)["step"] for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
     assert rows == list(range(1, 9))  # steps 7 and 8 only were added
     after = CounterfactualPipeline.from_pretrained(out / "checkpoint").vae.state_dict()

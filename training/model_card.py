@@ -65,11 +65,14 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "```",
     ]
     for name in STAGE_ORDER:
-        if name in stages:
-            st = stages[name]
+        if name not in stages:
+            continue
+        st = stages[name]
+        for k, run in enumerate(st.get("runs") or [{"to_step": st["steps"], "batch_size": st["batch_size"]}]):
+            kl = f" --kl-weight {run['kl_weight']:g}" if name == "stage1" and run.get("kl_weight", 0.1) != 0.1 else ""
             lines.append(
-                f"whatif train {name} --preset {preset} --data {tr.get('data')} --out RUN --steps {st['steps']} "
-                f"--batch-size {st['batch_size']}{' --resume' if name != 'stage0' else ''}"
+                f"whatif train {name} --preset {preset} --data {tr.get('data')} --out RUN --steps {run['to_step']} "
+                f"--batch-size {run['batch_size']}{kl}{' --resume' if name != 'stage0' or k else ''}"
             )
     lines += ["```", ""]
     if eval_result is not None:

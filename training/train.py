@@ -116,7 +116,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             pipe.centroids = compute_centroids(pipe, m=10)
             pipe.config["ood"] = ood_statistics(pipe, dataset)
             history = pipe.config.setdefault("training", {}).setdefault("stages", {})
-            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"]}
+            # Each invocation of the stage (a resumed run may change the step target or stage 1's KL weight).
+            runs = history.get(name, {}).get("runs", []) if resume else []
+            runs = runs + [{"to_step": steps, "batch_size": batch_size, "lr": hp.lr, "kl_weight": hp.alpha}]
+            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"], "runs": runs}
             pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
             pipe.save_pretrained(out / "checkpoint")
     if rank == 0:

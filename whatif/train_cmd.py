@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
     t.add_argument("--steps", type=int, default=1000, help="optimisation steps per stage")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--kl-weight", type=float, default=None, help="stage1's alpha on the per-element KL (default: the paper's 0.1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=_train)
@@ -23,8 +24,9 @@ def _train(args) -> int:
     from training.train import train
     from whatif.cli import UsageError
 
+    hp = Hyper(lr=args.lr) if args.kl_weight is None else Hyper(lr=args.lr, alpha=args.kl_weight)
     try:
-        report = train(args.stage, args.preset, args.data, args.out, args.steps, args.batch_size, args.resume, args.seed, Hyper(lr=args.lr))
+        report = train(args.stage, args.preset, args.data, args.out, args.steps, args.batch_size, args.resume, args.seed, hp)
     except TrainingError as exc:
         raise UsageError(str(exc)) from None
     print(f"done in {report['seconds']:.0f} s; checkpoint in {args.out}/checkpoint")

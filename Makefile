@@ -30,7 +30,7 @@ serve: $(STAMP)
 # checkpoint is copied into the package (model/weights/default), scored, and its card written.
 RUN ?= $(HOME)/whatif-runs/phantom-128
 DATA ?= phantom:50000
-EVAL_N ?= 20
+EVAL_N ?= 16
 DEFAULT_DIR := model/weights/default
 train-default: $(STAMP)
 	$(VENV)/bin/whatif train stage0 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 800 --batch-size 32 $(if $(wildcard $(RUN)/run.json),--resume)

@@ -88,3 +88,33 @@ def test_empty_after_filters_is_an_error(tmp_path):
         mimic_cxr_jpg(tmp_path, 32)
     with pytest.raises(FileNotFoundError):
         chexpert(tmp_path / "nothing", 32)
+
+
+def test_identity_positive_is_the_same_patient_in_another_study(tmp_path):
+    # E_ID on real data: MIMIC subject ids give the positive pair (stage 0's `other_view`).
+    import torch
+
+    sid = _patients(1, "train")[0]
+    meta, lab = [], []
+    for k, value in enumerate((60, 200)):
+        study = f"5{k}000000"
+        meta.append({"dicom_id": f"d{k}", "subject_id": sid, "study_id": study, "ViewPosition": "PA"})
+        _img(tmp_path / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{study}" / f"d{k}.jpg", value)
+        lab.append({"subject_id": sid, "study_id": study, "Edema": 1})
+    _csv(tmp_path / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"], meta)
+    _csv(tmp_path / "mimic-cxr-2.0.0-chexpert.csv", ["subject_id", "study_id", *CHEXPERT_LABELS], lab)
+    ds = mimic_cxr_jpg(tmp_path, 16)
+    assert len(ds) == 2
+    assert torch.equal(ds.other_view(0), ds[1]["image"]) and torch.equal(ds.other_view(1), ds[0]["image"])
+    # Stage 0 on this layout trains E_ID with that pair (a non-zero identity loss).
+    import json
+
+    from training.train import train
+
+    train("stage0", "tiny", f"mimic:{tmp_path}", tmp_path / "run", steps=1, batch_size=2)
+    row = json.loads((tmp_path / "run" / "metrics" / "stage0.jsonl").read_text().splitlines()[0])
+    assert row["identity"] > 0
+    single = mimic_cxr_jpg(tmp_path, 16)
+    single.records, single._by_patient = single.records[:1], {str(sid): [0]}
+    view = single.other_view(0)
+    assert view.shape == (1, 16, 16) and not torch.equal(view, single[0]["image"])

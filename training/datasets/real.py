@@ -73,6 +73,9 @@ class RealCXRDataset(torch.utils.data.Dataset):
             raise ValueError(f"no images left after the view ({', '.join(sorted(views))}) and split ({split}) filters")
         self.records, self.size = kept, size
         self._text: dict[int, str] = {}
+        self._by_patient: dict[str, list[int]] = {}
+        for i, r in enumerate(kept):
+            self._by_patient.setdefault(str(r["patient"]), []).append(i)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,14 +91,29 @@ class RealCXRDataset(torch.utils.data.Dataset):
             else:  # no report (CheXpert): the condition of the labels themselves
                 present = [StructuredFinding(label=lab, status="present") for lab, v in zip(CHEXPERT_LABELS, r["labels"]) if v == 1 and lab != NO_FINDING]
                 self._text[i] = condition_text(present)
-        img = Image.open(r["path"]).convert("L").resize((self.size, self.size), Image.BILINEAR)
-        pixels = np.asarray(img).astype(np.float32) / 127.5 - 1.0
         return {
-            "image": torch.from_numpy(pixels)[None],
+            "image": self._image(i),
             "labels": torch.from_numpy(r["labels"]),
             "text": self._text[i],
             "identity": int(hashlib.sha256(str(r["patient"]).encode()).hexdigest()[:12], 16),
         }
+
+    def _image(self, i: int) -> torch.Tensor:
+        img = Image.open(self.records[i]["path"]).convert("L").resize((self.size, self.size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img).astype(np.float32) / 127.5 - 1.0)[None]
+
+    def other_view(self, i: int) -> torch.Tensor:
+        """E_ID's positive: another frontal image of the same patient (MIMIC subject id, CheXpert
+        patient), from another study when there is one (other findings, same person). A patient
+        with one image gets that image shifted by a few pixels and re-windowed, so that the pair
+        still teaches invariance to acquisition rather than nothing."""
+        r = self.records[i]
+        others = [j for j in self._by_patient[str(r["patient"])] if j != i]
+        if others:
+            other_study = [j for j in others if self.records[j].get("study") != r.get("study")] or others
+            return self._image(other_study[i % len(other_study)])
+        x = torch.roll(self._image(i), shifts=(3, -2), dims=(1, 2))
+        return (x * 0.9 + 0.05).clamp(-1.0, 1.0)
 
 
 def mimic_cxr_jpg(root: str | Path, size: int, reports_root: str | Path | None = None, **kw) -> RealCXRDataset:
@@ -116,6 +134,7 @@ def mimic_cxr_jpg(root: str | Path, size: int, reports_root: str | Path | None =
             "path": root / rel / f"{m['dicom_id']}.jpg",
             "view": m.get("ViewPosition", ""),
             "patient": sid,
+            "study": study,
             "labels": [_label_value(lab.get(name)) for name in CHEXPERT_LABELS],
             "report": report.read_text(errors="replace") if report.is_file() else "",
         })
@@ -131,7 +150,8 @@ def chexpert(root: str | Path, size: int, csv_name: str = "train.csv", **kw) -> 
         path = root.parent / rel if rel.parts[0] == root.name else root / rel
         patient = next((p for p in rel.parts if p.startswith("patient")), str(rel))
         view = r.get("AP/PA") or ("LATERAL" if r.get("Frontal/Lateral") == "Lateral" else "")
-        records.append({"path": path, "view": view, "patient": patient,
+        study = next((p for p in rel.parts if p.startswith("study")), "")
+        records.append({"path": path, "view": view, "patient": patient, "study": study,
                         "labels": [_label_value(r.get(name)) for name in CHEXPERT_LABELS], "report": ""})
     return RealCXRDataset(records, size, **kw)
 

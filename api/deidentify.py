@@ -13,6 +13,7 @@ Nothing here logs attribute values; callers get counts only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -32,9 +33,15 @@ class DeidentificationError(ValueError):
     """The upload cannot be made safe to store (it declares burned-in annotations)."""
 
 
+@functools.lru_cache(maxsize=1)
 def _recipe():
+    """Parsed once per process (not per upload)."""
     from deid.config import DeidRecipe
+    from deid.logger import bot
 
+    # deid reports through its own logger; keep it quiet so that no attribute can reach the logs.
+    logging.getLogger("deid").setLevel(logging.ERROR)
+    bot.level = 0
     return DeidRecipe(deid=str(RECIPE), base=True)
 
 
@@ -48,11 +55,6 @@ def deidentify(ds) -> tuple[object, int]:
             "send an image without them"
         )
     before = sum(1 for _ in ds.iterall())
-    # deid reports through its own logger; keep it quiet so that no attribute can reach the logs.
-    logging.getLogger("deid").setLevel(logging.ERROR)
-    from deid.logger import bot
-
-    bot.level = 0
     clean = replace_identifiers(dicom_files=[ds], deid=_recipe(), save=False, remove_private=True)[0]
     _fail_closed(clean)
     return clean, before - sum(1 for _ in clean.iterall())
@@ -67,17 +69,12 @@ def _identifying(el) -> bool:
 
 def _fail_closed(ds) -> None:
     """Remove what identifies a person or a place if the recipe left it (in sequences too)."""
-    for tag in [el.tag for el in ds.iterall() if _identifying(el) or el.tag.is_private]:
-        _delete_everywhere(ds, tag)
 
+    def drop(dataset, el) -> None:
+        if _identifying(el) or el.tag.is_private:
+            del dataset[el.tag]
 
-def _delete_everywhere(ds, tag) -> None:
-    if tag in ds:
-        del ds[tag]
-    for el in list(ds.values()):
-        if el.VR == "SQ":
-            for item in el.value:
-                _delete_everywhere(item, tag)
+    ds.walk(drop)  # walk() allows deleting the element it is visiting
 
 
 def remaining_identifiers(ds) -> list[str]:

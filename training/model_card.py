@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .evaluate import summary, summary_lines
-
-STAGE_ORDER = ("stage0", "stage1", "stage2", "classifier")
+from .train import STAGES
 
 
 def _size_mb(directory: Path) -> float:
@@ -49,7 +48,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "stage2": "pathology diffusion on z^n (Algorithm 1, lines 24-36)",
         "classifier": "evaluation classifier again, on class-balanced phantoms of its own seed",
     }
-    for name in STAGE_ORDER:
+    for name in STAGES:
         if name not in stages:
             continue
         st = stages[name]
@@ -64,7 +63,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "",
         "```",
     ]
-    for name in STAGE_ORDER:
+    for name in STAGES:
         if name not in stages:
             continue
         st = stages[name]

@@ -36,14 +36,7 @@ def make_dataset(spec: str, size: int, seed_offset: int = 0):
             raise TrainingError(f"--data {spec}: {exc}") from None
 
     if spec.startswith("phantom:"):
-        parts = spec.split(":")
-        try:
-            n = int(parts[1])
-            seed = int(parts[2]) if len(parts) > 2 else 0
-        except (IndexError, ValueError):
-            raise TrainingError(f"--data {spec!r}: expected phantom:N or phantom:N:SEED") from None
-        if n < 1:
-            raise TrainingError(f"--data {spec!r}: the dataset is empty")
+        n, seed = _phantom_spec(spec)
         return PhantomDataset(n, size, seed + seed_offset)
     path = Path(spec)
     if not path.exists():
@@ -54,16 +47,28 @@ def make_dataset(spec: str, size: int, seed_offset: int = 0):
         raise TrainingError(f"--data {spec}: {exc}") from None
 
 
-def classifier_data(spec: str, size: int):
-    """The evaluation classifier's own data: class-balanced phantoms of a seed no other stage uses
-    (for phantom runs), else the run's data."""
-    if spec.startswith("phantom:"):
-        from .datasets.balanced import BalancedPhantomDataset
-
-        parts = spec.split(":")
+def _phantom_spec(spec: str) -> tuple[int, int]:
+    """`phantom:N[:SEED]` -> (N, SEED)."""
+    parts = spec.split(":")
+    try:
+        n = int(parts[1])
         seed = int(parts[2]) if len(parts) > 2 else 0
-        return BalancedPhantomDataset(int(parts[1]), size, seed + EVAL_CLASSIFIER_SEED_OFFSET)
-    return make_dataset(spec, size)
+    except (IndexError, ValueError):
+        raise TrainingError(f"--data {spec!r}: expected phantom:N or phantom:N:SEED") from None
+    if n < 1:
+        raise TrainingError(f"--data {spec!r}: the dataset is empty")
+    return n, seed
+
+
+def classifier_data(spec: str, size: int, dataset):
+    """The evaluation classifier's own data: class-balanced phantoms of a seed no other stage uses
+    (for phantom runs), else `dataset`, the run's data."""
+    if not spec.startswith("phantom:"):
+        return dataset
+    from .datasets.balanced import BalancedPhantomDataset
+
+    n, seed = _phantom_spec(spec)
+    return BalancedPhantomDataset(n, size, seed + EVAL_CLASSIFIER_SEED_OFFSET)
 
 
 def ood_statistics(pipe, data, n: int = 128) -> dict:
@@ -111,14 +116,17 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
         elif name == "stage2":
             report[name] = stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
         else:
-            report[name] = classifier_stage(pipe, classifier_data(data, p.resolution), out, steps, batch_size, hp, resume, seed, rank, world)
+            report[name] = classifier_stage(pipe, classifier_data(data, p.resolution, dataset), out, steps, batch_size, hp, resume, seed, rank, world)
         if rank == 0:
             pipe.centroids = compute_centroids(pipe, m=10)
             pipe.config["ood"] = ood_statistics(pipe, dataset)
             history = pipe.config.setdefault("training", {}).setdefault("stages", {})
             # Each invocation of the stage (a resumed run may change the step target or stage 1's KL weight).
             runs = history.get(name, {}).get("runs", []) if resume else []
-            runs = runs + [{"to_step": steps, "batch_size": batch_size, "lr": hp.lr, "kl_weight": hp.alpha}]
+            run = {"to_step": steps, "batch_size": batch_size, "lr": hp.lr}
+            if name == "stage1":  # the only stage with a KL term
+                run["kl_weight"] = hp.alpha
+            runs = runs + [run]
             history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"], "runs": runs}
             pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
             pipe.save_pretrained(out / "checkpoint")

@@ -99,6 +99,12 @@ def run_loop(
         start, before = int(meta["step"]), float(meta.get("seconds", 0.0))  # wall time of earlier runs
     metrics_path = out / "metrics" / f"{stage}.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and metrics_path.is_file():
+        # A run killed between two saves wrote steps past the saved state; they are run again.
+        rows = metrics_path.read_text().splitlines()
+        kept = [r for r in rows if _step_of(r) is not None and _step_of(r) <= start]
+        if len(kept) != len(rows):
+            metrics_path.write_text("".join(r + "\n" for r in kept))
     last: dict[str, float] = {}
     t0 = time.perf_counter()
     with open(metrics_path, "a") as mfh, tqdm(total=steps, initial=start, desc=stage, unit="step", disable=rank != 0) as bar:
@@ -116,6 +122,14 @@ def run_loop(
         plot_curves(metrics_path, out / "curves" / f"{stage}.png", stage)
     # Seconds over every run of this stage (resumed runs add up), not just this one.
     return {"final": last, "seconds": before + time.perf_counter() - t0, "start_step": start}
+
+
+def _step_of(row: str) -> int | None:
+    """The step of a metrics line; None for a line cut short by a kill."""
+    try:
+        return int(json.loads(row)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def plot_curves(metrics: Path, png: Path, title: str) -> None:

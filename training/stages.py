@@ -6,7 +6,11 @@ stage0: the image-report contrastive model (E_CXR and the text encoder), the ide
 stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE + lambda (1 - SSIM)),
         alpha KL, beta per-label BCE (Eq. 6 read as multi-label), and every 5th step the
         pathology swap with gamma L_ID + delta L_PC as DESIGN.md reads Eq. 8: identity kept from A,
-        pathology taken from B, both decoded through T.
+        pathology taken from B, both decoded through T. On phantom data, `Hyper.paired` > 0 adds a
+        term the paper cannot have: half of each batch is replaced by the true counterfactuals of
+        the other half (same identity, class-balanced findings) and D(T({z_A^{1:n-1}, z_P^n})) must
+        reproduce x_P pixel for pixel (and the symmetric swap), Eq. 4's loss on the swap itself,
+        with the pixels where the pair differs (its findings) weighted `Hyper.paired_focus` times.
 stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined report text, with
         caption dropout so that classifier-free guidance has an unconditional model.
 classifier: the evaluation classifier again, on class-balanced phantoms (so that it measures
@@ -37,6 +41,14 @@ class Hyper:
     delta: float = 2.5  # L_PC
     swap_every: int = 5
     caption_dropout: float = 0.1
+    # Not in the paper: weight of the paired counterfactual term on phantoms (0 = the paper's
+    # stage 1). Real data has no pixel-aligned counterfactuals; the phantom has them by design.
+    paired: float = 0.0
+    # With `paired`: how much more the pixels where the pair differs weigh in L_recon and the
+    # paired term. Findings cover 0.4-20% of a 128x128 phantom (a fracture 0.4%, a lung lesion
+    # 0.4%, atelectasis 1%), so an unweighted MSE hardly sees them; 50 makes a 1% finding weigh
+    # about as much as the rest of the image.
+    paired_focus: float = 50.0
 
 
 def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -118,6 +130,10 @@ def classifier_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed
     return res
 
 
+def _mse(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    return F.mse_loss(a, b) if w is None else (w * (a - b) ** 2).mean()
+
+
 def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
     vae, T, head = pipe.vae, pipe.transformer, pipe.findings_head
     e_cxr, e_id = pipe.contrastive, pipe.identity_encoder  # frozen, from stage 0
@@ -128,18 +144,40 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
     it = batches(data, batch_size, seed, rank, world)
     g = torch.Generator().manual_seed(seed)
 
+    paired = hp.paired > 0  # train() has checked that the data has counterfactual views
+
     def step(i):
         b = next(it)
         x, y = b["image"], b["labels"]
+        if paired:
+            # First half: the batch's cases; second half: their true counterfactuals.
+            h = len(x) // 2
+            views = [data.counterfactual_view(j) for j in b["index"][:h]]
+            x = torch.cat([x[:h], torch.stack([v["image"] for v in views])])
+            y = torch.cat([y[:h], torch.stack([v["labels"] for v in views])])
+        w = None
+        if paired:
+            # The pair is identical outside its findings (same identity, positioning and noise), so
+            # |x_A - x_P| marks the findings of either; 0.02 is 2.5 grey levels of 255.
+            differ = ((x[:h] - x[h:]).abs() > 0.02).float()
+            w = 1 + hp.paired_focus * torch.cat([differ, differ])
         dist = vae.encode(x)
         z = dist.sample(g)
         x_hat = vae.decode(T(z))
-        l_rec = F.mse_loss(x_hat, x) + hp.lam * (1 - ssim(x_hat, x))  # Eq. 4
+        l_rec = _mse(x_hat, x, w) + hp.lam * (1 - ssim(x_hat, x))  # Eq. 4 (weighted only with `paired`)
         # KL per latent element (mean): with the sum, alpha = 0.1 would swamp a per-pixel MSE.
         l_kl = dist.kl() / z[0].numel()
         l_cls = F.binary_cross_entropy_with_logits(head(vae.split(z)[1]), y)  # Eq. 6, multi-label
         loss = l_rec + hp.alpha * l_kl + hp.beta * l_cls
         out_m = {"recon": float(l_rec.detach()), "kl": float(l_kl.detach()), "cls": float(l_cls.detach())}
+        if paired:
+            # Identity of one view, pathology of the other: the result is known, the other view.
+            z_id, z_n = vae.split(z)
+            swap = torch.cat([torch.arange(h, 2 * h), torch.arange(h)])
+            x_sw = vae.decode(T(vae.join(z_id, z_n[swap])))
+            l_pair = _mse(x_sw, x[swap], w) + hp.lam * (1 - ssim(x_sw, x[swap]))  # w is symmetric in the pair
+            loss = loss + hp.paired * l_pair
+            out_m["paired"] = float(l_pair.detach())
         if (i + 1) % hp.swap_every == 0:
             # Algorithm 1 lines 7-13 as DESIGN.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).
             z_b = z.roll(1, dims=0)

@@ -92,6 +92,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
     dataset = make_dataset(data, p.resolution)
     if len(dataset) < batch_size:
         raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
+    if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
+        raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
     out = Path(out)
     torch.manual_seed(seed)
     rank, world = distributed()
@@ -124,8 +126,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             # Each invocation of the stage (a resumed run may change the step target or stage 1's KL weight).
             runs = history.get(name, {}).get("runs", []) if resume else []
             run = {"to_step": steps, "batch_size": batch_size, "lr": hp.lr}
-            if name == "stage1":  # the only stage with a KL term
+            if name == "stage1":  # the only stage with a KL term and the paired term
                 run["kl_weight"] = hp.alpha
+                if hp.paired:
+                    run["paired_weight"], run["paired_focus"] = hp.paired, hp.paired_focus
             runs = runs + [run]
             history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"], "runs": runs}
             pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})

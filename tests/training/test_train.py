@@ -50,6 +50,13 @@ def test_resume_continues_where_it_stopped(run):
     assert CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"] > first_seconds
     rows = [json.loads(line)["step"] for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
     assert rows == list(range(1, 9))  # steps 7 and 8 only were added
+    # A run killed between two saves left steps past the saved state and a line cut short: the
+    # resumed run drops them instead of writing those steps twice.
+    with open(out / "metrics" / "stage1.jsonl", "a") as fh:
+        fh.write('{"step": 9, "recon": 0.5}\n{"step": 10, "rec')
+    train("stage1", "tiny", "phantom:24", out, steps=9, batch_size=4, resume=True)
+    rows = [json.loads(line)["step"] for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
+    assert rows == list(range(1, 10))
     after = CounterfactualPipeline.from_pretrained(out / "checkpoint").vae.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -149,3 +156,43 @@ def test_balanced_classifier_data_is_balanced_and_apart():
     assert all(identity < EVAL_IDENTITY_BASE for identity, _, _ in cases)
     item = d[0]
     assert item["image"].shape == (1, 64, 64) and item["labels"].shape == (14,)
+
+
+
+def test_counterfactual_view_is_the_same_identity_with_balanced_findings():
+    from collections import Counter
+
+    from training.datasets.phantom import PhantomDataset
+    from training.phantom.renderer import render
+
+    d = PhantomDataset(300, 64, 3)
+    views = [d.counterfactual_view(i) for i in range(len(d))]
+    counts = Counter(k for v in views for k, on in enumerate(v["labels"].tolist()) if on)
+    assert len(counts) >= 12, counts  # every drawn finding and No Finding, not only the prevalent ones
+    # Pixel-aligned with the case: a view without findings is the case's identity rendered clean.
+    i = next(i for i, v in enumerate(views) if v["labels"][0] == 1 and v["labels"][1:].sum() == 0)
+    case = d.case(i)
+    clean = render(case.identity_seed, [], case.render_seed, 64).image.astype(np.float32) / 127.5 - 1.0
+    assert torch.allclose(views[i]["image"][0], torch.from_numpy(clean))
+
+
+def test_paired_counterfactual_term_trains_and_is_recorded(tmp_path):
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    out = tmp_path / "paired"
+    train("stage1", "tiny", "phantom:24", out, steps=5, batch_size=4, hp=Hyper(paired=1.0))
+    rows = [json.loads(line) for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
+    assert all(r["paired"] > 0 for r in rows)
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    assert pipe.config["training"]["stages"]["stage1"]["runs"][-1]["paired_weight"] == 1.0
+    assert "--paired-weight 1 --paired-focus 50 " in model_card(pipe.config, None, out / "checkpoint", "")
+
+
+def test_paired_term_needs_phantom_pairs(tmp_path):
+    from training.stages import Hyper
+
+    gen = tmp_path / "gen"
+    assert main(["phantom", "generate", "--n", "8", "--size", "64", "--out", str(gen), "--quiet"]) == 0
+    with pytest.raises(TrainingError, match="paired"):
+        train("stage1", "tiny", str(gen), tmp_path / "r", steps=1, batch_size=4, hp=Hyper(paired=1.0))

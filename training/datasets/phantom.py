@@ -12,8 +12,11 @@ from PIL import Image
 from model.labels import CHEXPERT_LABELS
 from model.refine import refine
 from training.phantom.cases import sample_case
-from training.phantom.findings import Finding
+from training.phantom.findings import Finding, labels_vector
 from training.phantom.renderer import render
+
+
+PAIR_SEED_OFFSET = 104729  # the paired findings' master seed: apart from the run's and the classifier's
 
 
 def _to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
@@ -53,6 +56,24 @@ class PhantomDataset(torch.utils.data.Dataset):
         case, other = self.case(i), sample_case(self.seed + 1, i)
         findings = [Finding(f.label, f.location, f.severity) for f in other.findings]
         return _to_tensor(render(case.identity_seed, findings, case.render_seed, self.size).image, self.size)
+
+    def counterfactual_view(self, i: int) -> dict:
+        """Case `i`'s identity and render seed with class-balanced findings: its true counterfactual.
+
+        Pixel-aligned with `self[i]` outside the findings (same anatomy, positioning, exposure and
+        noise), so a model can be taught the counterfactual directly (stage 1's `paired` term).
+        The findings are drawn as the evaluation classifier's balanced data draws them, so that
+        every finding, tail ones included, appears as often as any other in the pairs.
+        """
+        from .balanced import BalancedPhantomDataset
+
+        case = self.case(i)
+        found = BalancedPhantomDataset(self.n, self.size, self.seed + PAIR_SEED_OFFSET).findings(i)[2]
+        vec = labels_vector(found)
+        return {
+            "image": _to_tensor(render(case.identity_seed, found, case.render_seed, self.size).image, self.size),
+            "labels": torch.tensor([float(vec[label]) for label in CHEXPERT_LABELS]),
+        }
 
 
 class PhantomDirDataset(torch.utils.data.Dataset):

@@ -1,0 +1,120 @@
+"""Stage 1's ceiling on held-out phantoms: what the VAE + T can do before any diffusion.
+
+Whatever the diffusion and the seed optimisation do, a counterfactual is D(T({z^{1:n-1}, z^n}))
+with the identity channels of the input. This measures the two things that bound it, on the
+evaluation identities of `whatif eval` (never trained on), per finding of the paper's Table 2:
+
+  recon SSIM     D(T(E(x))) against x, x = the identity with the finding
+  p clean / true / recon   the evaluation classifier's p(finding) on the identity without the
+                 finding, with it (the true counterfactual), and on the reconstruction of the latter
+  oracle swap    the *true* pathology channel: z^n of the image with the finding, put into the
+                 identity channels of the same identity without it; then the evaluation
+                 classifier's AUROC for the finding (swaps made for it against swaps made for
+                 the other findings), p(finding) before and after, and SSIM to the true
+                 counterfactual
+
+A finding the oracle swap does not carry cannot be carried by any generated z^n either.
+Fast (n=8: about 20 s on 2 cores). `--run DIR` reads the stage-1 weights of a training run in
+progress (DIR/state/stage1) over DIR/checkpoint, to follow a long run without stopping it.
+
+    .venv/bin/python benchmarks/disentanglement.py --checkpoint model/weights/default --n 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.labels import CHEXPERT_LABELS, PAPER_TABLE2_LABELS
+from model.pipeline import CounterfactualPipeline
+from model.vae import ssim
+from training.evaluate import EVAL_IDENTITY_BASE, SEVERITY, TAIL, auroc
+from training.phantom.findings import Finding
+from training.phantom.renderer import render
+
+
+def load(checkpoint: str | None, run: str | None) -> CounterfactualPipeline:
+    if run is None:
+        return CounterfactualPipeline.from_pretrained(checkpoint)
+    from training.state import load_state
+
+    pipe = CounterfactualPipeline.from_pretrained(Path(run) / "checkpoint")
+    meta = load_state(Path(run) / "state" / "stage1", {"vae": pipe.vae, "transformer": pipe.transformer, "head": pipe.findings_head}, {})
+    print(f"stage-1 weights of {run} at step {meta['step']}")
+    return pipe
+
+
+def _t(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img.astype(np.float32) / 127.5 - 1.0)[None, None]
+
+
+@torch.no_grad()
+def measure(pipe: CounterfactualPipeline, n: int) -> dict:
+    vae, T, clf = pipe.vae, pipe.transformer, pipe.eval_classifier
+    res = pipe.resolution
+    rows: dict[str, dict[str, list]] = {lab: {"recon": [], "swap": [], "p_before": [], "p_true": [], "p_recon": [], "probs": []} for lab in PAPER_TABLE2_LABELS}
+    for k in range(n):
+        identity = EVAL_IDENTITY_BASE + k
+        clean = _t(render(identity, [], k, res).image)
+        z_clean = vae.encode(clean).mean
+        for lab in PAPER_TABLE2_LABELS:
+            true = _t(render(identity, [Finding(lab, severity=SEVERITY)], k, res).image)
+            z_true = vae.encode(true).mean
+            recon = vae.decode(T(z_true)).clamp(-1, 1)
+            swap = vae.decode(T(vae.join(vae.split(z_clean)[0], vae.split(z_true)[1]))).clamp(-1, 1)
+            r = rows[lab]
+            r["recon"].append(float(ssim(recon, true)))
+            r["swap"].append(float(ssim(swap, true)))
+            li = CHEXPERT_LABELS.index(lab)
+            r["p_before"].append(float(torch.sigmoid(clf(clean))[0, li]))
+            r["p_true"].append(float(torch.sigmoid(clf(true))[0, li]))
+            r["p_recon"].append(float(torch.sigmoid(clf(recon))[0, li]))
+            r["probs"].append(torch.sigmoid(clf(swap))[0].numpy())
+    table = {}
+    for lab in PAPER_TABLE2_LABELS:
+        li = CHEXPERT_LABELS.index(lab)
+        pos = [p[li] for p in rows[lab]["probs"]]
+        neg = [p[li] for other in PAPER_TABLE2_LABELS if other != lab for p in rows[other]["probs"]]
+        r = rows[lab]
+        table[lab] = {
+            "recon_ssim": float(np.mean(r["recon"])),
+            "swap_ssim": float(np.mean(r["swap"])),
+            "swap_auroc": auroc(pos, neg),
+            "p_before": float(np.mean(r["p_before"])),
+            "p_true": float(np.mean(r["p_true"])),
+            "p_recon": float(np.mean(r["p_recon"])),
+            "p_after": float(np.mean(pos)),
+        }
+    mean = {key: float(np.mean([v[key] for v in table.values()])) for key in next(iter(table.values()))}
+    tail = float(np.mean([table[lab]["swap_auroc"] for lab in TAIL]))
+    head = float(np.mean([v["swap_auroc"] for lab, v in table.items() if lab not in TAIL]))
+    return {"n": n, "table": table, "mean": mean, "tail_auroc": tail, "head_auroc": head}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the embedded default model)")
+    ap.add_argument("--run", default=None, help="a training run directory: use its latest stage-1 state")
+    ap.add_argument("--n", type=int, default=8, help="held-out identities per finding")
+    ap.add_argument("--json", default=None, help="also write the numbers here")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = measure(load(args.checkpoint, args.run), args.n)
+    print(f"| finding (n={args.n}) | recon SSIM | oracle-swap SSIM | oracle-swap AUROC | p clean | p true | p recon | p swap |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for lab, v in [*result["table"].items(), ("mean", result["mean"])]:
+        print(
+            f"| {lab} | {v['recon_ssim']:.3f} | {v['swap_ssim']:.3f} | {v['swap_auroc']:.3f} | {v['p_before']:.2f} "
+            f"| {v['p_true']:.2f} | {v['p_recon']:.2f} | {v['p_after']:.2f} |"
+        )
+    print(f"oracle-swap AUROC: tail {result['tail_auroc']:.3f}, head {result['head_auroc']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,10 @@ evaluation identities of `whatif eval` (never trained on), per finding of the pa
                  the other findings), p(finding) before and after, and SSIM to the true
                  counterfactual
 
+  cross swap     the same, with z^n taken from the *next* identity with the same finding: a z^n
+                 that knows nothing of this patient, as a generated one; its SSIM falling far
+                 below the oracle's means z^n still carries identity (texture, noise, anatomy)
+
 A finding the oracle swap does not carry cannot be carried by any generated z^n either.
 Fast (n=8: about 20 s on 2 cores). `--run DIR` reads the stage-1 weights of a training run in
 progress (DIR/state/stage1) over DIR/checkpoint, to follow a long run without stopping it.
@@ -56,14 +60,18 @@ def _t(img: np.ndarray) -> torch.Tensor:
 def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     vae, T, clf = pipe.vae, pipe.transformer, pipe.eval_classifier
     res = pipe.resolution
-    rows: dict[str, dict[str, list]] = {lab: {"recon": [], "swap": [], "p_before": [], "p_true": [], "p_recon": [], "probs": []} for lab in PAPER_TABLE2_LABELS}
+    rows: dict[str, dict[str, list]] = {lab: {"recon": [], "swap": [], "p_before": [], "p_true": [], "p_recon": [], "probs": [], "cross": [], "cross_probs": []} for lab in PAPER_TABLE2_LABELS}
     for k in range(n):
         identity = EVAL_IDENTITY_BASE + k
         clean = _t(render(identity, [], k, res).image)
         z_clean = vae.encode(clean).mean
         for lab in PAPER_TABLE2_LABELS:
-            true = _t(render(identity, [Finding(lab, severity=SEVERITY)], k, res).image)
+            f = Finding(lab, severity=SEVERITY)
+            true = _t(render(identity, [f], k, res).image)
             z_true = vae.encode(true).mean
+            # The same finding on the next identity: what a z^n made without this patient gives.
+            z_other = vae.encode(_t(render(identity + 1, [f], k + 1, res).image)).mean
+            cross = vae.decode(T(vae.join(vae.split(z_clean)[0], vae.split(z_other)[1]))).clamp(-1, 1)
             recon = vae.decode(T(z_true)).clamp(-1, 1)
             swap = vae.decode(T(vae.join(vae.split(z_clean)[0], vae.split(z_true)[1]))).clamp(-1, 1)
             r = rows[lab]
@@ -74,13 +82,19 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
             r["p_true"].append(float(torch.sigmoid(clf(true))[0, li]))
             r["p_recon"].append(float(torch.sigmoid(clf(recon))[0, li]))
             r["probs"].append(torch.sigmoid(clf(swap))[0].numpy())
+            r["cross"].append(float(ssim(cross, true)))
+            r["cross_probs"].append(torch.sigmoid(clf(cross))[0].numpy())
     table = {}
     for lab in PAPER_TABLE2_LABELS:
         li = CHEXPERT_LABELS.index(lab)
         pos = [p[li] for p in rows[lab]["probs"]]
         neg = [p[li] for other in PAPER_TABLE2_LABELS if other != lab for p in rows[other]["probs"]]
         r = rows[lab]
+        cpos = [p[li] for p in rows[lab]["cross_probs"]]
+        cneg = [p[li] for other in PAPER_TABLE2_LABELS if other != lab for p in rows[other]["cross_probs"]]
         table[lab] = {
+            "cross_ssim": float(np.mean(r["cross"])),
+            "cross_auroc": auroc(cpos, cneg),
             "recon_ssim": float(np.mean(r["recon"])),
             "swap_ssim": float(np.mean(r["swap"])),
             "swap_auroc": auroc(pos, neg),
@@ -104,12 +118,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result = measure(load(args.checkpoint, args.run), args.n)
-    print(f"| finding (n={args.n}) | recon SSIM | oracle-swap SSIM | oracle-swap AUROC | p clean | p true | p recon | p swap |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| finding (n={args.n}) | recon SSIM | oracle-swap SSIM | oracle-swap AUROC | cross-swap SSIM | cross-swap AUROC | p clean | p true | p recon | p swap |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for lab, v in [*result["table"].items(), ("mean", result["mean"])]:
         print(
-            f"| {lab} | {v['recon_ssim']:.3f} | {v['swap_ssim']:.3f} | {v['swap_auroc']:.3f} | {v['p_before']:.2f} "
-            f"| {v['p_true']:.2f} | {v['p_recon']:.2f} | {v['p_after']:.2f} |"
+            f"| {lab} | {v['recon_ssim']:.3f} | {v['swap_ssim']:.3f} | {v['swap_auroc']:.3f} | {v['cross_ssim']:.3f} | {v['cross_auroc']:.3f} "
+            f"| {v['p_before']:.2f} | {v['p_true']:.2f} | {v['p_recon']:.2f} | {v['p_after']:.2f} |"
         )
     print(f"oracle-swap AUROC: tail {result['tail_auroc']:.3f}, head {result['head_auroc']:.3f}")
     if args.json:

@@ -71,6 +71,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
             kl = f" --kl-weight {run['kl_weight']:g}" if name == "stage1" and run.get("kl_weight", 0.1) != 0.1 else ""
             if run.get("paired_weight"):
                 kl += f" --paired-weight {run['paired_weight']:g} --paired-focus {run.get('paired_focus', 50.0):g}"
+                if run.get("paired_cross"):
+                    kl += f" --paired-cross {run['paired_cross']:g}"
             lines.append(
                 f"whatif train {name} --preset {preset} --data {tr.get('data')} --out RUN --steps {run['to_step']} "
                 f"--batch-size {run['batch_size']}{kl}{' --resume' if name != 'stage0' or k else ''}"

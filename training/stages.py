@@ -10,7 +10,8 @@ stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE +
         term the paper cannot have: half of each batch is replaced by the true counterfactuals of
         the other half (same identity, class-balanced findings) and D(T({z_A^{1:n-1}, z_P^n})) must
         reproduce x_P pixel for pixel (and the symmetric swap), Eq. 4's loss on the swap itself,
-        with the pixels where the pair differs (its findings) weighted `Hyper.paired_focus` times.
+        with the pixels where the pair differs (its findings) weighted `Hyper.paired_focus` times;
+        `Hyper.paired_cross` > 0 adds the cross-identity pair (another case's z^n, this identity).
 stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined report text, with
         caption dropout so that classifier-free guidance has an unconditional model.
 classifier: the evaluation classifier again, on class-balanced phantoms (so that it measures
@@ -49,6 +50,10 @@ class Hyper:
     # 0.4%, atelectasis 1%), so an unweighted MSE hardly sees them; 50 makes a 1% finding weigh
     # about as much as the rest of the image.
     paired_focus: float = 50.0
+    # With `paired`: weight of the cross-identity pair, z^n of another identity's counterfactual
+    # put into this identity, whose true result the phantom renders (this identity with those
+    # findings). Same-identity pairs cannot ask z^n to be free of identity; this term does.
+    paired_cross: float = 0.0
 
 
 def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -178,6 +183,16 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
             l_pair = _mse(x_sw, x[swap], w) + hp.lam * (1 - ssim(x_sw, x[swap]))  # w is symmetric in the pair
             loss = loss + hp.paired * l_pair
             out_m["paired"] = float(l_pair.detach())
+            if hp.paired_cross > 0:
+                # Case j's identity with the pathology channel of case k's counterfactual (k = j + 1):
+                # the truth is case j rendered with k's counterfactual findings.
+                other = [(j + 1) % h for j in range(h)]
+                x_cross = torch.stack([data.render_findings(b["index"][j], views[k]["findings"]) for j, k in enumerate(other)])
+                w_cross = 1 + hp.paired_focus * ((x_cross - x[:h]).abs() > 0.02).float()
+                x_cs = vae.decode(T(vae.join(z_id[:h], z_n[h:][other])))
+                l_cross = _mse(x_cs, x_cross, w_cross) + hp.lam * (1 - ssim(x_cs, x_cross))
+                loss = loss + hp.paired_cross * l_cross
+                out_m["cross"] = float(l_cross.detach())
         if (i + 1) % hp.swap_every == 0:
             # Algorithm 1 lines 7-13 as DESIGN.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).
             z_b = z.roll(1, dims=0)

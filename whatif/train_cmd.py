@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     t.add_argument("--kl-weight", type=float, default=None, help="stage1's alpha on the per-element KL (default: the paper's 0.1)")
     t.add_argument("--paired-weight", type=float, default=0.0, help="stage1 on phantoms: weight of the paired true-counterfactual term (default 0: the paper's stage 1)")
     t.add_argument("--paired-focus", type=float, default=50.0, help="with --paired-weight: extra weight of the pixels where a pair differs (its findings; default 50)")
+    t.add_argument("--paired-cross", type=float, default=0.0, help="with --paired-weight: weight of the cross-identity pair (another case's z^n in this identity; default 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=_train)
@@ -26,7 +27,7 @@ def _train(args) -> int:
     from training.train import train
     from whatif.cli import UsageError
 
-    hp = Hyper(lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus)
+    hp = Hyper(lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus, paired_cross=args.paired_cross)
     if args.kl_weight is not None:
         hp.alpha = args.kl_weight
     try:

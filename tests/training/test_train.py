@@ -174,6 +174,10 @@ def test_counterfactual_view_is_the_same_identity_with_balanced_findings():
     case = d.case(i)
     clean = render(case.identity_seed, [], case.render_seed, 64).image.astype(np.float32) / 127.5 - 1.0
     assert torch.allclose(views[i]["image"][0], torch.from_numpy(clean))
+    # Another case's findings on this identity: the truth the cross-identity pair is trained on.
+    j = next(j for j, v in enumerate(views) if v["labels"][0] == 0)
+    crossed = d.render_findings(i, views[j]["findings"])
+    assert torch.equal(crossed, d.render_findings(i, views[j]["findings"])) and not torch.equal(crossed, views[i]["image"])
 
 
 def test_paired_counterfactual_term_trains_and_is_recorded(tmp_path):
@@ -181,12 +185,12 @@ def test_paired_counterfactual_term_trains_and_is_recorded(tmp_path):
     from training.stages import Hyper
 
     out = tmp_path / "paired"
-    train("stage1", "tiny", "phantom:24", out, steps=5, batch_size=4, hp=Hyper(paired=1.0))
+    train("stage1", "tiny", "phantom:24", out, steps=5, batch_size=4, hp=Hyper(paired=1.0, paired_cross=0.5))
     rows = [json.loads(line) for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
-    assert all(r["paired"] > 0 for r in rows)
+    assert all(r["paired"] > 0 and r["cross"] > 0 for r in rows)
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     assert pipe.config["training"]["stages"]["stage1"]["runs"][-1]["paired_weight"] == 1.0
-    assert "--paired-weight 1 --paired-focus 50 " in model_card(pipe.config, None, out / "checkpoint", "")
+    assert "--paired-weight 1 --paired-focus 50 --paired-cross 0.5 " in model_card(pipe.config, None, out / "checkpoint", "")
 
 
 def test_paired_term_needs_phantom_pairs(tmp_path):

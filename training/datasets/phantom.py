@@ -67,13 +67,18 @@ class PhantomDataset(torch.utils.data.Dataset):
         """
         from .balanced import BalancedPhantomDataset
 
-        case = self.case(i)
         found = BalancedPhantomDataset(self.n, self.size, self.seed + PAIR_SEED_OFFSET).findings(i)[2]
         vec = labels_vector(found)
         return {
-            "image": _to_tensor(render(case.identity_seed, found, case.render_seed, self.size).image, self.size),
+            "image": self.render_findings(i, found),
             "labels": torch.tensor([float(vec[label]) for label in CHEXPERT_LABELS]),
+            "findings": found,
         }
+
+    def render_findings(self, i: int, findings: list[Finding]) -> torch.Tensor:
+        """Case `i`'s identity and render seed with `findings` (another case's, say) instead of its own."""
+        case = self.case(i)
+        return _to_tensor(render(case.identity_seed, findings, case.render_seed, self.size).image, self.size)
 
 
 class PhantomDirDataset(torch.utils.data.Dataset):

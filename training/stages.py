@@ -154,14 +154,13 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
     def step(i):
         b = next(it)
         x, y = b["image"], b["labels"]
+        w = None
         if paired:
             # First half: the batch's cases; second half: their true counterfactuals.
             h = len(x) // 2
             views = [data.counterfactual_view(j) for j in b["index"][:h]]
             x = torch.cat([x[:h], torch.stack([v["image"] for v in views])])
             y = torch.cat([y[:h], torch.stack([v["labels"] for v in views])])
-        w = None
-        if paired:
             # The pair is identical outside its findings (same identity, positioning and noise), so
             # |x_A - x_P| marks the findings of either; 0.02 is 2.5 grey levels of 255.
             differ = ((x[:h] - x[h:]).abs() > 0.02).float()

@@ -33,6 +33,7 @@ class PhantomDataset(torch.utils.data.Dataset):
             raise ValueError("a phantom dataset needs at least one case")
         self.n, self.size, self.seed = n, size, seed
         self._text: dict[int, str] = {}
+        self._pair_findings = None  # the class-balanced findings of `counterfactual_view`, made once
 
     def __len__(self) -> int:
         return self.n
@@ -53,9 +54,8 @@ class PhantomDataset(torch.utils.data.Dataset):
 
     def other_view(self, i: int) -> torch.Tensor:
         """The same identity with the findings of another case: a positive pair for E_ID."""
-        case, other = self.case(i), sample_case(self.seed + 1, i)
-        findings = [Finding(f.label, f.location, f.severity) for f in other.findings]
-        return _to_tensor(render(case.identity_seed, findings, case.render_seed, self.size).image, self.size)
+        other = sample_case(self.seed + 1, i)
+        return self.render_findings(i, [Finding(f.label, f.location, f.severity) for f in other.findings])
 
     def counterfactual_view(self, i: int) -> dict:
         """Case `i`'s identity and render seed with class-balanced findings: its true counterfactual.
@@ -65,9 +65,11 @@ class PhantomDataset(torch.utils.data.Dataset):
         The findings are drawn as the evaluation classifier's balanced data draws them, so that
         every finding, tail ones included, appears as often as any other in the pairs.
         """
-        from .balanced import BalancedPhantomDataset
+        if self._pair_findings is None:
+            from .balanced import BalancedPhantomDataset
 
-        found = BalancedPhantomDataset(self.n, self.size, self.seed + PAIR_SEED_OFFSET).findings(i)[2]
+            self._pair_findings = BalancedPhantomDataset(self.n, self.size, self.seed + PAIR_SEED_OFFSET)
+        found = self._pair_findings.findings(i)[2]
         vec = labels_vector(found)
         return {
             "image": self.render_findings(i, found),

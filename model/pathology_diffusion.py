@@ -3,7 +3,8 @@
 A diffusers `UNet2DConditionModel` (1 channel in and out) cross-attends to per-token text
 features. Training uses the DDPM forward process (Algorithm 1, lines 29-34); sampling is DDIM
 with classifier-free guidance, written out below so that seed optimisation can differentiate
-through it. `clip_sample` is off: latents are not in [-1, 1]; they are standardised with
+through it. `invert` runs the same deterministic DDIM backwards (clean z^n -> seed), so that a
+counterfactual can start from the input's own pathology channel instead of pure noise. `clip_sample` is off: latents are not in [-1, 1]; they are standardised with
 `latent_shift` / `latent_scale`, measured on the training set.
 """
 
@@ -16,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .modeling import PretrainedModule, StrictConfig
+
+# Where a counterfactual's DDIM sampling starts: the inversion of the input's z^n, or noise.
+SAMPLING_STARTS = ("inversion", "noise")
 
 
 @dataclasses.dataclass
@@ -135,3 +139,26 @@ class PathologyDiffusion(PretrainedModule):
             if callback:
                 callback(i + 1, len(ts))
         return self.from_model_space(z)
+
+    def invert(self, z_path: torch.Tensor, uncond: torch.Tensor, steps: int = 50) -> torch.Tensor:
+        """DDIM inversion: z^n (data space) -> the seed z_T (model space) from which `sample` with
+        the unconditional model (guidance 1) returns to about z^n.
+
+        Not in the paper. The deterministic DDIM update (eta = 0) read backwards, as in DDIM
+        (Song et al., 2021, section 4.3) and null-text inversion (Mokady et al., 2023): at each
+        step the noise is predicted at the current, less noisy latent, the usual approximation.
+        Sampling from this seed with the target text keeps what z^n carries of the patient
+        (measured in docs/default-model.md) where a random seed replaces it.
+        """
+        ts = self.timesteps(steps)[::-1]  # ascending: 1, ..., the first sampling step
+        z = self.to_model_space(z_path)
+        a_prev = torch.ones((), device=z.device)
+        ctx = uncond.expand(z.shape[0], -1, -1)
+        for t in ts:
+            tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
+            e = self.unet(z, tt, encoder_hidden_states=ctx).sample
+            x0 = (z - (1 - a_prev).sqrt() * e) / a_prev.sqrt()
+            a = self.alphas_cumprod[t]
+            z = a.sqrt() * x0 + (1 - a).sqrt() * e
+            a_prev = a
+        return z

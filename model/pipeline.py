@@ -25,7 +25,7 @@ from .findings_head import FindingsHead
 from .identity_encoder import IdentityEncoder
 from .labels import CHEXPERT_LABELS, NO_FINDING
 from .modeling import SCHEMA_VERSION, CheckpointError, read_config
-from .pathology_diffusion import PathologyDiffusion
+from .pathology_diffusion import SAMPLING_STARTS, PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input
 from .presets import Preset, get_preset
 from .seed_optimization import SeedOptConfig
@@ -216,18 +216,24 @@ class CounterfactualPipeline:
         references: Sequence | None = None,
         progress: Progress | None = None,
         seed_opt: SeedOptConfig | None = None,
+        start: str | None = None,
     ) -> CounterfactualOutput:
         """Make the counterfactual of `image` with `target` (free text or structured findings).
 
         Args:
             image: 2-D grey array or PIL image (any size from 32 to 8192 pixels a side).
             target: a request ("small left pleural effusion") or a list of findings.
-            seed: the initial-noise seed; same seed, same output.
+            seed: the initial-noise seed; same seed, same output. With start "inversion" and no seed
+                optimisation the output does not depend on it.
             optimize_seed: run the long-tail seed optimisation (Algorithm 2).
             steps, guidance: DDIM steps and classifier-free guidance (checkpoint defaults).
             references: optional reference images of the target (else checkpoint centroids).
             progress: called as progress(stage, step, total, current L_P or None).
             seed_opt: seed-optimisation settings (checkpoint defaults).
+            start: where DDIM sampling starts (checkpoint default, else "inversion"):
+                "inversion", the DDIM inversion of the input's own z^n, which keeps what z^n holds
+                of the patient; "noise", a Gaussian seed from `seed`, as in the paper. With
+                several seeds optimised at once, the first is the inversion, the others noise.
         """
         steps = int(self.config["sampling"]["steps"] if steps is None else steps)
         guidance = float(self.config["sampling"]["guidance"] if guidance is None else guidance)
@@ -235,6 +241,9 @@ class CounterfactualPipeline:
             raise ValueError(f"steps must be between 1 and 1000, got {steps}")
         if not 0.0 <= guidance <= 30.0:
             raise ValueError(f"guidance must be between 0 and 30, got {guidance}")
+        start = str(self.config["sampling"].get("start", "inversion") if start is None else start)
+        if start not in SAMPLING_STARTS:
+            raise ValueError(f"start must be one of {', '.join(SAMPLING_STARTS)}, got {start!r}")
         seed_opt = seed_opt or SeedOptConfig(**self.config["seed_optimization"])
         notes: list[str] = []
         timings: dict[str, float] = {}
@@ -247,7 +256,7 @@ class CounterfactualPipeline:
         condition, labels = self.condition_for(target)
         with torch.no_grad():
             dist = self.vae.encode(x)
-            z_id, _ = self.vae.split(dist.mean)
+            z_id, z_path_input = self.vae.split(dist.mean)
             recon = self.vae.decode(self.transformer(dist.mean))
             cond = self.contrastive.text_tokens([condition])
             uncond = self.contrastive.text_tokens([""])
@@ -257,6 +266,12 @@ class CounterfactualPipeline:
         g = torch.Generator().manual_seed(int(seed))
         latent = self.diffusion.config.latent_size
         z_T = torch.randn((seed_opt.batch_seeds if optimize_seed else 1, 1, latent, latent), generator=g)
+        if start == "inversion":
+            t = time.perf_counter()
+            with torch.no_grad():
+                z_T[0] = self.diffusion.invert(z_path_input, uncond, steps)[0]
+            timings["inversion"] = time.perf_counter() - t
+            report("inversion", 1, 1, None)
         history: list[float] = []
         if optimize_seed:
             t = time.perf_counter()

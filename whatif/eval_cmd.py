@@ -10,6 +10,8 @@ def add_parser(sub) -> None:
     e.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
     e.add_argument("--n", type=int, default=20, help="held-out identities per target (default 20)")
     e.add_argument("--out", default="docs/default-model.md", help="Markdown report; the contact sheet is written beside it")
+    e.add_argument("--start", choices=["inversion", "noise"], help="sampling start (checkpoint default)")
+    e.add_argument("--guidance", type=float, help="classifier-free guidance (checkpoint default)")
     e.add_argument("--write-card", action="store_true", help="also write MODEL_CARD.md (data, wall time, these metrics) into the checkpoint")
     e.set_defaults(func=_eval)
 
@@ -21,7 +23,7 @@ def _eval(args) -> int:
     if args.n < 2:
         raise ValueError("--n must be at least 2")
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
-    result = evaluate_counterfactuals(pipe, args.n)
+    result = evaluate_counterfactuals(pipe, args.n, start=args.start, guidance=args.guidance)
     out = Path(args.out)
     write_report(result, pipe, args.checkpoint or "(embedded)", out, out.with_name(out.stem + "-sheet.png"))
     print(f"wrote {out}")
@@ -30,6 +32,6 @@ def _eval(args) -> int:
         from training.model_card import write_model_card
 
         ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
-        command = f"whatif eval --checkpoint {args.checkpoint or default_checkpoint_dir()} --n {args.n}"
+        command = f"whatif eval --checkpoint {args.checkpoint or default_checkpoint_dir()} --n {args.n}{result['options']}"
         print(f"wrote {write_model_card(ckpt, pipe.config, result, command)}")
     return 0

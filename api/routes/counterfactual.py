@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 
@@ -28,6 +28,7 @@ async def create(
     optimize_seed: Annotated[bool, Form()] = True,
     steps: Annotated[int | None, Form(ge=1)] = None,
     guidance: Annotated[float | None, Form(ge=0.0, le=30.0)] = None,
+    start: Annotated[Literal["inversion", "noise"] | None, Form(description="sampling start: the input's inverted pathology channel, or noise from the seed")] = None,
 ):
     from model.refine import NoFindingRecognised, refine_request
 
@@ -47,7 +48,7 @@ async def create(
     store.purge_expired()
     job_id = store.new_id()
     store.put(job_id, "input.png", png)
-    params = {"target": target, "seed": seed, "optimize_seed": optimize_seed, "steps": steps, "guidance": guidance}
+    params = {"target": target, "seed": seed, "optimize_seed": optimize_seed, "steps": steps, "guidance": guidance, "start": start}
     store.put_meta(job_id, {"owner": owner, "created_at": time.time(), "condition": refinement.condition,
                             "notes": notes, "source_format": fmt, "params": params})
     request.app.state.celery.send_task("whatif.counterfactual", args=[job_id, params], task_id=job_id)

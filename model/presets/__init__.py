@@ -16,7 +16,7 @@ from ..eval_classifier import EvalClassifierConfig
 from ..findings_head import FindingsHeadConfig
 from ..identity_encoder import IdentityEncoderConfig
 from ..modeling import CheckpointError
-from ..pathology_diffusion import DiffusionConfig
+from ..pathology_diffusion import SAMPLING_STARTS, DiffusionConfig
 from ..vae import VAEConfig
 
 COMPONENT_CONFIGS = {
@@ -67,7 +67,9 @@ def preset_from_dict(name: str, data: dict) -> Preset:
         raise CheckpointError(f"preset {name!r}: transformer latent_channels must equal vae latent_channels")
     if diff.cross_attention_dim != components["contrastive"].text_width:
         raise CheckpointError(f"preset {name!r}: diffusion cross_attention_dim must equal contrastive text_width")
-    sampling = {"steps": 50, "guidance": 3.0, **data.get("sampling", {})}
+    sampling = {"steps": 50, "guidance": 3.0, "start": "inversion", **data.get("sampling", {})}
+    if set(sampling) != {"steps", "guidance", "start"} or sampling["start"] not in SAMPLING_STARTS:
+        raise CheckpointError(f"preset {name!r}: sampling takes steps, guidance and start ({' or '.join(SAMPLING_STARTS)}); got {sampling}")
     return Preset(name, data.get("description", ""), res, components, sampling)
 
 

@@ -13,7 +13,7 @@ H = {"X-API-Key": KEY_A}
 
 def test_upload_to_result(service):
     r = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
-                     data={"target": "moderate left pleural effusion", "seed": "3"})
+                     data={"target": "moderate left pleural effusion", "seed": "3", "start": "noise"})
     assert r.status_code == 202, r.text
     job = r.json()["id"]
     assert r.headers["location"] == f"/jobs/{job}" and len(job) >= 22
@@ -24,6 +24,7 @@ def test_upload_to_result(service):
     assert set(body["links"]) == {"result.png", "diff.png", "result.dcm"}
     q = body["result"]["quality"]
     assert "Pleural Effusion" in q["target_probability"] and body["result"]["lp_history"]
+    assert "inversion" not in body["result"]["timings_s"]  # the requested start reached the worker
     png = service.get(f"/jobs/{job}/result.png", headers=H)
     assert png.status_code == 200 and "SYNTHETIC" in Image.open(io.BytesIO(png.content)).info["Comment"]
     dcm = pydicom.dcmread(io.BytesIO(service.get(f"/jobs/{job}/result.dcm", headers=H).content))
@@ -54,13 +55,16 @@ def test_bad_inputs_are_clear_4xx(service):
         (_post(service, png_bytes()[:200]), 415, "corrupt"),
         (_post(service, b"\0" * 8_100_000), 413, "larger than"),
     ]
+    bad_start = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
+                             data={"target": "mild edema", "start": "reference"})
+    cases.append((bad_start, 422, "inversion"))
     big = Image.new("L", (3000, 2000))
     buf = io.BytesIO()
     big.save(buf, format="PNG")
     cases.append((_post(service, buf.getvalue()), 413, "pixels"))
     for r, code, msg in cases:
         assert r.status_code == code, (r.status_code, r.text)
-        assert msg in r.json()["detail"], r.text
+        assert msg in str(r.json()["detail"]), r.text
 
 
 def test_rgb_and_16_bit_and_dicom_are_accepted(service):

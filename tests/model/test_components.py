@@ -106,6 +106,12 @@ def test_presets_registry_and_strict_keys():
     data["resolution"] = 128
     with pytest.raises(CheckpointError, match="latent"):
         preset_from_dict("x", data)
+    assert get_preset("tiny").sampling["start"] == "inversion"
+    for bad in ({"start": "reference"}, {"stepz": 4}):
+        data = get_preset("tiny").to_dict()
+        data["sampling"].update(bad)
+        with pytest.raises(CheckpointError, match="sampling takes steps, guidance and start"):
+            preset_from_dict("x", data)
 
 
 def test_paper_preset_matches_the_paper():

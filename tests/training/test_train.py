@@ -109,13 +109,14 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     pipe.config["sampling"]["steps"] = 2
     pipe.config["seed_optimization"]["max_iters"] = 2
-    result = evaluate_counterfactuals(pipe, 2, progress=False)
+    result = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
     assert len(result["table"]) == 2 * len(TARGETS)
     assert all(0.0 <= v["auroc"] <= 1.0 and -1.0 <= v["ssim"] <= 1.0 for v in result["table"].values())
     md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
     write_report(result, pipe, "ckpt", md, png)
     text = md.read_text()
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
+    assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
 
     from training.model_card import write_model_card
 

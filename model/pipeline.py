@@ -113,7 +113,7 @@ class CounterfactualPipeline:
             "components": {name: name for name in COMPONENTS},
             "text_encoder": {"kind": "project contrastive model, text tower", "tokenizer": "condition-vocabulary"},
             "sampling": dict(p.sampling),
-            "seed_optimization": dataclasses.asdict(SeedOptConfig()),
+            "seed_optimization": dataclasses.asdict(SeedOptConfig(**p.seed_optimization)),
             "ood": {"recon_mse_mean": 0.0, "recon_mse_std": 1.0},
             "training": {"state": "untrained", "seed": seed},
             "notice": SYNTHETIC_NOTICE,

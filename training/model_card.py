@@ -88,7 +88,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
             "",
             *[f"- {line}" for line in summary_lines(eval_result)],
             "",
-            f"Seed optimisation changes mean AUROC by {s[True]['mean_auroc'] - s[False]['mean_auroc']:+.3f}.",
+            f"Seed optimisation changes mean AUROC by {s[True]['mean_auroc'] - s[False]['mean_auroc']:+.3f}. Sampling: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(eval_result.get("sampling", {}).items())) + ".",
             "",
         ]
     lines += [

@@ -17,6 +17,7 @@ from ..findings_head import FindingsHeadConfig
 from ..identity_encoder import IdentityEncoderConfig
 from ..modeling import CheckpointError
 from ..pathology_diffusion import SAMPLING_STARTS, DiffusionConfig
+from ..seed_optimization import SeedOptConfig
 from ..vae import VAEConfig
 
 COMPONENT_CONFIGS = {
@@ -38,6 +39,7 @@ class Preset:
     resolution: int
     components: dict  # name -> config instance
     sampling: dict
+    seed_optimization: dict = dataclasses.field(default_factory=dict)  # SeedOptConfig fields that differ from its defaults
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +47,7 @@ class Preset:
             "resolution": self.resolution,
             **{k: v.to_dict() for k, v in self.components.items()},
             "sampling": self.sampling,
+            "seed_optimization": self.seed_optimization,
         }
 
 
@@ -53,7 +56,7 @@ def available_presets() -> list[str]:
 
 
 def preset_from_dict(name: str, data: dict) -> Preset:
-    known = {"description", "resolution", "sampling", *COMPONENT_CONFIGS}
+    known = {"description", "resolution", "sampling", "seed_optimization", *COMPONENT_CONFIGS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CheckpointError(f"preset {name!r}: unknown key(s) {', '.join(unknown)}")
@@ -70,7 +73,12 @@ def preset_from_dict(name: str, data: dict) -> Preset:
     sampling = {"steps": 50, "guidance": 3.0, "start": "inversion", **data.get("sampling", {})}
     if set(sampling) != {"steps", "guidance", "start"} or sampling["start"] not in SAMPLING_STARTS:
         raise CheckpointError(f"preset {name!r}: sampling takes steps, guidance and start ({' or '.join(SAMPLING_STARTS)}); got {sampling}")
-    return Preset(name, data.get("description", ""), res, components, sampling)
+    seed_opt = dict(data.get("seed_optimization", {}))
+    try:
+        SeedOptConfig(**seed_opt)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"preset {name!r}: seed_optimization: {exc}") from None
+    return Preset(name, data.get("description", ""), res, components, sampling, seed_opt)
 
 
 def get_preset(name: str) -> Preset:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.modeling import CheckpointError
-from model.pipeline import COMPONENTS
+from model.pipeline import COMPONENTS, CounterfactualPipeline
 from model.presets import available_presets, get_preset, preset_from_dict
 
 TINY = get_preset("tiny")
@@ -112,6 +112,12 @@ def test_presets_registry_and_strict_keys():
         data["sampling"].update(bad)
         with pytest.raises(CheckpointError, match="sampling takes steps, guidance and start"):
             preset_from_dict("x", data)
+    data = get_preset("tiny").to_dict()
+    data["seed_optimization"] = {"method": "adam"}
+    with pytest.raises(CheckpointError, match="seed_optimization: unknown seed optimisation method"):
+        preset_from_dict("x", data)
+    data["seed_optimization"] = {"lr": 0.01}
+    assert CounterfactualPipeline.from_preset(preset_from_dict("x", data)).config["seed_optimization"]["lr"] == 0.01
 
 
 def test_paper_preset_matches_the_paper():

@@ -123,6 +123,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     card = write_model_card(out / "checkpoint", pipe.config, result, "whatif eval --checkpoint X --n 2").read_text()
     assert "not for clinical use" in card and "| stage1 |" in card and "--data phantom:24" in card
     assert "With seed optimisation: mean AUROC" in card and "Total training wall time" in card
+    assert "Sampling: guidance 2.0, start noise, steps 2." in card
 
 
 def test_same_command_under_torchrun_two_processes(tmp_path):

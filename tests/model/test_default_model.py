@@ -19,8 +19,8 @@ def test_loads_with_no_argument_within_the_size_limit_and_says_what_it_is():
 
 
 def test_adding_edema_raises_its_probability_and_keeps_the_anatomy():
-    # Edema is the finding this small CPU-trained model renders best (docs/default-model.md: AUROC
-    # 0.92 with seed optimisation); most others it barely renders, which the model card says.
+    # Edema is among the findings this small CPU-trained model renders best (docs/default-model.md:
+    # AUROC 0.999 with seed optimisation); the tail it barely renders, which the model card says.
     import torch
 
     from model.vae import ssim

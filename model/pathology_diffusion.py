@@ -4,8 +4,9 @@ A diffusers `UNet2DConditionModel` (1 channel in and out) cross-attends to per-t
 features. Training uses the DDPM forward process (Algorithm 1, lines 29-34); sampling is DDIM
 with classifier-free guidance, written out below so that seed optimisation can differentiate
 through it. `invert` runs the same deterministic DDIM backwards (clean z^n -> seed), so that a
-counterfactual can start from the input's own pathology channel instead of pure noise. `clip_sample` is off: latents are not in [-1, 1]; they are standardised with
-`latent_shift` / `latent_scale`, measured on the training set.
+counterfactual can start from the input's own pathology channel instead of pure noise.
+`clip_sample` is off: latents are not in [-1, 1]; they are standardised with `latent_shift` /
+`latent_scale`, measured on the training set.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class PathologyDiffusion(PretrainedModule):
         (Song et al., 2021, section 4.3) and null-text inversion (Mokady et al., 2023): at each
         step the noise is predicted at the current, less noisy latent, the usual approximation.
         Sampling from this seed with the target text keeps what z^n carries of the patient
-        (measured in docs/default-model.md) where a random seed replaces it.
+        (measured in the README, "Where sampling starts") where a random seed replaces it.
         """
         ts = self.timesteps(steps)[::-1]  # ascending: 1, ..., the first sampling step
         z = self.to_model_space(z_path)

@@ -94,6 +94,11 @@ class CounterfactualPipeline:
         self._refiner = None
 
     @property
+    def sampling(self) -> dict:
+        """The checkpoint's sampling defaults; checkpoints older than the `start` key start from the inversion."""
+        return {"start": "inversion", **self.config["sampling"]}
+
+    @property
     def components(self) -> dict[str, torch.nn.Module]:
         return {name: getattr(self, name) for name in COMPONENTS}
 
@@ -235,13 +240,13 @@ class CounterfactualPipeline:
                 of the patient; "noise", a Gaussian seed from `seed`, as in the paper. With
                 several seeds optimised at once, the first is the inversion, the others noise.
         """
-        steps = int(self.config["sampling"]["steps"] if steps is None else steps)
-        guidance = float(self.config["sampling"]["guidance"] if guidance is None else guidance)
+        steps = int(self.sampling["steps"] if steps is None else steps)
+        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
         if not 1 <= steps <= 1000:
             raise ValueError(f"steps must be between 1 and 1000, got {steps}")
         if not 0.0 <= guidance <= 30.0:
             raise ValueError(f"guidance must be between 0 and 30, got {guidance}")
-        start = str(self.config["sampling"].get("start", "inversion") if start is None else start)
+        start = str(self.sampling["start"] if start is None else start)
         if start not in SAMPLING_STARTS:
             raise ValueError(f"start must be one of {', '.join(SAMPLING_STARTS)}, got {start!r}")
         seed_opt = seed_opt or SeedOptConfig(**self.config["seed_optimization"])

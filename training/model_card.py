@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluate import summary, summary_lines
+from .evaluate import sampling_text, summary, summary_lines
 from .train import STAGES
 
 
@@ -88,8 +88,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
             "",
             *[f"- {line}" for line in summary_lines(eval_result)],
             "",
-            f"Seed optimisation changes mean AUROC by {s[True]['mean_auroc'] - s[False]['mean_auroc']:+.3f}. Sampling: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(eval_result.get("sampling", {}).items())) + ".",
+            f"Seed optimisation changes mean AUROC by {s[True]['mean_auroc'] - s[False]['mean_auroc']:+.3f}. "
+            f"Sampling: {sampling_text(eval_result)}.",
             "",
         ]
     lines += [

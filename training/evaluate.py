@@ -9,7 +9,9 @@ counterfactual is compared with it. Metrics, each with and without seed optimisa
 - AUROC of the evaluation classifier for the target label: counterfactuals made for that
   target are the positives, the counterfactuals made for every other target the negatives;
 - SSIM and mean absolute error (0-255 scale) to the true counterfactual, over the whole image,
-  inside the true finding's mask and outside it.
+  inside the true finding's mask and outside it;
+- the same AUROC on the true counterfactuals: the judge's own ceiling, so that a low score can be
+  told apart from a classifier that cannot see the finding.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def evaluate_counterfactuals(
     sampling = {**pipe.sampling, **overrides}
     rows: dict[tuple[str, bool], dict[str, list]] = {}
     sheet: dict[tuple[int, str], np.ndarray] = {}
+    truth_probs: dict[str, list[np.ndarray]] = {}
     total = len(TARGETS) * n * 2
     bar = tqdm(total=total, desc="eval", disable=not progress)
     for k in range(n):
@@ -76,10 +79,12 @@ def evaluate_counterfactuals(
             if mask is None:
                 mask = render(identity, src_f, rseed, res).masks[src_f[0].label]
             sheet.setdefault((k, "input"), src.image)
+            tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
+            with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
+                truth_probs.setdefault(target, []).append(torch.sigmoid(pipe.eval_classifier(tr))[0].numpy())
             for opt in (False, True):
                 out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"])
                 cf = torch.from_numpy(out.image)[None, None] * 2 - 1
-                tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
                 err = np.abs(out.image * 255.0 - true.image.astype(np.float32))
                 with torch.no_grad():
                     probs = torch.sigmoid(pipe.eval_classifier(cf))[0].numpy()
@@ -94,6 +99,10 @@ def evaluate_counterfactuals(
                 bar.update(1)
     bar.close()
     table = {}
+    for target in TARGETS:
+        li = CHEXPERT_LABELS.index(target)
+        neg = [p[li] for t in TARGETS if t != target for p in truth_probs[t]]
+        table[(target, "true")] = {"auroc": auroc([p[li] for p in truth_probs[target]], neg)}
     for opt in (False, True):
         for target in TARGETS:
             li = CHEXPERT_LABELS.index(target)
@@ -109,6 +118,16 @@ def evaluate_counterfactuals(
             }
     options = "".join(f" --{k} {v}" for k, v in overrides.items())  # for the reproducing command
     return {"n": n, "table": table, "sheet": sheet, "sampling": sampling, "options": options}
+
+
+def judge_summary(result: dict) -> dict[str, float]:
+    """The evaluation classifier's mean, tail and head AUROC on the true counterfactuals."""
+    t = result["table"]
+    return {
+        "mean_auroc": float(np.nanmean([t[(x, "true")]["auroc"] for x in TARGETS])),
+        "tail_auroc": float(np.nanmean([t[(x, "true")]["auroc"] for x in TAIL])),
+        "head_auroc": float(np.nanmean([t[(x, "true")]["auroc"] for x in PAPER_TABLE2_LABELS if x not in TAIL])),
+    }
 
 
 def summary(result: dict) -> dict[bool, dict[str, float]]:
@@ -138,6 +157,11 @@ def summary_lines(result: dict) -> list[str]:
             f"mean SSIM {s['mean_ssim']:.3f} (target >= 0.85), tail AUROC {s['tail_auroc']:.3f} vs head "
             f"{s['head_auroc']:.3f} (gap {s['head_auroc'] - s['tail_auroc']:+.3f}; target within 0.05 with seed optimisation)."
         )
+    j = judge_summary(result)
+    lines.append(
+        f"The evaluation classifier on the true counterfactuals (what a perfect model would score): mean AUROC "
+        f"{j['mean_auroc']:.3f}, tail {j['tail_auroc']:.3f} vs head {j['head_auroc']:.3f}."
+    )
     return lines
 
 
@@ -156,13 +180,16 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
         "",
         f"Sampling: {sampling_text(result)}; seed k for identity k.",
         "",
-        "| target | AUROC | AUROC (seed opt.) | SSIM | SSIM (seed opt.) | MAE | MAE in mask | MAE outside | MAE (seed opt.) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "AUROC (true cf.) is the evaluation classifier on the true counterfactuals themselves: the",
+        "score a perfect model would get from this judge.",
+        "",
+        "| target | AUROC | AUROC (seed opt.) | AUROC (true cf.) | SSIM | SSIM (seed opt.) | MAE | MAE in mask | MAE outside | MAE (seed opt.) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in TARGETS:
         a, b = t[(target, False)], t[(target, True)]
         lines.append(
-            f"| {target}{' (tail)' if target in TAIL else ''} | {a['auroc']:.3f} | {b['auroc']:.3f} | {a['ssim']:.3f} | "
+            f"| {target}{' (tail)' if target in TAIL else ''} | {a['auroc']:.3f} | {b['auroc']:.3f} | {t[(target, 'true')]['auroc']:.3f} | {a['ssim']:.3f} | "
             f"{b['ssim']:.3f} | {a['mae']:.1f} | {a['mae_in']:.1f} | {a['mae_out']:.1f} | {b['mae']:.1f} |"
         )
     for line in summary_lines(result):

@@ -73,6 +73,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
                 kl += f" --paired-weight {run['paired_weight']:g} --paired-focus {run.get('paired_focus', 50.0):g}"
                 if run.get("paired_cross"):
                     kl += f" --paired-cross {run['paired_cross']:g}"
+            if name == "classifier":  # runs recorded before the option trained without it
+                kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
             lines.append(
                 f"whatif train {name} --preset {preset} --data {tr.get('data')} --out RUN --steps {run['to_step']} "
                 f"--batch-size {run['batch_size']}{kl}{' --resume' if name != 'stage0' or k else ''}"

@@ -15,7 +15,8 @@ stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE +
 stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined report text, with
         caption dropout so that classifier-free guidance has an unconditional model.
 classifier: the evaluation classifier again, on class-balanced phantoms (so that it measures
-        the tail findings as well as the head ones).
+        the tail findings as well as the head ones), with acquisition augmentation (blur, noise,
+        exposure: `training.augment`) so that it scores findings rather than the render's texture.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from model.vae import ssim
 
+from .augment import AcquisitionAugment
 from .loop import batches, run_loop
 
 
@@ -54,6 +56,10 @@ class Hyper:
     # put into this identity, whose true result the phantom renders (this identity with those
     # findings). Same-identity pairs cannot ask z^n to be free of identity; this term does.
     paired_cross: float = 0.0
+    # Not in the paper: probability of each acquisition augmentation (blur, noise, exposure) per
+    # image in the evaluation classifier's own stage (`training.augment`; 0 = none). A judge that
+    # has only seen one render's sharpness scores texture, not findings.
+    acquisition_augment: float = 0.8
 
 
 def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -120,10 +126,13 @@ def classifier_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed
     clf.train().requires_grad_(True)
     opts = {"classifier": torch.optim.AdamW(clf.parameters(), lr=hp.lr * 3)}
     it = batches(data, batch_size, seed, rank, world)
+    augment = AcquisitionAugment(p=hp.acquisition_augment)
 
     def step(i):
         b = next(it)
-        loss = F.binary_cross_entropy_with_logits(clf(b["image"]), b["labels"])
+        # Seeded by (seed, rank, step): a resumed run draws what an uninterrupted one would.
+        g = torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + i) % 2**63)
+        loss = F.binary_cross_entropy_with_logits(clf(augment(b["image"], g)), b["labels"])
         opts["classifier"].zero_grad()
         loss.backward()
         _sync(opts["classifier"], world)

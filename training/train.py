@@ -132,6 +132,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                     run["paired_weight"], run["paired_focus"] = hp.paired, hp.paired_focus
                     if hp.paired_cross:
                         run["paired_cross"] = hp.paired_cross
+            if name == "classifier":
+                run["acquisition_augment"] = hp.acquisition_augment
             runs = runs + [run]
             history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"], "runs": runs}
             pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})

@@ -110,13 +110,21 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     pipe.config["sampling"]["steps"] = 2
     pipe.config["seed_optimization"]["max_iters"] = 2
     result = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
-    assert len(result["table"]) == 2 * len(TARGETS)
-    assert all(0.0 <= v["auroc"] <= 1.0 and -1.0 <= v["ssim"] <= 1.0 for v in result["table"].values())
+    assert len(result["table"]) == 3 * len(TARGETS)
+    assert all(0.0 <= v["auroc"] <= 1.0 and -1.0 <= v["ssim"] <= 1.0 for (_, opt), v in result["table"].items() if opt != "true")
+    # The judge's ceiling: the classifier on the true counterfactuals, which the model does not touch.
+    truth = {t: result["table"][(t, "true")]["auroc"] for t in TARGETS}
+    for p in pipe.vae.parameters():  # another model, the same judge and ground truth
+        p.data.mul_(0.5)
+    again = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
+    assert {t: again["table"][(t, "true")]["auroc"] for t in TARGETS} == truth
+    assert all(0.0 <= v <= 1.0 for v in truth.values())
     md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
     write_report(result, pipe, "ckpt", md, png)
     text = md.read_text()
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
     assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
+    assert "| AUROC (true cf.) |" in text and "The evaluation classifier on the true counterfactuals" in text
 
     from training.model_card import write_model_card
 
@@ -124,6 +132,9 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert "not for clinical use" in card and "| stage1 |" in card and "--data phantom:24" in card
     assert "With seed optimisation: mean AUROC" in card and "Total training wall time" in card
     assert "Sampling: guidance 2.0, start noise, steps 2." in card
+    # The classifier stage records its acquisition augmentation and the card's command repeats it.
+    assert pipe.config["training"]["stages"]["classifier"]["runs"][-1]["acquisition_augment"] == 0.8
+    assert "whatif train classifier --preset tiny --data phantom:24 --out RUN --steps 6 --batch-size 4 --acquisition-augment 0.8 --resume" in card
 
 
 def test_same_command_under_torchrun_two_processes(tmp_path):

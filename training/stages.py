@@ -130,7 +130,8 @@ def classifier_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed
 
     def step(i):
         b = next(it)
-        # Seeded by (seed, rank, step): a resumed run draws what an uninterrupted one would.
+        # Seeded by (seed, rank, step): step i draws the same blur, noise and exposure however the
+        # run was split into sittings.
         g = torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + i) % 2**63)
         loss = F.binary_cross_entropy_with_logits(clf(augment(b["image"], g)), b["labels"])
         opts["classifier"].zero_grad()

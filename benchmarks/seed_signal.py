@@ -1,0 +1,76 @@
+"""What seed optimisation can see: how well E_CXR tells the findings apart on held-out phantoms.
+
+Seed optimisation (paper Algorithm 2, Eq. 18) moves the seed so that E_CXR of the generated image
+nears the centroid mu_z of m references of the target. It can only pull toward a finding that
+E_CXR separates from the patient's own anatomy. On the evaluation identities of `whatif eval`
+(never trained on), per target of the paper's Table 2 and "no finding":
+
+  nearest centroid   the fraction of true counterfactuals whose E_CXR feature is nearest to their
+                     own target's centroid (the checkpoint's centroids, 12 candidates; chance 0.08)
+  shift / spread     the mean distance the finding moves the feature, ||E(x_with) - E(x_without)||,
+                     over the mean distance of the identities' clean features to their mean: below
+                     1, the finding moves E_CXR less than the patient does, and L_P mostly pulls
+                     toward the references' anatomy
+
+Fast (n=8: about 10 s on 2 cores).
+
+    .venv/bin/python benchmarks/seed_signal.py --checkpoint model/weights/default --n 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.labels import NO_FINDING
+from model.pipeline import CounterfactualPipeline
+from model.preprocess import to_model_input
+from training.evaluate import EVAL_IDENTITY_BASE, TAIL, TARGETS, _finding
+from training.phantom.renderer import render
+
+
+@torch.no_grad()
+def measure(pipe: CounterfactualPipeline, n: int) -> dict:
+    res = pipe.resolution
+    centroids = torch.stack([pipe.centroids[t] for t in TARGETS])
+    feats = {t: [] for t in TARGETS}
+    for k in range(n):
+        for t in TARGETS:
+            img = render(EVAL_IDENTITY_BASE + k, [] if t == NO_FINDING else [_finding(t)], k, res).image
+            feats[t].append(pipe.contrastive.encode_image(to_model_input(img, res))[0])
+    clean = torch.stack(feats[NO_FINDING])
+    spread = float((clean - clean.mean(0)).norm(dim=1).mean())
+    table = {}
+    for i, t in enumerate(TARGETS):
+        f = torch.stack(feats[t])
+        table[t] = {
+            "nearest_centroid": float((torch.cdist(f, centroids).argmin(1) == i).float().mean()),
+            "shift_over_spread": float((f - clean).norm(dim=1).mean()) / spread if t != NO_FINDING else float("nan"),
+        }
+    mean = {key: float(np.nanmean([v[key] for v in table.values()])) for key in ("nearest_centroid", "shift_over_spread")}
+    tail = float(np.mean([table[t]["nearest_centroid"] for t in TAIL]))
+    return {"n": n, "table": table, "mean": mean, "tail_nearest_centroid": tail}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the embedded default model)")
+    ap.add_argument("--n", type=int, default=8, help="held-out identities per target")
+    ap.add_argument("--json", default=None, help="also write the numbers here")
+    args = ap.parse_args()
+    result = measure(CounterfactualPipeline.from_pretrained(args.checkpoint), args.n)
+    print(f"| target (n={args.n}) | nearest centroid | shift / spread |")
+    print("| --- | ---: | ---: |")
+    for t, v in [*result["table"].items(), ("mean", result["mean"])]:
+        print(f"| {t}{' (tail)' if t in TAIL else ''} | {v['nearest_centroid']:.2f} | {v['shift_over_spread']:.2f} |")
+    print(f"nearest centroid: tail {result['tail_nearest_centroid']:.2f}, mean {result['mean']['nearest_centroid']:.2f} (chance {1 / len(TARGETS):.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -73,6 +73,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
                 kl += f" --paired-weight {run['paired_weight']:g} --paired-focus {run.get('paired_focus', 50.0):g}"
                 if run.get("paired_cross"):
                     kl += f" --paired-cross {run['paired_cross']:g}"
+            kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
             if name == "classifier":  # runs recorded before the option trained without it
                 kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
             lines.append(

@@ -60,6 +60,9 @@ class Hyper:
     # image in the evaluation classifier's own stage (`training.augment`; 0 = none). A judge that
     # has only seen one render's sharpness scores texture, not findings.
     acquisition_augment: float = 0.8
+    # Stage 0's networks to leave as they are (of STAGE0_PARTS): e.g. to train E_CXR further
+    # without touching an evaluation classifier that its own stage has trained since.
+    freeze: tuple[str, ...] = ()
 
 
 def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -72,26 +75,28 @@ def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
                     p.grad /= world
 
 
+STAGE0_PARTS = ("contrastive", "identity", "classifier")
+
+
 def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
-    clip, ident, clf = pipe.contrastive, pipe.identity_encoder, pipe.eval_classifier
-    for m in (clip, ident, clf):
-        m.train().requires_grad_(True)
-    if getattr(ident, "pretrained", False):  # a pretrained E_ID (VGG-16) stays frozen
-        ident.eval().requires_grad_(False)
-    opts = {
-        "contrastive": torch.optim.AdamW(clip.parameters(), lr=hp.lr * 3),
-        "classifier": torch.optim.AdamW(clf.parameters(), lr=hp.lr * 3),
-    }
-    if not getattr(ident, "pretrained", False):
-        opts["identity"] = torch.optim.AdamW(ident.parameters(), lr=hp.lr * 3)
+    parts = {"contrastive": pipe.contrastive, "identity": pipe.identity_encoder, "classifier": pipe.eval_classifier}
+    if getattr(pipe.identity_encoder, "pretrained", False):  # a pretrained E_ID (VGG-16) stays frozen
+        hp = dataclasses.replace(hp, freeze=tuple({*hp.freeze, "identity"}))
+    # Frozen parts are left out of the saved and restored state too: a resume must not put back
+    # stage 0's old copy over weights another stage has trained since.
+    train_parts = {k: m for k, m in parts.items() if k not in hp.freeze}
+    for name, m in parts.items():
+        m.train().requires_grad_(True) if name in train_parts else m.eval().requires_grad_(False)
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=hp.lr * 3) for name, m in train_parts.items()}
+    clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
     it = batches(data, batch_size, seed, rank, world)
     it_eval = batches(eval_data, batch_size, seed + 1, rank, world)
 
-    has_views = hasattr(data, "other_view") and not getattr(ident, "pretrained", False)
+    has_views = hasattr(data, "other_view") and "identity" in train_parts
 
     def step(i):
         b = next(it)
-        loss_c = clip.contrastive_loss(b["image"], b["text"])
+        loss_c = clip.contrastive_loss(b["image"], b["text"]) if "contrastive" in train_parts else torch.zeros(())
         if has_views:
             # E_ID: the same identity with other findings is the positive, the rest of the batch
             # the negatives (InfoNCE, temperature 0.1).
@@ -100,18 +105,22 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
             loss_i = F.cross_entropy(e1 @ e2.t() / 0.1, torch.arange(len(b["index"])))
         else:
             loss_i = torch.zeros(())
-        be = next(it_eval)
-        loss_k = F.binary_cross_entropy_with_logits(clf(be["image"]), be["labels"])
+        if "classifier" in train_parts:
+            be = next(it_eval)
+            loss_k = F.binary_cross_entropy_with_logits(clf(be["image"]), be["labels"])
+        else:
+            loss_k = torch.zeros(())
         for opt in opts.values():
             opt.zero_grad()
         (loss_c + loss_i + loss_k).backward()
         for opt in opts.values():
             _sync(opt, world)
             opt.step()
-        return {"contrastive": float(loss_c.detach()), "identity": float(loss_i.detach()), "classifier": float(loss_k.detach())}
+        losses = {"contrastive": loss_c, "identity": loss_i, "classifier": loss_k}
+        return {k: float(v.detach()) for k, v in losses.items() if k in train_parts}
 
-    res = run_loop(out, "stage0", steps, {"contrastive": clip, "identity": ident, "classifier": clf}, opts, step, resume, rank=rank)
-    for m in (clip, ident, clf):
+    res = run_loop(out, "stage0", steps, train_parts, opts, step, resume, rank=rank)
+    for m in parts.values():
         m.eval().requires_grad_(False)
     return res
 

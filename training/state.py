@@ -32,10 +32,16 @@ def save_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers:
 def load_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict:
     meta = json.loads((directory / "state.json").read_text())
     tensors = load_file(str(directory / "state.safetensors"))
+    # A module the saved state lacks (left frozen in the last sitting) keeps the weights it has,
+    # the run's checkpoint, and starts a fresh optimiser.
     for name, module in modules.items():
         prefix = f"model/{name}/"
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if saved:
+            module.load_state_dict(saved)
     for name, opt in optimizers.items():
+        if name not in meta["param_groups"]:
+            continue
         prefix = f"optim/{name}/"
         state: dict[int, dict] = {}
         for k, v in tensors.items():

@@ -13,7 +13,7 @@ from model.presets import get_preset
 
 from .centroids import compute_centroids
 from .loop import RunSpec, TrainingError, distributed, open_run
-from .stages import Hyper, classifier_stage, stage0, stage1, stage2
+from .stages import STAGE0_PARTS, Hyper, classifier_stage, stage0, stage1, stage2
 
 STAGES = ("stage0", "stage1", "stage2", "classifier")
 EVAL_CLASSIFIER_SEED_OFFSET = 7919  # the classifier's data: a master seed no other stage uses
@@ -92,6 +92,13 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
     dataset = make_dataset(data, p.resolution)
     if len(dataset) < batch_size:
         raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
+    if hp.freeze:
+        unknown = sorted(set(hp.freeze) - set(STAGE0_PARTS))
+        if unknown or stage != "stage0" or set(hp.freeze) >= set(STAGE0_PARTS):
+            raise TrainingError(
+                f"--freeze applies to stage0 only, names some of {', '.join(STAGE0_PARTS)} and leaves one to train; "
+                f"got {', '.join(hp.freeze)} for {stage}"
+            )
     if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
     out = Path(out)
@@ -124,7 +131,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             pipe.config["ood"] = ood_statistics(pipe, dataset)
             history = pipe.config.setdefault("training", {}).setdefault("stages", {})
             # Each invocation of the stage (a resumed run may change the step target or stage 1's KL weight).
-            runs = history.get(name, {}).get("runs", []) if resume else []
+            prev = history.get(name, {})
+            # Checkpoints from before runs were recorded per sitting hold one sitting's summary.
+            first = [{"to_step": prev["steps"], "batch_size": prev["batch_size"]}] if "steps" in prev else []
+            runs = (prev.get("runs") or first) if resume else []
             run = {"to_step": steps, "batch_size": batch_size, "lr": hp.lr}
             if name == "stage1":  # the only stage with a KL term and the paired term
                 run["kl_weight"] = hp.alpha
@@ -134,6 +144,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                         run["paired_cross"] = hp.paired_cross
             if name == "classifier":
                 run["acquisition_augment"] = hp.acquisition_augment
+            if name == "stage0" and hp.freeze:
+                run["freeze"] = sorted(hp.freeze)
             runs = runs + [run]
             history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"], "runs": runs}
             pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})

@@ -213,3 +213,37 @@ def test_paired_term_needs_phantom_pairs(tmp_path):
     assert main(["phantom", "generate", "--n", "8", "--size", "64", "--out", str(gen), "--quiet"]) == 0
     with pytest.raises(TrainingError, match="paired"):
         train("stage1", "tiny", str(gen), tmp_path / "r", steps=1, batch_size=4, hp=Hyper(paired=1.0))
+
+
+def test_stage0_freeze_keeps_a_classifier_trained_since(tmp_path):
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    out = tmp_path / "s0"
+    train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
+    train("classifier", "tiny", "phantom:24", out, steps=2, batch_size=4, resume=True)
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    clf = {k: v.clone() for k, v in pipe.eval_classifier.state_dict().items()}
+    clip = {k: v.clone() for k, v in pipe.contrastive.state_dict().items()}
+    train("stage0", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True, hp=Hyper(freeze=("classifier",)))
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    # Stage 0's saved copy of the classifier (step 3) is not put back over the classifier stage's.
+    assert all(torch.equal(v, clf[k]) for k, v in pipe.eval_classifier.state_dict().items())
+    assert any(not torch.equal(v, clip[k]) for k, v in pipe.contrastive.state_dict().items())
+    rows = [json.loads(line) for line in (out / "metrics" / "stage0.jsonl").read_text().splitlines()]
+    assert "classifier" in rows[2] and "classifier" not in rows[4] and "contrastive" in rows[4]
+    card = model_card(pipe.config, None, out / "checkpoint", "")
+    assert "--steps 3 --batch-size 4\n" in card and "--steps 5 --batch-size 4 --freeze classifier --resume" in card
+    # Unfrozen again: the classifier is missing from the saved state and continues from the checkpoint.
+    train("stage0", "tiny", "phantom:24", out, steps=6, batch_size=4, resume=True)
+    rows = [json.loads(line) for line in (out / "metrics" / "stage0.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and "classifier" in rows[5]
+
+
+@pytest.mark.parametrize("stage,freeze", [("stage1", ("classifier",)), ("stage0", ("contrastive", "identity", "classifier")), ("stage0", ("vae",))])
+def test_bad_freeze_is_refused_before_training(tmp_path, stage, freeze):
+    from training.stages import Hyper
+
+    with pytest.raises(TrainingError, match="--freeze applies to stage0 only"):
+        train(stage, "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=freeze))
+    assert not (tmp_path / "bad").exists()

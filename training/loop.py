@@ -93,10 +93,11 @@ def run_loop(
 ) -> dict:
     """Run `step_fn(step)` from the saved step (when resuming) to `steps`, with state saved on the way."""
     state_dir = out / "state" / stage
-    start, before = 0, 0.0
+    start, before, counted = 0, 0.0, True
     if resume and (state_dir / "state.json").is_file():
         meta = load_state(state_dir, modules, optimizers)
         start, before = int(meta["step"]), float(meta.get("seconds", 0.0))  # wall time of earlier runs
+        counted = "seconds" in meta  # states saved before wall time was kept do not know it
     metrics_path = out / "metrics" / f"{stage}.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     if rank == 0 and metrics_path.is_file():
@@ -121,7 +122,7 @@ def run_loop(
     if rank == 0:
         plot_curves(metrics_path, out / "curves" / f"{stage}.png", stage)
     # Seconds over every run of this stage (resumed runs add up), not just this one.
-    return {"final": last, "seconds": before + time.perf_counter() - t0, "start_step": start}
+    return {"final": last, "seconds": before + time.perf_counter() - t0, "start_step": start, "earlier_seconds_counted": counted}
 
 
 def _step_of(row: str) -> int | None:

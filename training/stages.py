@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from model.vae import ssim
 
 from .augment import AcquisitionAugment
-from .loop import batches, run_loop
+from .loop import TrainingError, batches, run_loop
 
 
 @dataclasses.dataclass
@@ -85,8 +85,13 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     # Frozen parts are left out of the saved and restored state too: a resume must not put back
     # stage 0's old copy over weights another stage has trained since.
     train_parts = {k: m for k, m in parts.items() if k not in hp.freeze}
+    if not train_parts:
+        raise TrainingError("stage0 has nothing to train: the identity encoder is pretrained and the other two are frozen")
     for name, m in parts.items():
-        m.train().requires_grad_(True) if name in train_parts else m.eval().requires_grad_(False)
+        if name in train_parts:
+            m.train().requires_grad_(True)
+        else:
+            m.eval().requires_grad_(False)
     opts = {name: torch.optim.AdamW(m.parameters(), lr=hp.lr * 3) for name, m in train_parts.items()}
     clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
     it = batches(data, batch_size, seed, rank, world)

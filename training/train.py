@@ -147,7 +147,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             if name == "stage0" and hp.freeze:
                 run["freeze"] = sorted(hp.freeze)
             runs = runs + [run]
-            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(report[name]["seconds"], 1), "final": report[name]["final"], "runs": runs}
+            seconds = report[name]["seconds"]
+            if resume and not report[name].get("earlier_seconds_counted", True):
+                seconds += float(prev.get("seconds", 0.0))  # the checkpoint's history has the earlier sittings' time
+            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1), "final": report[name]["final"], "runs": runs}
             pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
             pipe.save_pretrained(out / "checkpoint")
     if rank == 0:

@@ -59,6 +59,13 @@ def test_resume_continues_where_it_stopped(run):
     assert rows == list(range(1, 10))
     after = CounterfactualPipeline.from_pretrained(out / "checkpoint").vae.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # A state saved before wall time was kept: the earlier sittings' time comes from the history.
+    meta = json.loads(state.read_text())
+    del meta["seconds"]
+    state.write_text(json.dumps(meta))
+    earlier = CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"]
+    train("stage1", "tiny", "phantom:24", out, steps=10, batch_size=4, resume=True)
+    assert CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"] > earlier
 
 
 @pytest.mark.parametrize(

@@ -120,28 +120,25 @@ def evaluate_counterfactuals(
     return {"n": n, "table": table, "sheet": sheet, "sampling": sampling, "options": options}
 
 
+def _auroc_summary(table: dict, setting) -> dict[str, float]:
+    """Mean, tail and head AUROC of one setting of the table (False, True or "true")."""
+    a = {x: table[(x, setting)]["auroc"] for x in TARGETS}
+    return {
+        "mean_auroc": float(np.nanmean(list(a.values()))),
+        "tail_auroc": float(np.nanmean([a[x] for x in TAIL])),
+        "head_auroc": float(np.nanmean([a[x] for x in PAPER_TABLE2_LABELS if x not in TAIL])),
+    }
+
+
 def judge_summary(result: dict) -> dict[str, float]:
     """The evaluation classifier's mean, tail and head AUROC on the true counterfactuals."""
-    t = result["table"]
-    return {
-        "mean_auroc": float(np.nanmean([t[(x, "true")]["auroc"] for x in TARGETS])),
-        "tail_auroc": float(np.nanmean([t[(x, "true")]["auroc"] for x in TAIL])),
-        "head_auroc": float(np.nanmean([t[(x, "true")]["auroc"] for x in PAPER_TABLE2_LABELS if x not in TAIL])),
-    }
+    return _auroc_summary(result["table"], "true")
 
 
 def summary(result: dict) -> dict[bool, dict[str, float]]:
     """Per setting (without / with seed optimisation): mean AUROC, mean SSIM, tail and head AUROC."""
     t = result["table"]
-    out = {}
-    for opt in (False, True):
-        out[opt] = {
-            "mean_auroc": float(np.nanmean([t[(x, opt)]["auroc"] for x in TARGETS])),
-            "mean_ssim": float(np.mean([t[(x, opt)]["ssim"] for x in TARGETS])),
-            "tail_auroc": float(np.nanmean([t[(x, opt)]["auroc"] for x in TAIL])),
-            "head_auroc": float(np.nanmean([t[(x, opt)]["auroc"] for x in PAPER_TABLE2_LABELS if x not in TAIL])),
-        }
-    return out
+    return {opt: {**_auroc_summary(t, opt), "mean_ssim": float(np.mean([t[(x, opt)]["ssim"] for x in TARGETS]))} for opt in (False, True)}
 
 
 def sampling_text(result: dict) -> str:

@@ -30,6 +30,7 @@ from model.vae import ssim
 
 from .augment import AcquisitionAugment
 from .loop import TrainingError, batches, run_loop
+from .sampling import repeat_factors
 
 
 @dataclasses.dataclass
@@ -63,6 +64,17 @@ class Hyper:
     # Stage 0's networks to leave as they are (of STAGE0_PARTS): e.g. to train E_CXR further
     # without touching an evaluation classifier that its own stage has trained since.
     freeze: tuple[str, ...] = ()
+    # Not in the paper: repeat-factor sampling threshold t for the stages that read the run's data
+    # (stages 0-2; `training.sampling`; 0 = each image once per epoch, the paper). An image is
+    # repeated sqrt(t / f) times for its rarest label of share f < t, so that the tail's reports
+    # are seen often enough for the generator to learn their look.
+    repeat_threshold: float = 0.0
+
+
+def _data_batches(data, batch_size: int, hp: Hyper, seed: int, rank: int, world: int):
+    """The run's data in batches, repeat-factor sampled when `hp.repeat_threshold` is set."""
+    repeat = repeat_factors(data.label_matrix(), hp.repeat_threshold) if hp.repeat_threshold else None
+    return batches(data, batch_size, seed, rank, world, repeat=repeat)
 
 
 def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -94,7 +106,7 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
             m.eval().requires_grad_(False)
     opts = {name: torch.optim.AdamW(m.parameters(), lr=hp.lr * 3) for name, m in train_parts.items()}
     clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
-    it = batches(data, batch_size, seed, rank, world)
+    it = _data_batches(data, batch_size, hp, seed, rank, world)
     it_eval = batches(eval_data, batch_size, seed + 1, rank, world)
 
     has_views = hasattr(data, "other_view") and "identity" in train_parts
@@ -170,7 +182,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         m.train().requires_grad_(True)
     params = [*vae.parameters(), *T.parameters(), *head.parameters()]
     opts = {"stage1": torch.optim.AdamW(params, lr=hp.lr)}
-    it = batches(data, batch_size, seed, rank, world)
+    it = _data_batches(data, batch_size, hp, seed, rank, world)
     g = torch.Generator().manual_seed(seed)
 
     paired = hp.paired > 0  # train() has checked that the data has counterfactual views
@@ -255,7 +267,7 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         diff.config.latent_shift, diff.config.latent_scale = shift, scale
     diff.train().requires_grad_(True)
     opts = {"stage2": torch.optim.AdamW(diff.unet.parameters(), lr=hp.lr * 3)}
-    it = batches(data, batch_size, seed, rank, world)
+    it = _data_batches(data, batch_size, hp, seed, rank, world)
     g = torch.Generator().manual_seed(seed)
 
     def step(i):

@@ -99,6 +99,11 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 f"--freeze applies to stage0 only, names some of {', '.join(STAGE0_PARTS)} and leaves one to train; "
                 f"got {', '.join(hp.freeze)} for {stage}"
             )
+    if hp.repeat_threshold:
+        if hp.repeat_threshold < 0 or hp.repeat_threshold > 1:
+            raise TrainingError(f"--repeat-threshold is a share of images in [0, 1], got {hp.repeat_threshold:g}")
+        if stage == "classifier":
+            raise TrainingError("--repeat-threshold applies to stage0, stage1 and stage2; the classifier stage samples its own (class-balanced on phantoms) data")
     if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
     out = Path(out)
@@ -144,6 +149,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                         run["paired_cross"] = hp.paired_cross
             if name == "classifier":
                 run["acquisition_augment"] = hp.acquisition_augment
+            if name != "classifier" and hp.repeat_threshold:
+                run["repeat_threshold"] = hp.repeat_threshold
             if name == "stage0" and hp.freeze:
                 run["freeze"] = sorted(hp.freeze)
             runs = runs + [run]

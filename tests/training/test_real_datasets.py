@@ -45,6 +45,7 @@ def test_mimic_layout_views_uncertainty_reports(tmp_path):
     assert len(ds) == 2  # two train patients, PA only
     eff = CHEXPERT_LABELS.index("Pleural Effusion")
     assert sorted(float(ds[i]["labels"][eff]) for i in range(2)) == [0.0, 1.0]  # U-zeros
+    assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(2)]))  # for repeat-factor sampling
     assert ds[0]["image"].shape == (1, 32, 32) and ds[0]["text"] == "mild edema; small left pleural effusion"
     assert len(mimic_cxr_jpg(tmp_path, 32, uncertainty="ignore")) == 1
     assert len(mimic_cxr_jpg(tmp_path, 32, split="test")) == 1

@@ -254,3 +254,26 @@ def test_bad_freeze_is_refused_before_training(tmp_path, stage, freeze):
     with pytest.raises(TrainingError, match="--freeze applies to stage0 only"):
         train(stage, "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=freeze))
     assert not (tmp_path / "bad").exists()
+
+
+def test_repeat_threshold_trains_is_recorded_and_refused_where_it_does_not_apply(tmp_path):
+    from training.datasets.phantom import PhantomDataset, PhantomDirDataset
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    out = tmp_path / "rfs"
+    train("stage2", "tiny", "phantom:24", out, steps=2, batch_size=4, hp=Hyper(repeat_threshold=0.3))
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    assert pipe.config["training"]["stages"]["stage2"]["runs"][-1]["repeat_threshold"] == 0.3
+    assert "--steps 2 --batch-size 4 --repeat-threshold 0.3" in model_card(pipe.config, None, out / "checkpoint", "")
+    for stage, t in (("classifier", 0.3), ("stage2", 1.5)):
+        with pytest.raises(TrainingError, match="--repeat-threshold"):
+            train(stage, "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(repeat_threshold=t))
+    assert not (tmp_path / "bad").exists()
+    # The labels that the sampler weighs are the labels the dataset serves, without rendering.
+    ds = PhantomDataset(24, 32)
+    assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(24)]))
+    gen = tmp_path / "gen"
+    assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
+    ds = PhantomDirDataset(gen, 32)
+    assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(6)]))

@@ -77,6 +77,10 @@ class PhantomDataset(torch.utils.data.Dataset):
             "findings": found,
         }
 
+    def label_matrix(self) -> np.ndarray:
+        """(N, 14) labels of every case without rendering (for repeat-factor sampling)."""
+        return np.array([[self.case(i).labels[label] for label in CHEXPERT_LABELS] for i in range(self.n)], dtype=np.float32)
+
     def render_findings(self, i: int, findings: list[Finding]) -> torch.Tensor:
         """Case `i`'s identity and render seed with `findings` (another case's, say) instead of its own."""
         case = self.case(i)
@@ -99,6 +103,10 @@ class PhantomDirDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def label_matrix(self) -> np.ndarray:
+        """(N, 14) labels from the manifest."""
+        return np.array([[row["labels"][label] for label in CHEXPERT_LABELS] for row in self.rows], dtype=np.float32)
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]

@@ -80,6 +80,10 @@ class RealCXRDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def label_matrix(self) -> np.ndarray:
+        """(N, 14) labels after the uncertainty policy."""
+        return np.stack([r["labels"] for r in self.records]).astype(np.float32)
+
     def __getitem__(self, i: int) -> dict:
         from model.refine import condition_text, refine
         from model.refine.schema import StructuredFinding

@@ -151,7 +151,9 @@ def plot_curves(metrics: Path, png: Path, title: str) -> None:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     if not rows:
         return
-    keys = [k for k in rows[-1] if k != "step"]
+    # Every metric any row has, in first-seen order: a sitting with networks frozen (stage 0's
+    # --freeze) logs fewer, and the earlier sittings' curves stay on the plot.
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "step"))
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         pts = [(r["step"], r[key]) for r in rows if key in r]

@@ -277,3 +277,19 @@ def test_repeat_threshold_trains_is_recorded_and_refused_where_it_does_not_apply
     assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
     ds = PhantomDirDataset(gen, 32)
     assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(6)]))
+
+
+def test_curves_keep_metrics_that_later_sittings_stop_logging(tmp_path):
+    from PIL import Image
+
+    from training.loop import plot_curves
+
+    both = tmp_path / "both.jsonl"
+    both.write_text("".join(json.dumps({"step": s, "contrastive": 3.0 - s / 10, "classifier": 0.5}) + "\n" for s in range(1, 4))
+                    + "".join(json.dumps({"step": s, "contrastive": 3.0 - s / 10}) + "\n" for s in range(4, 7)))
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"step": s, "contrastive": 1.0}) + "\n" for s in range(1, 7)))
+    plot_curves(both, tmp_path / "both.png", "stage0")
+    plot_curves(one, tmp_path / "one.png", "stage0")
+    # One panel per metric, 3.2 inches each: the frozen sitting's missing classifier keeps its panel.
+    assert Image.open(tmp_path / "both.png").width == pytest.approx(2 * Image.open(tmp_path / "one.png").width, rel=0.02)

@@ -63,25 +63,30 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "",
         "```",
     ]
-    for name in STAGES:
-        if name not in stages:
-            continue
-        st = stages[name]
-        for k, run in enumerate(st.get("runs") or [{"to_step": st["steps"], "batch_size": st["batch_size"]}]):
-            kl = f" --kl-weight {run['kl_weight']:g}" if name == "stage1" and run.get("kl_weight", 0.1) != 0.1 else ""
-            if run.get("paired_weight"):
-                kl += f" --paired-weight {run['paired_weight']:g} --paired-focus {run.get('paired_focus', 50.0):g}"
-                if run.get("paired_cross"):
-                    kl += f" --paired-cross {run['paired_cross']:g}"
-            kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
-            if run.get("repeat_threshold"):
-                kl += f" --repeat-threshold {run['repeat_threshold']:g}"
-            if name == "classifier":  # runs recorded before the option trained without it
-                kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
-            lines.append(
-                f"whatif train {name} --preset {preset} --data {tr.get('data')} --out RUN --steps {run['to_step']} "
-                f"--batch-size {run['batch_size']}{kl}{' --resume' if name != 'stage0' or k else ''}"
-            )
+    sittings = [
+        (name, k, run)
+        for name in STAGES
+        if name in stages
+        for k, run in enumerate(stages[name].get("runs") or [{"to_step": stages[name]["steps"], "batch_size": stages[name]["batch_size"]}])
+    ]
+    # In the order they ran where every sitting is numbered; older histories are listed stage by stage.
+    if all("sitting" in run for _, _, run in sittings):
+        sittings.sort(key=lambda s: s[2]["sitting"])
+    for name, k, run in sittings:
+        kl = f" --kl-weight {run['kl_weight']:g}" if name == "stage1" and run.get("kl_weight", 0.1) != 0.1 else ""
+        if run.get("paired_weight"):
+            kl += f" --paired-weight {run['paired_weight']:g} --paired-focus {run.get('paired_focus', 50.0):g}"
+            if run.get("paired_cross"):
+                kl += f" --paired-cross {run['paired_cross']:g}"
+        kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
+        if run.get("repeat_threshold"):
+            kl += f" --repeat-threshold {run['repeat_threshold']:g}"
+        if name == "classifier":  # runs recorded before the option trained without it
+            kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
+        lines.append(
+            f"whatif train {name} --preset {preset} --data {tr.get('data')} --out RUN --steps {run['to_step']} "
+            f"--batch-size {run['batch_size']}{kl}{' --resume' if name != 'stage0' or k else ''}"
+        )
     lines += ["```", ""]
     if eval_result is not None:
         s = summary(eval_result)

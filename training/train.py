@@ -140,7 +140,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             # Checkpoints from before runs were recorded per sitting hold one sitting's summary.
             first = [{"to_step": prev["steps"], "batch_size": prev["batch_size"]}] if "steps" in prev else []
             runs = (prev.get("runs") or first) if resume else []
-            run = {"to_step": steps, "batch_size": batch_size, "lr": hp.lr}
+            # Sittings are numbered across stages: the order matters (stage 1's L_PC reads E_CXR, so a
+            # stage-0 sitting after stage 1 is not the same run as one before it).
+            done = [r.get("sitting", 0) for st in history.values() for r in st.get("runs", [])]
+            run = {"to_step": steps, "batch_size": batch_size, "lr": hp.lr, "sitting": max(done, default=0) + 1}
             if name == "stage1":  # the only stage with a KL term and the paired term
                 run["kl_weight"] = hp.alpha
                 if hp.paired:
@@ -157,7 +160,9 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             seconds = report[name]["seconds"]
             if resume and not report[name].get("earlier_seconds_counted", True):
                 seconds += float(prev.get("seconds", 0.0))  # the checkpoint's history has the earlier sittings' time
-            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1), "final": report[name]["final"], "runs": runs}
+            # A network frozen in this sitting keeps the last loss it trained to.
+            final = {**(prev.get("final", {}) if resume else {}), **report[name]["final"]}
+            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1), "final": final, "runs": runs}
             pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
             pipe.save_pretrained(out / "checkpoint")
     if rank == 0:

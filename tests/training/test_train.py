@@ -241,10 +241,15 @@ def test_stage0_freeze_keeps_a_classifier_trained_since(tmp_path):
     assert "classifier" in rows[2] and "classifier" not in rows[4] and "contrastive" in rows[4]
     card = model_card(pipe.config, None, out / "checkpoint", "")
     assert "--steps 3 --batch-size 4\n" in card and "--steps 5 --batch-size 4 --freeze classifier --resume" in card
+    assert set(pipe.config["training"]["stages"]["stage0"]["final"]) == {"contrastive", "identity", "classifier"}
     # Unfrozen again: the classifier is missing from the saved state and continues from the checkpoint.
     train("stage0", "tiny", "phantom:24", out, steps=6, batch_size=4, resume=True)
     rows = [json.loads(line) for line in (out / "metrics" / "stage0.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and "classifier" in rows[5]
+    # The card lists the sittings in the order they ran, not stage by stage.
+    card = model_card(CounterfactualPipeline.from_pretrained(out / "checkpoint").config, None, out / "checkpoint", "")
+    order = [line.split()[2] + line.split("--steps ")[1].split()[0] for line in card.splitlines() if line.startswith("whatif train")]
+    assert order == ["stage03", "classifier2", "stage05", "stage06"]
 
 
 @pytest.mark.parametrize("stage,freeze", [("stage1", ("classifier",)), ("stage0", ("contrastive", "identity", "classifier")), ("stage0", ("vae",))])

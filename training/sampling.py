@@ -2,8 +2,9 @@
 
 Not in the paper, which leaves the long tail to inference-time seed optimisation. Chest X-ray
 labels are long-tailed (CheXpert: pneumonia in 2.7% of studies, pleural effusion in 38%), so a
-generative stage trained on the raw distribution sees a tail report a few hundred times in a
-run and learns to draw the head's look for it. Repeat-factor sampling repeats each image, per
+generative stage trained on the raw distribution sees a tail report in a few percent of its
+batches (pneumonia: about 860 of the 32,000 images of the default's stage 2) and learns to draw
+the head's look for it. Repeat-factor sampling repeats each image, per
 epoch, by
 
     r_i = max over the labels c of image i of  max(1, sqrt(t / f_c))

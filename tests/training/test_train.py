@@ -125,6 +125,9 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
         p.data.mul_(0.5)
     again = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
     assert {t: again["table"][(t, "true")]["auroc"] for t in TARGETS} == truth
+    # --validation: other identities (other ground truth), and the reproducing command says so.
+    val = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0, validation=True)
+    assert val["options"].endswith(" --validation") and not np.array_equal(val["sheet"][(0, "input")], again["sheet"][(0, "input")])
     assert all(0.0 <= v <= 1.0 for v in truth.values())
     md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
     write_report(result, pipe, "ckpt", md, png)

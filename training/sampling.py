@@ -29,10 +29,8 @@ def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
         raise ValueError(f"the repeat threshold must be at least 0, got {threshold}")
     if threshold == 0:
         return np.ones(len(labels))
-    share = labels.mean(axis=0)  # f_c
-    with np.errstate(divide="ignore"):
-        per_label = np.where(share > 0, np.sqrt(threshold / np.maximum(share, 1e-12)), 1.0)
-    per_label = np.maximum(per_label, 1.0)
+    share = labels.mean(axis=0)  # f_c; a label no image has never reaches the max below
+    per_label = np.maximum(np.sqrt(threshold / np.maximum(share, 1e-12)), 1.0)
     # An image with no positive label (possible when "No Finding" is not a label) repeats once.
     return np.where(labels.any(axis=1), (labels * per_label).max(axis=1), 1.0)
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .causal_transformer import CausalTransformer
 from .contrastive import ContrastiveModel
+from .detail import MAX_DETAIL, restore_detail
 from .eval_classifier import EvalClassifier
 from .findings_head import FindingsHead
 from .identity_encoder import IdentityEncoder
@@ -95,8 +96,9 @@ class CounterfactualPipeline:
 
     @property
     def sampling(self) -> dict:
-        """The checkpoint's sampling defaults; checkpoints older than the `start` key start from the inversion."""
-        return {"start": "inversion", **self.config["sampling"]}
+        """The checkpoint's sampling defaults; checkpoints older than the `start` key start from the
+        inversion, and those older than the `detail` key keep the paper's image (no detail restored)."""
+        return {"start": "inversion", "detail": 0.0, **self.config["sampling"]}
 
     @property
     def components(self) -> dict[str, torch.nn.Module]:
@@ -222,6 +224,7 @@ class CounterfactualPipeline:
         progress: Progress | None = None,
         seed_opt: SeedOptConfig | None = None,
         start: str | None = None,
+        detail: float | None = None,
     ) -> CounterfactualOutput:
         """Make the counterfactual of `image` with `target` (free text or structured findings).
 
@@ -239,6 +242,9 @@ class CounterfactualPipeline:
                 "inversion", the DDIM inversion of the input's own z^n, which keeps what z^n holds
                 of the patient; "noise", a Gaussian seed from `seed`, as in the paper. With
                 several seeds optimised at once, the first is the inversion, the others noise.
+            detail: restore the input's fine detail that the autoencoder loses, faded out where the
+                counterfactual changes the image by more than about this much on [-1, 1]
+                (`model.detail`); 0 gives the paper's decoded image. Checkpoint default.
         """
         steps = int(self.sampling["steps"] if steps is None else steps)
         guidance = float(self.sampling["guidance"] if guidance is None else guidance)
@@ -249,6 +255,9 @@ class CounterfactualPipeline:
         start = str(self.sampling["start"] if start is None else start)
         if start not in SAMPLING_STARTS:
             raise ValueError(f"start must be one of {', '.join(SAMPLING_STARTS)}, got {start!r}")
+        detail = float(self.sampling["detail"] if detail is None else detail)
+        if not 0.0 <= detail <= MAX_DETAIL:
+            raise ValueError(f"detail must be between 0 and {MAX_DETAIL}, got {detail}")
         seed_opt = seed_opt or SeedOptConfig(**self.config["seed_optimization"])
         notes: list[str] = []
         timings: dict[str, float] = {}
@@ -296,7 +305,8 @@ class CounterfactualPipeline:
         timings["sampling"] = time.perf_counter() - t
         t = time.perf_counter()
         with torch.no_grad():
-            x_cf = self.vae.decode(self.transformer(self.vae.join(z_id, z_path)))
+            x_cf = self.vae.decode(self.transformer(self.vae.join(z_id, z_path))).clamp(-1, 1)
+            x_cf = restore_detail(x_cf, x, recon, detail)
         timings["decode"] = time.perf_counter() - t
         report("decode", 1, 1, None)
 

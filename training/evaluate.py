@@ -60,14 +60,15 @@ def evaluate_counterfactuals(
     progress: bool = True,
     start: str | None = None,
     guidance: float | None = None,
+    detail: float | None = None,
     validation: bool = False,
 ) -> dict:
-    """`start` and `guidance` override the checkpoint's sampling defaults (None: keep them).
+    """`start`, `guidance` and `detail` override the checkpoint's sampling defaults (None: keep them).
     `validation` scores identities apart from the evaluation's (`VALIDATION_OFFSET`)."""
     if validation and n > VALIDATION_OFFSET:
         raise ValueError(f"--validation takes at most {VALIDATION_OFFSET} identities")
     res = pipe.resolution
-    overrides = {k: v for k, v in (("start", start), ("guidance", guidance)) if v is not None}
+    overrides = {k: v for k, v in (("start", start), ("guidance", guidance), ("detail", detail)) if v is not None}
     sampling = {**pipe.sampling, **overrides}
     rows: dict[tuple[str, bool], dict[str, list]] = {}
     sheet: dict[tuple[int, str], np.ndarray] = {}
@@ -94,7 +95,7 @@ def evaluate_counterfactuals(
             with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
                 truth_probs.setdefault(target, []).append(torch.sigmoid(pipe.eval_classifier(tr))[0].numpy())
             for opt in (False, True):
-                out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"])
+                out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"], detail=sampling["detail"])
                 cf = torch.from_numpy(out.image)[None, None] * 2 - 1
                 err = np.abs(out.image * 255.0 - true.image.astype(np.float32))
                 with torch.no_grad():

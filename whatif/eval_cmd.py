@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
     e.add_argument("--out", default="docs/default-model.md", help="Markdown report; the contact sheet is written beside it")
     e.add_argument("--start", choices=["inversion", "noise"], help="sampling start (checkpoint default)")
     e.add_argument("--guidance", type=float, help="classifier-free guidance (checkpoint default)")
+    e.add_argument("--detail", type=float, help="fine-detail restoration, 0 to turn it off (checkpoint default; see `whatif generate --help`)")
     e.add_argument("--validation", action="store_true", help="score identities apart from the evaluation's, to choose settings without touching the reported ones")
     e.add_argument("--write-card", action="store_true", help="also write MODEL_CARD.md (data, wall time, these metrics) into the checkpoint")
     e.set_defaults(func=_eval)
@@ -26,7 +27,7 @@ def _eval(args) -> int:
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     if args.validation and args.write_card:
         raise ValueError("--write-card reports the evaluation identities; drop --validation")
-    result = evaluate_counterfactuals(pipe, args.n, start=args.start, guidance=args.guidance, validation=args.validation)
+    result = evaluate_counterfactuals(pipe, args.n, start=args.start, guidance=args.guidance, detail=args.detail, validation=args.validation)
     out = Path(args.out)
     write_report(result, pipe, args.checkpoint or "(embedded)", out, out.with_name(out.stem + "-sheet.png"))
     print(f"wrote {out}")

@@ -58,7 +58,7 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
 
         out = pipeline(s.checkpoint)(
             pixels, params["target"], seed=params["seed"], optimize_seed=params["optimize_seed"],
-            steps=params.get("steps"), guidance=params.get("guidance"), start=params.get("start"), progress=progress,
+            steps=params.get("steps"), guidance=params.get("guidance"), start=params.get("start"), detail=params.get("detail"), progress=progress,
         )
     except (ImageInputError, NoFindingRecognised, ValueError) as exc:
         raise JobError(str(exc)) from None

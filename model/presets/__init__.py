@@ -12,6 +12,7 @@ from importlib import resources
 
 from ..causal_transformer import TransformerConfig
 from ..contrastive import ContrastiveConfig
+from ..detail import MAX_DETAIL
 from ..eval_classifier import EvalClassifierConfig
 from ..findings_head import FindingsHeadConfig
 from ..identity_encoder import IdentityEncoderConfig
@@ -70,9 +71,11 @@ def preset_from_dict(name: str, data: dict) -> Preset:
         raise CheckpointError(f"preset {name!r}: transformer latent_channels must equal vae latent_channels")
     if diff.cross_attention_dim != components["contrastive"].text_width:
         raise CheckpointError(f"preset {name!r}: diffusion cross_attention_dim must equal contrastive text_width")
-    sampling = {"steps": 50, "guidance": 3.0, "start": "inversion", **data.get("sampling", {})}
-    if set(sampling) != {"steps", "guidance", "start"} or sampling["start"] not in SAMPLING_STARTS:
-        raise CheckpointError(f"preset {name!r}: sampling takes steps, guidance and start ({' or '.join(SAMPLING_STARTS)}); got {sampling}")
+    sampling = {"steps": 50, "guidance": 3.0, "start": "inversion", "detail": 0.0, **data.get("sampling", {})}
+    if (set(sampling) != {"steps", "guidance", "start", "detail"} or sampling["start"] not in SAMPLING_STARTS
+            or not 0.0 <= sampling["detail"] <= MAX_DETAIL):
+        raise CheckpointError(f"preset {name!r}: sampling takes steps, guidance, start ({' or '.join(SAMPLING_STARTS)}) "
+                              f"and detail (0 to {MAX_DETAIL}); got {sampling}")
     seed_opt = dict(data.get("seed_optimization", {}))
     try:
         SeedOptConfig(**seed_opt)

@@ -58,6 +58,9 @@ def test_bad_inputs_are_clear_4xx(service):
     bad_start = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
                              data={"target": "mild edema", "start": "reference"})
     cases.append((bad_start, 422, "inversion"))
+    bad_detail = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
+                              data={"target": "mild edema", "detail": "5"})
+    cases.append((bad_detail, 422, "less than or equal to 2"))
     big = Image.new("L", (3000, 2000))
     buf = io.BytesIO()
     big.save(buf, format="PNG")

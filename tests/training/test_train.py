@@ -281,6 +281,7 @@ def test_repeat_threshold_trains_is_recorded_and_refused_where_it_does_not_apply
     # The labels that the sampler weighs are the labels the dataset serves, without rendering.
     ds = PhantomDataset(24, 32)
     assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(24)]))
+    assert ds.label_matrix() is ds.label_matrix()  # made once: `train all` asks in every stage
     gen = tmp_path / "gen"
     assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
     ds = PhantomDirDataset(gen, 32)

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     e.add_argument("--out", default="docs/default-model.md", help="Markdown report; the contact sheet is written beside it")
     e.add_argument("--start", choices=["inversion", "noise"], help="sampling start (checkpoint default)")
     e.add_argument("--guidance", type=float, help="classifier-free guidance (checkpoint default)")
-    e.add_argument("--detail", type=float, help="fine-detail restoration, 0 to turn it off (checkpoint default; see `whatif generate --help`)")
+    e.add_argument("--detail", type=float, metavar="TAU", help="fine-detail restoration, 0 to turn it off (checkpoint default; see `whatif generate --help`)")
     e.add_argument("--validation", action="store_true", help="score identities apart from the evaluation's, to choose settings without touching the reported ones")
     e.add_argument("--write-card", action="store_true", help="also write MODEL_CARD.md (data, wall time, these metrics) into the checkpoint")
     e.set_defaults(func=_eval)

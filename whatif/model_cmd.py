@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     g.add_argument("--start", choices=["inversion", "noise"],
                    help="start sampling from the inversion of the input's pathology channel (keeps more of the "
                         "patient) or from noise drawn from --seed (varies with the seed); checkpoint default")
-    g.add_argument("--detail", type=float,
+    g.add_argument("--detail", type=float, metavar="TAU",
                    help="restore the input's fine detail that the autoencoder loses, faded out where the change "
                         "exceeds about this much on [-1, 1]; 0 gives the paper's decoded image (checkpoint default)")
     g.add_argument("--report", help="write the quality report and timings here as JSON")

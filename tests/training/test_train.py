@@ -141,7 +141,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     card = write_model_card(out / "checkpoint", pipe.config, result, "whatif eval --checkpoint X --n 2").read_text()
     assert "not for clinical use" in card and "| stage1 |" in card and "--data phantom:24" in card
     assert "With seed optimisation: mean AUROC" in card and "Total training wall time" in card
-    assert "Sampling: guidance 2.0, start noise, steps 2." in card
+    assert "Sampling: detail 0.0, guidance 2.0, start noise, steps 2." in card and "(target >= 0.85: " in card
     # The classifier stage records its acquisition augmentation and the card's command repeats it.
     assert pipe.config["training"]["stages"]["classifier"]["runs"][-1]["acquisition_augment"] == 0.8
     assert "whatif train classifier --preset tiny --data phantom:24 --out RUN --steps 6 --batch-size 4 --acquisition-augment 0.8 --resume" in card

@@ -22,12 +22,11 @@ import torch
 from tqdm import tqdm
 
 from model.detail import restore_detail
-from model.labels import CHEXPERT_LABELS, NO_FINDING, PAPER_TABLE2_LABELS
+from model.labels import NO_FINDING
 from model.pipeline import CounterfactualPipeline
 from model.preprocess import to_model_input
 from model.vae import ssim
-from training.evaluate import EVAL_IDENTITY_BASE, TAIL, TARGETS, VALIDATION_OFFSET, _finding, _target_text, auroc
-from training.phantom.renderer import render
+from training.evaluate import EVAL_IDENTITY_BASE, TARGETS, VALIDATION_OFFSET, _auroc_summary, eval_case, target_aurocs
 
 
 @torch.no_grad()
@@ -38,16 +37,10 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
     for k in tqdm(range(n), desc="identities"):
         identity = EVAL_IDENTITY_BASE + VALIDATION_OFFSET + k
         for target in TARGETS:
-            if target == NO_FINDING:  # as in training/evaluate.py: remove a finding
-                src_f, true, text = [_finding(TARGETS[k % len(PAPER_TABLE2_LABELS)])], render(identity, [], k, res), "no finding"
-            else:
-                src_f = []
-                true = render(identity, [_finding(target)], k, res)
-                text = _target_text(true.findings[0])
-            src = render(identity, src_f, k, res)
+            src, true, text, _ = eval_case(identity, k, target, res)
             out = pipe(src.image, text, seed=k, optimize_seed=False, detail=0.0)
             x = to_model_input(src.image, res, [])
-            recon = pipe.vae.decode(pipe.transformer(pipe.vae.encode(x).mean))
+            recon = pipe.vae.decode(pipe.transformer(pipe.vae.encode(x).mean))  # as the pipeline makes it
             cf = torch.from_numpy(out.image)[None, None] * 2 - 1
             tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
             if target == NO_FINDING and taus[-1] > 0:  # the same as the pipeline's own restoration
@@ -61,16 +54,14 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
                 sims[(tau, target)].append(float(ssim(y, tr)))
     results = {}
     for tau in taus:
-        a = {}
-        for t in TARGETS:
-            li = CHEXPERT_LABELS.index(t)
-            a[t] = auroc([p[li] for p in probs[(tau, t)]], [p[li] for u in TARGETS if u != t for p in probs[(tau, u)]])
+        a = target_aurocs({t: probs[(tau, t)] for t in TARGETS})
         s = {t: float(np.mean(sims[(tau, t)])) for t in TARGETS}
+        summary = _auroc_summary({(t, tau): {"auroc": a[t]} for t in TARGETS}, tau)
         results[tau] = {
-            "auroc": float(np.mean(list(a.values()))),
+            "auroc": summary["mean_auroc"],
             "ssim": float(np.mean(list(s.values()))),
-            "tail": float(np.mean([a[t] for t in TAIL])),
-            "head": float(np.mean([a[t] for t in PAPER_TABLE2_LABELS if t not in TAIL])),
+            "tail": summary["tail_auroc"],
+            "head": summary["head_auroc"],
             "per_target": {t: (a[t], s[t]) for t in TARGETS},
         }
     return results

@@ -54,6 +54,28 @@ def auroc(pos: list[float], neg: list[float]) -> float:
     return float((p > q).mean() + 0.5 * (p == q).mean())
 
 
+def eval_case(identity: int, k: int, target: str, res: int):
+    """Identity `identity` (render seed k) as the evaluation sets it up for `target`: the input, the
+    true counterfactual, the request text and the finding's mask. For "no finding" the input has a
+    finding (which of the paper's Table 2 turns with k) and the truth has none."""
+    if target == NO_FINDING:
+        removed = _finding(TARGETS[k % len(PAPER_TABLE2_LABELS)])
+        src = render(identity, [removed], k, res)
+        return src, render(identity, [], k, res), "no finding", src.masks[removed.label]
+    true = render(identity, [_finding(target)], k, res)
+    return render(identity, [], k, res), true, _target_text(true.findings[0]), true.masks[target]
+
+
+def target_aurocs(probs: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """Per target: the evaluation classifier's AUROC for its label, the images made for that target
+    as positives and those made for every other target as negatives."""
+    out = {}
+    for target in probs:
+        li = CHEXPERT_LABELS.index(target)
+        out[target] = auroc([p[li] for p in probs[target]], [p[li] for t in probs if t != target for p in probs[t]])
+    return out
+
+
 def evaluate_counterfactuals(
     pipe: CounterfactualPipeline,
     n: int,
@@ -76,20 +98,9 @@ def evaluate_counterfactuals(
     total = len(TARGETS) * n * 2
     bar = tqdm(total=total, desc="eval", disable=not progress)
     for k in range(n):
-        identity, rseed = EVAL_IDENTITY_BASE + (VALIDATION_OFFSET if validation else 0) + k, k
+        identity = EVAL_IDENTITY_BASE + (VALIDATION_OFFSET if validation else 0) + k
         for target in TARGETS:
-            if target == NO_FINDING:
-                src_f = [_finding(TARGETS[k % len(PAPER_TABLE2_LABELS)])]
-                true = render(identity, [], rseed, res)
-                text, mask = "no finding", None
-            else:
-                src_f = []
-                f = _finding(target)
-                true = render(identity, [f], rseed, res)
-                text, mask = _target_text(true.findings[0]), true.masks[target]
-            src = render(identity, src_f, rseed, res)
-            if mask is None:
-                mask = render(identity, src_f, rseed, res).masks[src_f[0].label]
+            src, true, text, mask = eval_case(identity, k, target, res)
             sheet.setdefault((k, "input"), src.image)
             tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
             with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
@@ -110,19 +121,13 @@ def evaluate_counterfactuals(
                     sheet[(k, target)] = out.to_uint8()
                 bar.update(1)
     bar.close()
-    table = {}
-    for target in TARGETS:
-        li = CHEXPERT_LABELS.index(target)
-        neg = [p[li] for t in TARGETS if t != target for p in truth_probs[t]]
-        table[(target, "true")] = {"auroc": auroc([p[li] for p in truth_probs[target]], neg)}
+    table = {(target, "true"): {"auroc": a} for target, a in target_aurocs(truth_probs).items()}
     for opt in (False, True):
+        aurocs = target_aurocs({target: rows[(target, opt)]["probs"] for target in TARGETS})
         for target in TARGETS:
-            li = CHEXPERT_LABELS.index(target)
-            pos = [p[li] for p in rows[(target, opt)]["probs"]]
-            neg = [p[li] for t in TARGETS if t != target for p in rows[(t, opt)]["probs"]]
             r = rows[(target, opt)]
             table[(target, opt)] = {
-                "auroc": auroc(pos, neg),
+                "auroc": aurocs[target],
                 "ssim": float(np.mean(r["ssim"])),
                 "mae": float(np.mean(r["mae"])),
                 "mae_in": float(np.nanmean(r["mae_in"])),

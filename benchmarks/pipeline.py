@@ -30,6 +30,7 @@ VARIANTS = {
     "x0": SeedOptConfig(method="x0"),
     "x0 + 4 seeds": SeedOptConfig(method="x0", batch_seeds=4),
     "x0, no norm reg.": SeedOptConfig(method="x0", norm_weight=0.0),
+    "x0, normalized steps": SeedOptConfig(method="x0", optimizer="normalized"),
     "shortcut (4 steps)": SeedOptConfig(method="shortcut", shortcut_steps=4),
     "full (4 steps)": SeedOptConfig(method="full", shortcut_steps=4),
 }

@@ -2,7 +2,7 @@
 
 L_P (Eq. 18) = || mu_z - E_CXR(I_G) ||^2, mu_z the centroid of the E_CXR features of m
 reference images of the target finding(s). The seed z_T of the pathology diffusion is updated
-by Adam to lower L_P; the UNet, T, the decoder and E_CXR stay frozen (section 3.2).
+by gradient steps to lower L_P; the UNet, T, the decoder and E_CXR stay frozen (section 3.2).
 
 How I_G is obtained from z_T while optimising (`method`):
   "x0"       one guided UNet call at the first DDIM timestep and the scheduler's proper
@@ -12,6 +12,15 @@ How I_G is obtained from z_T while optimising (`method`):
   "shortcut" `shortcut_steps` DDIM steps; only the first UNet call keeps its graph, the DDIM
              arithmetic of the rest stays differentiable (SDO's gradient shortcut).
   "full"     the gradient through every UNet call of `shortcut_steps` DDIM steps.
+How the seed moves (`optimizer`):
+  "adam"       Adam (Algorithm 2, line 12 names no optimiser). Adam divides each element's step by that
+               element's own gradient scale, so every element of the seed moves by about lr at
+               each step, whatever its share of the gradient.
+  "normalized" gradient descent with each seed's step scaled to an RMS of lr: the same step
+               length, along the gradient itself, so the seed changes where L_P asks for it (not
+               in the paper). On 8 validation identities x 12 targets of the phantom-128 default,
+               at lr 0.01 it lowered the mean target AUROC by 0.003 where Adam lowered it by 0.025
+               (README, "Seed optimisation"); phantom-128 uses it at lr 0.005.
 Options that apply to all: `batch_seeds` seeds optimised as one batch, the best kept;
 `norm_weight` * (mean(z_T^2) - 1)^2 keeps the seed in N(0, I)'s typical set (ReNO);
 early stop when the best L_P has not improved by `min_delta` (relative) in `patience` steps
@@ -31,6 +40,7 @@ import torch
 @dataclasses.dataclass
 class SeedOptConfig:
     method: str = "x0"  # x0 | shortcut | full
+    optimizer: str = "adam"  # adam | normalized
     max_iters: int = 20
     lr: float = 0.1
     batch_seeds: int = 1
@@ -42,8 +52,30 @@ class SeedOptConfig:
     def __post_init__(self):
         if self.method not in ("x0", "shortcut", "full"):
             raise ValueError(f"unknown seed optimisation method {self.method!r}; use x0, shortcut or full")
+        if self.optimizer not in ("adam", "normalized"):
+            raise ValueError(f"unknown seed optimiser {self.optimizer!r}; use adam or normalized")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
         if self.max_iters < 1 or self.batch_seeds < 1:
             raise ValueError("max_iters and batch_seeds must be at least 1")
+
+
+class NormalizedGradientDescent(torch.optim.Optimizer):
+    """z <- z - lr * g / rms(g), the RMS taken per seed (over all but the first dimension): each
+    seed moves by lr in RMS per step, in the direction of its own gradient."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                dims = tuple(range(1, p.grad.dim()))
+                rms = p.grad.pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
+                p.sub_(group["lr"] * p.grad / rms)
 
 
 @dataclasses.dataclass
@@ -68,7 +100,7 @@ def optimize_seed(
     """
     t0 = time.perf_counter()
     z = z_T.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=config.lr)
+    opt = torch.optim.Adam([z], lr=config.lr) if config.optimizer == "adam" else NormalizedGradientDescent([z], lr=config.lr)
     best_loss = torch.full((z.shape[0],), float("inf"))
     best_seed = z.detach().clone()
     history: list[float] = []

@@ -110,6 +110,38 @@ def test_seed_optimisation_lowers_lp(pipe, xray, method):
     assert all(b <= a for a, b in zip(out.lp_history, out.lp_history[1:]))  # best-so-far never rises
 
 
+def test_seed_optimisation_lowers_lp_with_normalized_steps(pipe, xray):
+    cfg = SeedOptConfig(optimizer="normalized", max_iters=8, patience=8)
+    out = pipe(xray, "large right pneumothorax", seed=1, steps=4, seed_opt=cfg)
+    assert out.lp_history[-1] < out.lp_history[0]
+
+
+def test_normalized_steps_have_rms_lr_and_follow_the_gradient():
+    # L = sum(w * z): the gradient is w, large on one element and tiny on the others. Each seed of
+    # the batch moves by lr in RMS, and almost all of it on the large-gradient element; Adam moves
+    # every element by about lr whatever its gradient, which is what the normalized step avoids.
+    from model.seed_optimization import NormalizedGradientDescent
+
+    w = torch.full((2, 1, 2, 2), 1e-3)
+    w[:, 0, 0, 0] = torch.tensor([1.0, 50.0])
+    moves = {}
+    for name, make in (("ngd", NormalizedGradientDescent), ("adam", torch.optim.Adam)):
+        z = torch.zeros(2, 1, 2, 2, requires_grad=True)
+        opt = make([z], lr=0.1)
+        (w * z).sum().backward()
+        opt.step()
+        moves[name] = -z.detach()
+    rms = moves["ngd"].pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(rms, torch.full((2,), 0.1), atol=1e-6)
+    assert (moves["ngd"][:, 0, 0, 0] > 0.19).all() and (moves["ngd"][:, 0, 1:].abs() < 1e-3).all()
+    assert (moves["adam"][:, 0, 1:] > 0.09).all()
+
+
+def test_seed_opt_config_rejects_unknown_optimizer():
+    with pytest.raises(ValueError, match="adam or normalized"):
+        SeedOptConfig(optimizer="sgd")
+
+
 def test_early_stop_when_lp_stops_falling():
     centroid = torch.zeros(1, 4)
     res = optimize_seed(

@@ -16,6 +16,7 @@ counterfactual is compared with it. Metrics, each with and without seed optimisa
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from model.labels import CHEXPERT_LABELS, NO_FINDING, PAPER_TABLE2_LABELS
 from model.pipeline import CounterfactualPipeline
+from model.seed_optimization import SeedOptConfig
 from model.vae import ssim
 from training.phantom.findings import Finding
 from training.phantom.renderer import render
@@ -84,14 +86,18 @@ def evaluate_counterfactuals(
     guidance: float | None = None,
     detail: float | None = None,
     validation: bool = False,
+    seed_opt: dict | None = None,
 ) -> dict:
-    """`start`, `guidance` and `detail` override the checkpoint's sampling defaults (None: keep them).
+    """`start`, `guidance` and `detail` override the checkpoint's sampling defaults (None: keep them),
+    `seed_opt` its seed-optimisation settings (SeedOptConfig fields).
     `validation` scores identities apart from the evaluation's (`VALIDATION_OFFSET`)."""
     if validation and n > VALIDATION_OFFSET:
         raise ValueError(f"--validation takes at most {VALIDATION_OFFSET} identities")
     res = pipe.resolution
     overrides = {k: v for k, v in (("start", start), ("guidance", guidance), ("detail", detail)) if v is not None}
     sampling = {**pipe.sampling, **overrides}
+    seed_opt = seed_opt or {}
+    seed_config = SeedOptConfig(**{**pipe.config["seed_optimization"], **seed_opt})
     rows: dict[tuple[str, bool], dict[str, list]] = {}
     sheet: dict[tuple[int, str], np.ndarray] = {}
     truth_probs: dict[str, list[np.ndarray]] = {}
@@ -106,7 +112,8 @@ def evaluate_counterfactuals(
             with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
                 truth_probs.setdefault(target, []).append(torch.sigmoid(pipe.eval_classifier(tr))[0].numpy())
             for opt in (False, True):
-                out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"], detail=sampling["detail"])
+                out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"], detail=sampling["detail"],
+                           seed_opt=seed_config)
                 cf = torch.from_numpy(out.image)[None, None] * 2 - 1
                 err = np.abs(out.image * 255.0 - true.image.astype(np.float32))
                 with torch.no_grad():
@@ -133,8 +140,9 @@ def evaluate_counterfactuals(
                 "mae_in": float(np.nanmean(r["mae_in"])),
                 "mae_out": float(np.mean(r["mae_out"])),
             }
-    options = "".join(f" --{k} {v}" for k, v in overrides.items()) + (" --validation" if validation else "")  # for the reproducing command
-    return {"n": n, "table": table, "sheet": sheet, "sampling": sampling, "options": options}
+    options = "".join(f" --{k} {v}" for k, v in overrides.items()) + "".join(f" --seed-opt {k}={v}" for k, v in seed_opt.items())
+    options += " --validation" if validation else ""  # for the reproducing command
+    return {"n": n, "table": table, "sheet": sheet, "sampling": sampling, "seed_optimization": dataclasses.asdict(seed_config), "options": options}
 
 
 def _auroc_summary(table: dict, setting) -> dict[str, float]:
@@ -163,6 +171,11 @@ def sampling_text(result: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(result["sampling"].items()))
 
 
+def seed_opt_text(result: dict) -> str:
+    """The seed-optimisation settings an evaluation ran with (older results did not keep them)."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(result.get("seed_optimization", {}).items())) or "not recorded"
+
+
 def against(value: float, target: float, at_least: bool = True) -> str:
     """`value` with its verdict against the issue's `target`, judged unrounded: shown to 4 places
     where 3 would round it across the target (0.8499 is not 0.85)."""
@@ -182,7 +195,7 @@ def summary_lines(result: dict) -> list[str]:
         lines.append(
             f"{'With' if opt else 'Without'} seed optimisation: mean AUROC {against(s['mean_auroc'], 0.85)}, "
             f"mean SSIM {against(s['mean_ssim'], 0.85)}, tail AUROC {s['tail_auroc']:.3f} vs head "
-            f"{s['head_auroc']:.3f} ({gap_text})."
+            f"{s['head_auroc']:.3f}, {gap_text}."
         )
     j = judge_summary(result)
     lines.append(
@@ -206,6 +219,8 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
         f"{pipe.config.get('training', {}).get('state', 'unknown')}. SYNTHETIC data; not for clinical use.",
         "",
         f"Sampling: {sampling_text(result)}; seed k for identity k.",
+        "",
+        f"Seed optimisation: {seed_opt_text(result)}.",
         "",
         "AUROC (true cf.) is the evaluation classifier on the true counterfactuals themselves: the",
         "score a perfect model would get from this judge.",

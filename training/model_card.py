@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluate import sampling_text, summary, summary_lines
+from .evaluate import sampling_text, seed_opt_text, summary, summary_lines
 from .train import STAGES
 
 
@@ -58,8 +58,10 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         )
     lines += [
         "",
-        f"Total training wall time: {seconds / 3600:.2f} h. Reproduce with `make train-default` (README,",
-        "\"The embedded default model\"); the stage commands are",
+        f"Total training wall time: {seconds / 3600:.2f} h."
+        + (f" How the sittings ran: {tr['note']}." if tr.get("note") else ""),
+        "",
+        "Reproduce with `make train-default` (README, \"The embedded default model\"); the stage commands are",
         "",
         "```",
     ]
@@ -100,6 +102,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
             "",
             f"Seed optimisation changes mean AUROC by {s[True]['mean_auroc'] - s[False]['mean_auroc']:+.3f}. "
             f"Sampling: {sampling_text(eval_result)}.",
+            f"Seed optimisation settings: {seed_opt_text(eval_result)}.",
             "",
         ]
     lines += [

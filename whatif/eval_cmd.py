@@ -13,6 +13,10 @@ def add_parser(sub) -> None:
     e.add_argument("--start", choices=["inversion", "noise"], help="sampling start (checkpoint default)")
     e.add_argument("--guidance", type=float, help="classifier-free guidance (checkpoint default)")
     e.add_argument("--detail", type=float, metavar="TAU", help="fine-detail restoration, 0 to turn it off (checkpoint default; see `whatif generate --help`)")
+    e.add_argument(
+        "--seed-opt", action="append", default=[], metavar="KEY=VALUE",
+        help="override a seed-optimisation setting of the checkpoint (repeatable), e.g. --seed-opt optimizer=adam --seed-opt lr=0.005",
+    )
     e.add_argument("--validation", action="store_true", help="score identities apart from the evaluation's, to choose settings without touching the reported ones")
     e.add_argument("--write-card", action="store_true", help="also write MODEL_CARD.md (data, wall time, these metrics) into the checkpoint")
     e.set_defaults(func=_eval)
@@ -24,10 +28,14 @@ def _eval(args) -> int:
 
     if args.n < 2:
         raise ValueError("--n must be at least 2")
+    seed_opt = parse_seed_opt(args.seed_opt)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     if args.validation and args.write_card:
         raise ValueError("--write-card reports the evaluation identities; drop --validation")
-    result = evaluate_counterfactuals(pipe, args.n, start=args.start, guidance=args.guidance, detail=args.detail, validation=args.validation)
+    result = evaluate_counterfactuals(
+        pipe, args.n, start=args.start, guidance=args.guidance, detail=args.detail, validation=args.validation,
+        seed_opt=seed_opt,
+    )
     out = Path(args.out)
     write_report(result, pipe, args.checkpoint or "(embedded)", out, out.with_name(out.stem + "-sheet.png"))
     print(f"wrote {out}")
@@ -39,3 +47,23 @@ def _eval(args) -> int:
         command = f"whatif eval --checkpoint {args.checkpoint or default_checkpoint_dir()} --n {args.n}{result['options']}"
         print(f"wrote {write_model_card(ckpt, pipe.config, result, command)}")
     return 0
+
+
+def parse_seed_opt(items: list[str]) -> dict:
+    """`KEY=VALUE` strings -> SeedOptConfig fields, each value of its field's type."""
+    import dataclasses
+
+    from model.seed_optimization import SeedOptConfig
+
+    fields = {f.name: type(getattr(SeedOptConfig(), f.name)) for f in dataclasses.fields(SeedOptConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--seed-opt takes KEY=VALUE with KEY one of {', '.join(fields)}; got {item!r}")
+        try:
+            out[key] = fields[key](value)
+        except ValueError:
+            raise ValueError(f"--seed-opt {key} takes a {fields[key].__name__}, got {value!r}") from None
+    SeedOptConfig(**out)  # the config's own checks (method, optimizer, lr) before any evaluation runs
+    return out

@@ -126,8 +126,9 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     again = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
     assert {t: again["table"][(t, "true")]["auroc"] for t in TARGETS} == truth
     # --validation: other identities (other ground truth), and the reproducing command says so.
-    val = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0, validation=True)
-    assert val["options"].endswith(" --validation") and not np.array_equal(val["sheet"][(0, "input")], again["sheet"][(0, "input")])
+    val = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0, validation=True, seed_opt={"optimizer": "normalized"})
+    assert val["options"].endswith(" --seed-opt optimizer=normalized --validation") and not np.array_equal(val["sheet"][(0, "input")], again["sheet"][(0, "input")])
+    assert val["seed_optimization"]["optimizer"] == "normalized" and result["seed_optimization"]["optimizer"] == "adam"
     assert all(0.0 <= v <= 1.0 for v in truth.values())
     md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
     write_report(result, pipe, "ckpt", md, png)
@@ -135,6 +136,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
     assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
     assert "| AUROC (true cf.) |" in text and "The evaluation classifier on the true counterfactuals" in text
+    assert "Seed optimisation: batch_seeds 1, lr 0.1, max_iters 2, method x0, " in text
 
     from training.model_card import write_model_card
 
@@ -214,6 +216,10 @@ def test_paired_counterfactual_term_trains_and_is_recorded(tmp_path):
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     assert pipe.config["training"]["stages"]["stage1"]["runs"][-1]["paired_weight"] == 1.0
     assert "--paired-weight 1 --paired-focus 50 --paired-cross 0.5 " in model_card(pipe.config, None, out / "checkpoint", "")
+    # A history's note (how its sittings ran, e.g. paused or sharing the cores) is printed beside the wall time.
+    assert "How the sittings ran" not in model_card(pipe.config, None, out / "checkpoint", "")
+    pipe.config["training"]["note"] = "stage 1 shared the cores with an evaluation"
+    assert "How the sittings ran: stage 1 shared the cores with an evaluation." in model_card(pipe.config, None, out / "checkpoint", "")
 
 
 def test_paired_term_needs_phantom_pairs(tmp_path):

@@ -26,7 +26,7 @@ from model.labels import NO_FINDING
 from model.pipeline import CounterfactualPipeline
 from model.preprocess import to_model_input
 from model.vae import ssim
-from training.evaluate import EVAL_IDENTITY_BASE, TARGETS, VALIDATION_OFFSET, _auroc_summary, eval_case, target_aurocs
+from training.evaluate import EVAL_IDENTITY_BASE, TARGETS, VALIDATION_OFFSET, auroc_summary, eval_case, target_aurocs
 
 
 @torch.no_grad()
@@ -56,7 +56,7 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
     for tau in taus:
         a = target_aurocs({t: probs[(tau, t)] for t in TARGETS})
         s = {t: float(np.mean(sims[(tau, t)])) for t in TARGETS}
-        summary = _auroc_summary({(t, tau): {"auroc": a[t]} for t in TARGETS}, tau)
+        summary = auroc_summary(a)
         results[tau] = {
             "auroc": summary["mean_auroc"],
             "ssim": float(np.mean(list(s.values()))),

@@ -147,7 +147,11 @@ def evaluate_counterfactuals(
 
 def _auroc_summary(table: dict, setting) -> dict[str, float]:
     """Mean, tail and head AUROC of one setting of the table (False, True or "true")."""
-    a = {x: table[(x, setting)]["auroc"] for x in TARGETS}
+    return auroc_summary({x: table[(x, setting)]["auroc"] for x in TARGETS})
+
+
+def auroc_summary(a: dict[str, float]) -> dict[str, float]:
+    """Mean, tail and head AUROC of per-target AUROCs (`target_aurocs`)."""
     return {
         "mean_auroc": float(np.nanmean(list(a.values()))),
         "tail_auroc": float(np.nanmean([a[x] for x in TAIL])),
@@ -166,14 +170,18 @@ def summary(result: dict) -> dict[bool, dict[str, float]]:
     return {opt: {**_auroc_summary(t, opt), "mean_ssim": float(np.mean([t[(x, opt)]["ssim"] for x in TARGETS]))} for opt in (False, True)}
 
 
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(settings.items()))
+
+
 def sampling_text(result: dict) -> str:
     """The sampling settings an evaluation ran with, as the report and the model card print them."""
-    return ", ".join(f"{k} {v}" for k, v in sorted(result["sampling"].items()))
+    return _settings_text(result["sampling"])
 
 
 def seed_opt_text(result: dict) -> str:
     """The seed-optimisation settings an evaluation ran with (older results did not keep them)."""
-    return ", ".join(f"{k} {v}" for k, v in sorted(result.get("seed_optimization", {}).items())) or "not recorded"
+    return _settings_text(result.get("seed_optimization", {})) or "not recorded"
 
 
 def against(value: float, target: float, at_least: bool = True) -> str:

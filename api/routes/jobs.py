@@ -27,14 +27,18 @@ def _owned(store, job_id: str, owner: str) -> dict:
 
 @router.get("/jobs/{job_id}", response_model=JobStatus)
 def status(job_id: str, request: Request, owner: Caller, store: StoreDep):
-    meta = _owned(store, job_id, owner)
     res = request.app.state.celery.AsyncResult(job_id)
-    state = _STATUS.get(res.state, "queued")
+    # The state first, then the meta: the worker writes started_at / finished_at before Celery
+    # records the state, so a state read before the meta never runs ahead of them (read the other
+    # way round, a job finishing between the two reads showed "succeeded" with no finished_at).
+    raw_state = res.state  # each read of res.state asks the backend again
+    meta = _owned(store, job_id, owner)
+    state = _STATUS.get(raw_state, "queued")
     body = JobStatus(id=job_id, status=state, condition=meta["condition"], created_at=meta["created_at"],
                      started_at=meta.get("started_at"), finished_at=meta.get("finished_at"))
     if state == "failed" and body.finished_at is None and res.date_done is not None:
         body.finished_at = res.date_done.timestamp()
-    if res.state == "PROGRESS" and isinstance(res.info, dict):
+    if raw_state == "PROGRESS" and isinstance(res.info, dict):
         body.progress = Progress(**{k: res.info.get(k) for k in ("stage", "step", "total", "lp")})
     elif state == "succeeded":
         body.result = res.result

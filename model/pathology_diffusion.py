@@ -72,13 +72,30 @@ class PathologyDiffusion(PretrainedModule):
         return z / self.config.latent_scale + self.config.latent_shift
 
     # --- training (Algorithm 1, stage 2) -----------------------------------------------------
-    def training_loss(self, z_path: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None):
-        """L_G (Eq. 16): noise z^n to a random step, predict the noise."""
+    def training_loss(
+        self,
+        z_path: torch.Tensor,
+        cond: torch.Tensor,
+        generator: torch.Generator | None = None,
+        weight: torch.Tensor | None = None,
+    ):
+        """L_G (Eq. 16): noise z^n to a random step, predict the noise.
+
+        `weight` (B, 1, h, w), broadcast over z^n's channels, makes it a weighted mean of the
+        squared error (sum(w e^2) / sum(w)): not in the paper, which weighs every latent pixel
+        alike; None is Eq. 16 exactly.
+        """
         z0 = self.to_model_space(z_path)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
         t = torch.randint(0, self.config.num_train_timesteps, (z0.shape[0],), generator=generator, device="cpu").to(z0.device)
         zt = self.train_scheduler.add_noise(z0, noise, t)
-        return F.mse_loss(self.unet(zt, t, encoder_hidden_states=cond).sample, noise)
+        pred = self.unet(zt, t, encoder_hidden_states=cond).sample
+        if weight is None:
+            return F.mse_loss(pred, noise)
+        if weight.dim() != 4 or weight.shape[0] != z0.shape[0] or weight.shape[-2:] != z0.shape[-2:] or weight.shape[1] not in (1, z0.shape[1]):
+            raise ValueError(f"weight must be (B, 1 or C, h, w) matching z^n {tuple(z0.shape)}, got {tuple(weight.shape)}")
+        w = weight.to(pred.dtype).expand_as(pred)
+        return (w * (pred - noise) ** 2).sum() / w.sum().clamp_min(1e-12)
 
     # --- sampling ---------------------------------------------------------------------------
     def timesteps(self, steps: int) -> list[int]:

@@ -83,6 +83,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
         if run.get("repeat_threshold"):
             kl += f" --repeat-threshold {run['repeat_threshold']:g}"
+        if run.get("diffusion_focus"):
+            kl += f" --diffusion-focus {run['diffusion_focus']:g}"
         if name == "classifier":  # runs recorded before the option trained without it
             kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
         lines.append(

@@ -106,6 +106,13 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             raise TrainingError("--repeat-threshold applies to stage0, stage1 and stage2; the classifier stage samples its own (class-balanced on phantoms) data")
     if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
+    if hp.diffusion_focus:
+        if hp.diffusion_focus < 0:
+            raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
+        if stage not in ("stage2", "all"):
+            raise TrainingError(f"--diffusion-focus applies to stage2 (or all), not {stage}")
+        if "finding_mask" not in dataset[0]:
+            raise TrainingError(f"--diffusion-focus needs the findings' masks, which only phantom:N data renders; {data} has none")
     out = Path(out)
     torch.manual_seed(seed)
     rank, world = distributed()
@@ -150,6 +157,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                     run["paired_weight"], run["paired_focus"] = hp.paired, hp.paired_focus
                     if hp.paired_cross:
                         run["paired_cross"] = hp.paired_cross
+            if name == "stage2" and hp.diffusion_focus:
+                run["diffusion_focus"] = hp.diffusion_focus
             if name == "classifier":
                 run["acquisition_augment"] = hp.acquisition_augment
             if name != "classifier" and hp.repeat_threshold:

@@ -90,6 +90,28 @@ def test_explicit_ddim_loop_matches_diffusers_scheduler():
     assert torch.allclose(ours, z, atol=1e-5)
 
 
+def test_weighted_diffusion_loss_is_eq16_when_uniform_and_weighs_the_marked_pixels():
+    torch.manual_seed(0)
+    d = COMPONENTS["diffusion"](TINY.components["diffusion"]).eval()
+    g = torch.Generator().manual_seed(1)
+    z, cond = torch.randn((2, 1, 16, 16), generator=g), torch.randn((2, 24, 32), generator=g)
+
+    def loss(weight=None):
+        with torch.no_grad():
+            return float(d.training_loss(z, cond, torch.Generator().manual_seed(2), weight=weight))
+
+    plain = loss()
+    # A uniform weight, whatever its scale, is Eq. 16's plain mean.
+    assert loss(torch.full((2, 1, 16, 16), 3.0)) == pytest.approx(plain, rel=1e-5)
+    # Weight only on one corner: the loss is that corner's mean squared error, not the image's.
+    corner = torch.zeros((2, 1, 16, 16))
+    corner[:, :, :4, :4] = 1.0
+    assert loss(corner + 1e-9) != pytest.approx(plain, rel=1e-3)
+    assert loss(1.0 + 1e6 * corner) == pytest.approx(loss(corner + 1e-9), rel=1e-3)
+    with pytest.raises(ValueError, match="weight must be"):
+        loss(torch.ones((2, 1, 8, 8)))
+
+
 def test_presets_registry_and_strict_keys():
     assert {"tiny", "phantom-128", "paper-256"} <= set(available_presets())
     with pytest.raises(CheckpointError, match="unknown preset 'huge'"):

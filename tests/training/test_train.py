@@ -294,6 +294,43 @@ def test_repeat_threshold_trains_is_recorded_and_refused_where_it_does_not_apply
     assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(6)]))
 
 
+def test_diffusion_focus_trains_is_recorded_and_refused_where_it_does_not_apply(tmp_path):
+    from training.datasets.phantom import PhantomDataset, collate
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    out = tmp_path / "focus"
+    train("stage2", "tiny", "phantom:24", out, steps=2, batch_size=4, hp=Hyper(diffusion_focus=10))
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    assert pipe.config["training"]["stages"]["stage2"]["runs"][-1]["diffusion_focus"] == 10
+    assert "--steps 2 --batch-size 4 --diffusion-focus 10" in model_card(pipe.config, None, out / "checkpoint", "")
+    gen = tmp_path / "gen"
+    assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
+    for stage, focus, data, why in (
+        ("stage1", 10, "phantom:24", "applies to stage2"),
+        ("stage2", -1, "phantom:24", "at least 0"),
+        ("stage2", 10, str(gen), "masks"),
+    ):
+        with pytest.raises(TrainingError, match=why):
+            train(stage, "tiny", data, tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(diffusion_focus=focus))
+    assert not (tmp_path / "bad").exists()
+    # The mask is the union of what the renderer says each finding changed, and empty without findings.
+    ds = PhantomDataset(40, 64)
+    seen_empty = seen_full = False
+    for i in range(40):
+        drawn = ds.case(i).render(64)
+        union = np.zeros((64, 64), dtype=bool)
+        for m in drawn.masks.values():
+            union |= m
+        item = ds[i]
+        assert item["finding_mask"].shape == (1, 64, 64)
+        assert np.array_equal(item["finding_mask"][0].numpy() > 0.5, union)
+        seen_empty |= not drawn.findings
+        seen_full |= bool(union.any())
+    assert seen_empty and seen_full
+    assert collate([ds[0], ds[1]])["finding_mask"].shape == (2, 1, 64, 64)
+
+
 def test_curves_keep_metrics_that_later_sittings_stop_logging(tmp_path):
     from PIL import Image
 

@@ -26,6 +26,17 @@ def _to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)[None]
 
 
+def _finding_mask(masks: dict[str, np.ndarray], size: int) -> torch.Tensor:
+    """(1, size, size) float: 1 where any drawn finding changed the pixel (the renderer's ground
+    truth; stage 2's `diffusion_focus` weights these pixels). All zero for "no finding"."""
+    union = np.zeros((size, size), dtype=bool)
+    for m in masks.values():
+        if m.shape[0] != size:
+            m = np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST))
+        union |= m
+    return torch.from_numpy(union.astype(np.float32))[None]
+
+
 class PhantomDataset(torch.utils.data.Dataset):
     """Cases `0..n-1` of master seed `seed`, rendered at `size` on the fly (deterministic)."""
 
@@ -47,11 +58,13 @@ class PhantomDataset(torch.utils.data.Dataset):
         case = self.case(i)
         if i not in self._text:
             self._text[i] = refine(case.report().text).condition
+        drawn = case.render(self.size)
         return {
-            "image": _to_tensor(case.render(self.size).image, self.size),
+            "image": _to_tensor(drawn.image, self.size),
             "labels": torch.tensor([float(case.labels[label]) for label in CHEXPERT_LABELS]),
             "text": self._text[i],
             "identity": case.identity_seed,
+            "finding_mask": _finding_mask(drawn.masks, self.size),
         }
 
     def other_view(self, i: int) -> torch.Tensor:
@@ -135,4 +148,6 @@ def collate(items: list[dict]) -> dict:
     if "text" in items[0]:  # the classifier's balanced data has no reports
         out["text"] = [it["text"] for it in items]
         out["identity"] = torch.tensor([it["identity"] for it in items])
+    if "finding_mask" in items[0]:  # phantoms rendered on the fly know where their findings are
+        out["finding_mask"] = torch.stack([it["finding_mask"] for it in items])
     return out

@@ -113,6 +113,15 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             raise TrainingError(f"--diffusion-focus applies to stage2 (or all), not {stage}")
         if "finding_mask" not in dataset[0]:
             raise TrainingError(f"--diffusion-focus needs the findings' masks, which only phantom:N data renders; {data} has none")
+    if hp.diffusion_share:
+        if not 0 < hp.diffusion_share < 1:
+            raise TrainingError(f"--diffusion-share is a share of an image's weight, in (0, 1), got {hp.diffusion_share:g}")
+        if hp.diffusion_focus:
+            raise TrainingError("--diffusion-share and --diffusion-focus are two ways to weigh the findings in L_G; pass one")
+        if stage not in ("stage2", "all"):
+            raise TrainingError(f"--diffusion-share applies to stage2 (or all), not {stage}")
+        if "finding_mask" not in dataset[0]:
+            raise TrainingError(f"--diffusion-share needs the findings' masks, which only phantom:N data renders; {data} has none")
     out = Path(out)
     torch.manual_seed(seed)
     rank, world = distributed()
@@ -159,6 +168,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                         run["paired_cross"] = hp.paired_cross
             if name == "stage2" and hp.diffusion_focus:
                 run["diffusion_focus"] = hp.diffusion_focus
+            if name == "stage2" and hp.diffusion_share:
+                run["diffusion_share"] = hp.diffusion_share
             if name == "classifier":
                 run["acquisition_augment"] = hp.acquisition_augment
             if name != "classifier" and hp.repeat_threshold:

@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     t.add_argument("--acquisition-augment", type=float, default=0.8, help="classifier: probability of each of blur, noise and exposure per image (default 0.8; 0 = none)")
     t.add_argument("--freeze", action="append", default=[], choices=["contrastive", "identity", "classifier"], help="stage0: leave this network as it is (repeatable), e.g. to train E_CXR on without touching a classifier trained since")
     t.add_argument("--diffusion-focus", type=float, default=0.0, help="stage2 on phantoms: extra weight of the latent pixels under a finding in L_G (default 0: the paper's Eq. 16)")
+    t.add_argument("--diffusion-share", type=float, default=0.0, help="stage2 on phantoms: share of each image's L_G weight given to the latent pixels under its finding, at least their area (default 0: the paper's Eq. 16)")
     t.add_argument("--repeat-threshold", type=float, default=0.0, help="stages 0-2: repeat-factor sampling threshold t, images with a label rarer than t repeated sqrt(t/share) times per epoch (default 0: off, the paper)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -33,7 +34,7 @@ def _train(args) -> int:
 
     hp = Hyper(
         lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus, paired_cross=args.paired_cross, acquisition_augment=args.acquisition_augment,
-        freeze=tuple(args.freeze), repeat_threshold=args.repeat_threshold, diffusion_focus=args.diffusion_focus,
+        freeze=tuple(args.freeze), repeat_threshold=args.repeat_threshold, diffusion_focus=args.diffusion_focus, diffusion_share=args.diffusion_share,
     )
     if args.kl_weight is not None:
         hp.alpha = args.kl_weight

@@ -331,6 +331,46 @@ def test_diffusion_focus_trains_is_recorded_and_refused_where_it_does_not_apply(
     assert collate([ds[0], ds[1]])["finding_mask"].shape == (2, 1, 64, 64)
 
 
+def test_finding_share_weights_give_the_finding_its_share_and_keep_each_image_at_mean_one():
+    from training.stages import finding_share_weights
+
+    mask = torch.zeros(4, 1, 8, 8)
+    mask[1, 0, 0, :2] = 1  # a small finding: 2 of 64 pixels
+    mask[2, 0, :4] = 1  # a large one: half the grid, more than the share
+    mask[3] = 1  # the whole grid
+    w = finding_share_weights(mask, 0.25)
+    assert torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(4))
+    assert torch.equal(w[0], torch.ones(1, 8, 8))  # no finding: Eq. 16's weights
+    inside = w[1][mask[1] > 0]
+    assert torch.allclose(inside.sum() / w[1].sum(), torch.tensor(0.25))
+    assert torch.allclose(inside, torch.full_like(inside, 0.25 / (2 / 64)))
+    assert torch.equal(w[2], torch.ones(1, 8, 8))  # already over its share: not weighted down
+    assert torch.equal(w[3], torch.ones(1, 8, 8))
+
+
+def test_diffusion_share_trains_is_recorded_and_refused_where_it_does_not_apply(tmp_path):
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    out = tmp_path / "share"
+    assert main(["train", "stage2", "--preset", "tiny", "--data", "phantom:24", "--out", str(out),
+                 "--steps", "2", "--batch-size", "4", "--diffusion-share", "0.25"]) == 0
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    assert pipe.config["training"]["stages"]["stage2"]["runs"][-1]["diffusion_share"] == 0.25
+    assert "--steps 2 --batch-size 4 --diffusion-share 0.25" in model_card(pipe.config, None, out / "checkpoint", "")
+    gen = tmp_path / "gen"
+    assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
+    for stage, hp, data, why in (
+        ("stage1", Hyper(diffusion_share=0.25), "phantom:24", "applies to stage2"),
+        ("stage2", Hyper(diffusion_share=1.0), "phantom:24", r"in \(0, 1\)"),
+        ("stage2", Hyper(diffusion_share=0.25, diffusion_focus=10), "phantom:24", "pass one"),
+        ("stage2", Hyper(diffusion_share=0.25), str(gen), "masks"),
+    ):
+        with pytest.raises(TrainingError, match=why):
+            train(stage, "tiny", data, tmp_path / "bad", steps=2, batch_size=4, hp=hp)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_curves_keep_metrics_that_later_sittings_stop_logging(tmp_path):
     from PIL import Image
 

@@ -159,6 +159,23 @@ def auroc_summary(a: dict[str, float]) -> dict[str, float]:
     }
 
 
+def identity_bootstrap(probs: dict[str, list[np.ndarray]], draws: int = 500, seed: int = 0) -> dict[str, float]:
+    """How much the mean, tail and head AUROC depend on which identities were drawn: their standard
+    deviation over `draws` resamples of the identities with replacement. `probs[target][k]` is the
+    classifier's output on identity k's counterfactual for `target` (as `target_aurocs` takes it);
+    every target needs one per identity."""
+    lengths = {len(p) for p in probs.values()}
+    if len(lengths) != 1 or lengths == {0}:
+        raise ValueError(f"every target needs one output per identity, got counts {sorted(lengths)}")
+    n = lengths.pop()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(draws):
+        ks = rng.integers(0, n, n)
+        rows.append(auroc_summary(target_aurocs({t: [p[k] for k in ks] for t, p in probs.items()})))
+    return {key: float(np.nanstd([r[key] for r in rows])) for key in ("mean_auroc", "tail_auroc", "head_auroc")}
+
+
 def judge_summary(result: dict) -> dict[str, float]:
     """The evaluation classifier's mean, tail and head AUROC on the true counterfactuals."""
     return _auroc_summary(result["table"], "true")

@@ -26,3 +26,33 @@ def test_seed_opt_overrides_parse_to_config_fields_before_any_work(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--checkpoint", "/nonexistent", "--n", "2", "--seed-opt", "lr=-1"])
     assert exc.value.code == 2 and "lr must be positive" in capsys.readouterr().err
+
+
+def test_identity_bootstrap_is_zero_when_every_identity_agrees_and_not_otherwise():
+    import numpy as np
+    import pytest
+
+    from model.labels import CHEXPERT_LABELS
+    from training.evaluate import TARGETS, identity_bootstrap
+
+    def outputs(score):  # probs[target][k]: the target's own label at score(k), every other label at 0
+        out = {}
+        for t in TARGETS:
+            rows = []
+            for k in range(6):
+                p = np.zeros(len(CHEXPERT_LABELS))
+                p[CHEXPERT_LABELS.index(t)] = score(k)
+                rows.append(p)
+            out[t] = rows
+        return out
+
+    # Every identity's counterfactual shows its target: AUROC 1 in every resample.
+    assert identity_bootstrap(outputs(lambda k: 0.9), draws=50) == {"mean_auroc": 0.0, "tail_auroc": 0.0, "head_auroc": 0.0}
+    # Half the identities show nothing: the AUROC depends on which were drawn.
+    spread = identity_bootstrap(outputs(lambda k: 0.9 if k % 2 else 0.0), draws=200)
+    assert all(0.01 < v < 0.5 for v in spread.values())
+    assert identity_bootstrap(outputs(lambda k: 0.9 if k % 2 else 0.0), draws=200) == spread  # seeded
+    uneven = outputs(lambda k: 0.9)
+    uneven[TARGETS[0]] = uneven[TARGETS[0]][:3]
+    with pytest.raises(ValueError, match="one output per identity"):
+        identity_bootstrap(uneven)

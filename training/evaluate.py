@@ -129,6 +129,8 @@ def evaluate_counterfactuals(
                 bar.update(1)
     bar.close()
     table = {(target, "true"): {"auroc": a} for target, a in target_aurocs(truth_probs).items()}
+    # How much the AUROCs owe to which identities were drawn: the report prints it beside them.
+    spread = {opt: identity_bootstrap({target: rows[(target, opt)]["probs"] for target in TARGETS}) for opt in (False, True)} if n > 1 else {}
     for opt in (False, True):
         aurocs = target_aurocs({target: rows[(target, opt)]["probs"] for target in TARGETS})
         for target in TARGETS:
@@ -142,7 +144,7 @@ def evaluate_counterfactuals(
             }
     options = "".join(f" --{k} {v}" for k, v in overrides.items()) + "".join(f" --seed-opt {k}={v}" for k, v in seed_opt.items())
     options += " --validation" if validation else ""  # for the reproducing command
-    return {"n": n, "table": table, "sheet": sheet, "sampling": sampling, "seed_optimization": dataclasses.asdict(seed_config), "options": options}
+    return {"n": n, "table": table, "spread": spread, "sheet": sheet, "sampling": sampling, "seed_optimization": dataclasses.asdict(seed_config), "options": options}
 
 
 def _auroc_summary(table: dict, setting) -> dict[str, float]:
@@ -160,7 +162,8 @@ def auroc_summary(a: dict[str, float]) -> dict[str, float]:
 
 
 def identity_bootstrap(probs: dict[str, list[np.ndarray]], draws: int = 500, seed: int = 0) -> dict[str, float]:
-    """How much the mean, tail and head AUROC depend on which identities were drawn: their standard
+    """How much the mean, tail and head AUROC (and the head - tail gap) depend on which identities
+    were drawn: their standard
     deviation over `draws` resamples of the identities with replacement. `probs[target][k]` is the
     classifier's output on identity k's counterfactual for `target` (as `target_aurocs` takes it);
     every target needs one per identity."""
@@ -173,7 +176,9 @@ def identity_bootstrap(probs: dict[str, list[np.ndarray]], draws: int = 500, see
     for _ in range(draws):
         ks = rng.integers(0, n, n)
         rows.append(auroc_summary(target_aurocs({t: [p[k] for k in ks] for t, p in probs.items()})))
-    return {key: float(np.nanstd([r[key] for r in rows])) for key in ("mean_auroc", "tail_auroc", "head_auroc")}
+    for r in rows:
+        r["gap"] = r["head_auroc"] - r["tail_auroc"]
+    return {key: float(np.nanstd([r[key] for r in rows])) for key in ("mean_auroc", "tail_auroc", "head_auroc", "gap")}
 
 
 def judge_summary(result: dict) -> dict[str, float]:
@@ -222,6 +227,12 @@ def summary_lines(result: dict) -> list[str]:
             f"mean SSIM {against(s['mean_ssim'], 0.85)}, tail AUROC {s['tail_auroc']:.3f} vs head "
             f"{s['head_auroc']:.3f}, {gap_text}."
         )
+        sd = result.get("spread", {}).get(opt)  # results from before it was kept have none
+        if sd:
+            lines[-1] += (
+                f" Standard deviation over resamples of the {result['n']} identities: mean AUROC {sd['mean_auroc']:.3f}, "
+                f"tail {sd['tail_auroc']:.3f}, head {sd['head_auroc']:.3f}, gap {sd['gap']:.3f}."
+            )
     j = judge_summary(result)
     lines.append(
         f"The evaluation classifier on the true counterfactuals (what a perfect model would score): mean AUROC "

@@ -33,26 +33,30 @@ def test_identity_bootstrap_is_zero_when_every_identity_agrees_and_not_otherwise
     import pytest
 
     from model.labels import CHEXPERT_LABELS
-    from training.evaluate import TARGETS, identity_bootstrap
+    from training.evaluate import TAIL, TARGETS, identity_bootstrap
 
-    def outputs(score):  # probs[target][k]: the target's own label at score(k), every other label at 0
+    def outputs(score):  # probs[target][k]: the target's own label at score(k, target), every other label at 0
         out = {}
         for t in TARGETS:
             rows = []
             for k in range(6):
                 p = np.zeros(len(CHEXPERT_LABELS))
-                p[CHEXPERT_LABELS.index(t)] = score(k)
+                p[CHEXPERT_LABELS.index(t)] = score(k, t)
                 rows.append(p)
             out[t] = rows
         return out
 
     # Every identity's counterfactual shows its target: AUROC 1 in every resample.
-    assert identity_bootstrap(outputs(lambda k: 0.9), draws=50) == {"mean_auroc": 0.0, "tail_auroc": 0.0, "head_auroc": 0.0}
-    # Half the identities show nothing: the AUROC depends on which were drawn.
-    spread = identity_bootstrap(outputs(lambda k: 0.9 if k % 2 else 0.0), draws=200)
-    assert all(0.01 < v < 0.5 for v in spread.values())
-    assert identity_bootstrap(outputs(lambda k: 0.9 if k % 2 else 0.0), draws=200) == spread  # seeded
-    uneven = outputs(lambda k: 0.9)
+    assert identity_bootstrap(outputs(lambda k, t: 0.9), draws=50) == {"mean_auroc": 0.0, "tail_auroc": 0.0, "head_auroc": 0.0, "gap": 0.0}
+    # For the head targets half the identities show nothing: the head's AUROC, the mean and the
+    # gap depend on which were drawn; the tail's does not.
+    def half_head(k, t):
+        return 0.9 if t in TAIL or k % 2 else 0.0
+
+    spread = identity_bootstrap(outputs(half_head), draws=200)
+    assert spread["tail_auroc"] == 0.0 and all(0.01 < spread[key] < 0.5 for key in ("mean_auroc", "head_auroc", "gap"))
+    assert identity_bootstrap(outputs(half_head), draws=200) == spread  # seeded
+    uneven = outputs(lambda k, t: 0.9)
     uneven[TARGETS[0]] = uneven[TARGETS[0]][:3]
     with pytest.raises(ValueError, match="one output per identity"):
         identity_bootstrap(uneven)

@@ -53,7 +53,8 @@ def main() -> None:
     spread = identity_bootstrap(probs, draws=args.draws)
     print(f"| n={args.n}, {args.draws} resamples | AUROC | SD over identities |")
     print("| --- | ---: | ---: |")
-    for key, name in (("mean_auroc", "mean"), ("tail_auroc", "tail"), ("head_auroc", "head")):
+    point["gap"] = point["head_auroc"] - point["tail_auroc"]
+    for key, name in (("mean_auroc", "mean"), ("tail_auroc", "tail"), ("head_auroc", "head"), ("gap", "head - tail")):
         print(f"| {name} | {point[key]:.3f} | {spread[key]:.3f} |")
 
 

@@ -129,10 +129,12 @@ def evaluate_counterfactuals(
                 bar.update(1)
     bar.close()
     table = {(target, "true"): {"auroc": a} for target, a in target_aurocs(truth_probs).items()}
-    # How much the AUROCs owe to which identities were drawn: the report prints it beside them.
-    spread = {opt: identity_bootstrap({target: rows[(target, opt)]["probs"] for target in TARGETS}) for opt in (False, True)} if n > 1 else {}
+    spread = {}
     for opt in (False, True):
-        aurocs = target_aurocs({target: rows[(target, opt)]["probs"] for target in TARGETS})
+        by_target = {target: rows[(target, opt)]["probs"] for target in TARGETS}
+        aurocs = target_aurocs(by_target)
+        if n > 1:  # how much the AUROCs owe to which identities were drawn: the report prints it beside them
+            spread[opt] = identity_bootstrap(by_target)
         for target in TARGETS:
             r = rows[(target, opt)]
             table[(target, opt)] = {
@@ -163,10 +165,9 @@ def auroc_summary(a: dict[str, float]) -> dict[str, float]:
 
 def identity_bootstrap(probs: dict[str, list[np.ndarray]], draws: int = 500, seed: int = 0) -> dict[str, float]:
     """How much the mean, tail and head AUROC (and the head - tail gap) depend on which identities
-    were drawn: their standard
-    deviation over `draws` resamples of the identities with replacement. `probs[target][k]` is the
-    classifier's output on identity k's counterfactual for `target` (as `target_aurocs` takes it);
-    every target needs one per identity."""
+    were drawn: their standard deviation over `draws` resamples of the identities with replacement.
+    `probs[target][k]` is the classifier's output on identity k's counterfactual for `target` (as
+    `target_aurocs` takes it); every target needs one per identity."""
     lengths = {len(p) for p in probs.values()}
     if len(lengths) != 1 or lengths == {0}:
         raise ValueError(f"every target needs one output per identity, got counts {sorted(lengths)}")
@@ -175,9 +176,8 @@ def identity_bootstrap(probs: dict[str, list[np.ndarray]], draws: int = 500, see
     rows = []
     for _ in range(draws):
         ks = rng.integers(0, n, n)
-        rows.append(auroc_summary(target_aurocs({t: [p[k] for k in ks] for t, p in probs.items()})))
-    for r in rows:
-        r["gap"] = r["head_auroc"] - r["tail_auroc"]
+        r = auroc_summary(target_aurocs({t: [p[k] for k in ks] for t, p in probs.items()}))
+        rows.append({**r, "gap": r["head_auroc"] - r["tail_auroc"]})
     return {key: float(np.nanstd([r[key] for r in rows])) for key in ("mean_auroc", "tail_auroc", "head_auroc", "gap")}
 
 

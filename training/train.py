@@ -106,22 +106,18 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             raise TrainingError("--repeat-threshold applies to stage0, stage1 and stage2; the classifier stage samples its own (class-balanced on phantoms) data")
     if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
-    if hp.diffusion_focus:
-        if hp.diffusion_focus < 0:
-            raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
-        if stage not in ("stage2", "all"):
-            raise TrainingError(f"--diffusion-focus applies to stage2 (or all), not {stage}")
-        if "finding_mask" not in dataset[0]:
-            raise TrainingError(f"--diffusion-focus needs the findings' masks, which only phantom:N data renders; {data} has none")
-    if hp.diffusion_share:
-        if not 0 < hp.diffusion_share < 1:
-            raise TrainingError(f"--diffusion-share is a share of an image's weight, in (0, 1), got {hp.diffusion_share:g}")
-        if hp.diffusion_focus:
-            raise TrainingError("--diffusion-share and --diffusion-focus are two ways to weigh the findings in L_G; pass one")
-        if stage not in ("stage2", "all"):
-            raise TrainingError(f"--diffusion-share applies to stage2 (or all), not {stage}")
-        if "finding_mask" not in dataset[0]:
-            raise TrainingError(f"--diffusion-share needs the findings' masks, which only phantom:N data renders; {data} has none")
+    if hp.diffusion_focus < 0:
+        raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
+    if hp.diffusion_share and not 0 < hp.diffusion_share < 1:
+        raise TrainingError(f"--diffusion-share is a share of an image's weight, in (0, 1), got {hp.diffusion_share:g}")
+    if hp.diffusion_focus and hp.diffusion_share:
+        raise TrainingError("--diffusion-share and --diffusion-focus are two ways to weigh the findings in L_G; pass one")
+    # Either weighting of L_G reads the renderer's finding masks in stage 2.
+    weighting = "--diffusion-focus" if hp.diffusion_focus else "--diffusion-share" if hp.diffusion_share else None
+    if weighting and stage not in ("stage2", "all"):
+        raise TrainingError(f"{weighting} applies to stage2 (or all), not {stage}")
+    if weighting and "finding_mask" not in dataset[0]:
+        raise TrainingError(f"{weighting} needs the findings' masks, which only phantom:N data renders; {data} has none")
     out = Path(out)
     torch.manual_seed(seed)
     rank, world = distributed()

@@ -28,7 +28,7 @@ def _to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
 
 def _finding_mask(masks: dict[str, np.ndarray], size: int) -> torch.Tensor:
     """(1, size, size) float: 1 where any drawn finding changed the pixel (the renderer's ground
-    truth, drawn at `size`; stage 2's `diffusion_focus` weights these pixels). All zero for "no finding"."""
+    truth, drawn at `size`; stage 2's `diffusion_focus` or `diffusion_share` weights these pixels). All zero for "no finding"."""
     union = np.zeros((size, size), dtype=bool)
     for m in masks.values():
         union |= m

@@ -35,6 +35,15 @@ class ContrastiveConfig(StrictConfig):
     text_layers: int = 2
     text_heads: int = 4
     context_length: int = 32
+    # Where the pooled text feature (the contrastive loss's text side) is read: "eos", the
+    # condition tokenizer's end-of-text token, which the causal text tower has let see the whole
+    # text. "argmax" is open_clip's default for its BPE vocabulary, where the end token has the
+    # largest id; in the condition vocabulary it does not (ids are alphabetical after the special
+    # tokens), so argmax reads the text's alphabetically last word and sees only the words
+    # before it: every "moderate <finding>" with a finding that sorts before "moderate" pooled to
+    # one feature. Checkpoints written before this field were trained that way and load as
+    # "argmax" (`ContrastiveModel.config_from_checkpoint`); new models use "eos".
+    text_pool: str = "eos"
 
 
 class ContrastiveModel(PretrainedModule):
@@ -51,6 +60,8 @@ class ContrastiveModel(PretrainedModule):
             return
         if c.backbone != "whatif-condition-clip":
             raise ValueError(f"unknown contrastive backbone {c.backbone!r}")
+        if c.text_pool not in ("eos", "argmax"):
+            raise ValueError(f"text_pool must be 'eos' or 'argmax', got {c.text_pool!r}")
         from open_clip.model import CLIP
 
         self.tokenizer = ConditionTokenizer(c.context_length)
@@ -62,9 +73,13 @@ class ContrastiveModel(PretrainedModule):
             ),
             text_cfg=dict(
                 context_length=c.context_length, vocab_size=self.tokenizer.vocab_size, width=c.text_width,
-                heads=c.text_heads, layers=c.text_layers, pool_type="argmax",
+                heads=c.text_heads, layers=c.text_layers, pool_type=c.text_pool, eos_id=self.tokenizer.eot_id,
             ),
         )
+
+    @classmethod
+    def config_from_checkpoint(cls, data: dict) -> ContrastiveConfig:
+        return super().config_from_checkpoint({"text_pool": "argmax", **data})
 
     def _init_pretrained(self, name: str) -> None:
         """A pretrained open_clip model from a local directory (never a download)."""

@@ -76,6 +76,12 @@ class PretrainedModule(nn.Module):
         save_file(state, str(directory / "model.safetensors"), metadata={"class": type(self).__name__})
 
     @classmethod
+    def config_from_checkpoint(cls, data: dict[str, Any]) -> StrictConfig:
+        """A saved config -> `config_class`; a class whose config gained a field that changes what
+        its weights mean fills in, for checkpoints written before it, the value they were trained with."""
+        return cls.config_class.from_dict(data)
+
+    @classmethod
     def from_pretrained(cls: type[M], directory: str | Path, map_location: str | torch.device = "cpu") -> M:
         directory = Path(directory)
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
@@ -83,7 +89,7 @@ class PretrainedModule(nn.Module):
             if not path.is_file():
                 raise CheckpointError(f"{cls.__name__}: {path} is missing")
         meta = read_config(cfg_path, "class", cls.__name__)
-        model = cls(cls.config_class.from_dict(meta["config"]))
+        model = cls(cls.config_from_checkpoint(meta["config"]))
         state = load_file(str(weights), device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -27,8 +27,9 @@ _INDEX = {w: i for i, w in enumerate(VOCAB)}
 
 
 class ConditionTokenizer:
-    """`tokenizer(["mild cardiomegaly"])` -> LongTensor (batch, context_length); EOT is the largest
-    id position-wise last token, which is where open_clip's 'argmax' pooling reads the text."""
+    """`tokenizer(["mild cardiomegaly"])` -> LongTensor (batch, context_length): SOT, the words,
+    EOT, then padding. EOT is not the largest id, so the text tower pools at it by open_clip's
+    'eos' pooling (`ContrastiveConfig.text_pool`), not by 'argmax'."""
 
     def __init__(self, context_length: int = 32):
         self.context_length = context_length

@@ -1,5 +1,6 @@
 """Networks of the model library with the tiny preset: shapes, round trips, errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -56,6 +57,31 @@ def test_shapes_and_save_load_round_trip(name, tmp_path):
     again = type(module).from_pretrained(tmp_path / name)
     with torch.no_grad():
         assert torch.equal(_run(name, again, x), y)
+
+
+def test_text_pooling_reads_the_whole_condition(tmp_path):
+    """The pooled text feature is read at the end token, which the causal text tower lets see every
+    word: two conditions that differ only in their last word differ. open_clip's "argmax" pooling
+    read the alphabetically last word here ("moderate"), the same feature for both."""
+    torch.manual_seed(0)
+    module = COMPONENTS["contrastive"](TINY.components["contrastive"]).eval()
+    assert module.config.text_pool == "eos"
+    texts = ["moderate atelectasis", "moderate cardiomegaly"]
+    with torch.no_grad():
+        eos = module.encode_text(texts)
+        assert not torch.allclose(eos[0], eos[1], atol=1e-4)
+        module.clip.text_pool_type = "argmax"  # what checkpoints before the fix did
+        assert torch.allclose(*module.encode_text(texts), atol=1e-6)
+    # A checkpoint written before the field existed was trained with argmax and loads as such.
+    module.clip.text_pool_type = "eos"
+    module.save_pretrained(tmp_path / "c")
+    meta = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert meta["config"].pop("text_pool") == "eos"
+    (tmp_path / "c" / "config.json").write_text(json.dumps(meta))
+    legacy = type(module).from_pretrained(tmp_path / "c")
+    assert legacy.config.text_pool == "argmax" and legacy.clip.text_pool_type == "argmax"
+    with pytest.raises(ValueError, match="text_pool"):
+        type(module)(dataclasses.replace(module.config, text_pool="mean"))
 
 
 def test_vae_latent_is_quarter_resolution_and_splits():

@@ -63,8 +63,11 @@ class Hyper:
     # image in the evaluation classifier's own stage (`training.augment`; 0 = none). A judge that
     # has only seen one render's sharpness scores texture, not findings.
     acquisition_augment: float = 0.8
-    # Stage 0's networks to leave as they are (of STAGE0_PARTS): e.g. to train E_CXR further
-    # without touching an evaluation classifier that its own stage has trained since.
+    # Stage 0's networks to leave as they are (of STAGE0_FREEZABLE): e.g. to train E_CXR further
+    # without touching an evaluation classifier that its own stage has trained since. "text" is the
+    # contrastive model's text tower alone: stage 2 cross-attends to its token features, so with it
+    # frozen the image tower (E_CXR, which seed optimisation's L_P reads) can train on without
+    # invalidating a trained stage 2.
     freeze: tuple[str, ...] = ()
     # Not in the paper: repeat-factor sampling threshold t for the stages that read the run's data
     # (stages 0-2; `training.sampling`; 0 = each image once per epoch, the paper). An image is
@@ -118,6 +121,13 @@ def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
 
 
 STAGE0_PARTS = ("contrastive", "identity", "classifier")
+STAGE0_FREEZABLE = (*STAGE0_PARTS, "text")
+
+
+def text_tower_parameters(contrastive) -> list[torch.nn.Parameter]:
+    """The contrastive model's text-tower parameters: all but the image tower (`visual`) and the
+    shared temperature, for open_clip's CLIP (token_embedding, transformer, ...) and CustomTextCLIP (text.*)."""
+    return [p for name, p in contrastive.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
 
 
 def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
@@ -134,7 +144,14 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
             m.train().requires_grad_(True)
         else:
             m.eval().requires_grad_(False)
-    opts = {name: torch.optim.AdamW(m.parameters(), lr=hp.lr * 3) for name, m in train_parts.items()}
+    if "text" in hp.freeze:
+        for p in text_tower_parameters(pipe.contrastive):
+            p.requires_grad_(False)
+    # The image tower alone has an optimiser of its own name: a sitting that trained both towers
+    # saved Adam moments for more parameters, and `load_state` starts a fresh optimiser for a name
+    # the saved state lacks (and likewise when both towers train again after it).
+    opt_name = {"contrastive": "contrastive_image"} if "text" in hp.freeze else {}
+    opts = {opt_name.get(name, name): torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=hp.lr * 3) for name, m in train_parts.items()}
     clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
     it = _data_batches(data, batch_size, hp, seed, rank, world)
     it_eval = batches(eval_data, batch_size, seed + 1, rank, world)

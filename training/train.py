@@ -13,7 +13,7 @@ from model.presets import get_preset
 
 from .centroids import compute_centroids
 from .loop import RunSpec, TrainingError, distributed, open_run
-from .stages import STAGE0_PARTS, Hyper, classifier_stage, stage0, stage1, stage2
+from .stages import STAGE0_FREEZABLE, STAGE0_PARTS, Hyper, classifier_stage, stage0, stage1, stage2
 
 STAGES = ("stage0", "stage1", "stage2", "classifier")
 EVAL_CLASSIFIER_SEED_OFFSET = 7919  # the classifier's data: a master seed no other stage uses
@@ -93,12 +93,14 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
     if len(dataset) < batch_size:
         raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
     if hp.freeze:
-        unknown = sorted(set(hp.freeze) - set(STAGE0_PARTS))
+        unknown = sorted(set(hp.freeze) - set(STAGE0_FREEZABLE))
         if unknown or stage != "stage0" or set(hp.freeze) >= set(STAGE0_PARTS):
             raise TrainingError(
-                f"--freeze applies to stage0 only, names some of {', '.join(STAGE0_PARTS)} and leaves one to train; "
+                f"--freeze applies to stage0 only, names some of {', '.join(STAGE0_FREEZABLE)} and leaves one to train; "
                 f"got {', '.join(hp.freeze)} for {stage}"
             )
+        if {"text", "contrastive"} <= set(hp.freeze):
+            raise TrainingError("--freeze text leaves E_CXR's image tower to train; --freeze contrastive already freezes both towers")
     if hp.repeat_threshold:
         if hp.repeat_threshold < 0 or hp.repeat_threshold > 1:
             raise TrainingError(f"--repeat-threshold is a share of images in [0, 1], got {hp.repeat_threshold:g}")

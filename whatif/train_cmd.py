@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     t.add_argument("--paired-focus", type=float, default=50.0, help="with --paired-weight: extra weight of the pixels where a pair differs (its findings; default 50)")
     t.add_argument("--paired-cross", type=float, default=0.0, help="with --paired-weight: weight of the cross-identity pair (another case's z^n in this identity; default 0)")
     t.add_argument("--acquisition-augment", type=float, default=0.8, help="classifier: probability of each of blur, noise and exposure per image (default 0.8; 0 = none)")
-    t.add_argument("--freeze", action="append", default=[], choices=["contrastive", "identity", "classifier"], help="stage0: leave this network as it is (repeatable), e.g. to train E_CXR on without touching a classifier trained since")
+    t.add_argument("--freeze", action="append", default=[], choices=["contrastive", "identity", "classifier", "text"], help="stage0: leave this network as it is (repeatable), e.g. to train E_CXR on without touching a classifier trained since; text: the contrastive model's text tower only, which stage 2 is conditioned on")
     t.add_argument("--diffusion-focus", type=float, default=0.0, help="stage2 on phantoms: extra weight of the latent pixels under a finding in L_G (default 0: the paper's Eq. 16)")
     t.add_argument("--diffusion-share", type=float, default=0.0, help="stage2 on phantoms: share of each image's L_G weight given to the latent pixels under its finding, at least their area (default 0: the paper's Eq. 16)")
     t.add_argument("--repeat-threshold", type=float, default=0.0, help="stages 0-2: repeat-factor sampling threshold t, images with a label rarer than t repeated sqrt(t/share) times per epoch (default 0: off, the paper)")

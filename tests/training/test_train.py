@@ -264,6 +264,41 @@ def test_stage0_freeze_keeps_a_classifier_trained_since(tmp_path):
     assert order == ["stage03", "classifier2", "stage05", "stage06"]
 
 
+def test_stage0_freeze_text_trains_the_image_tower_only(tmp_path):
+    from training.model_card import model_card
+    from training.stages import Hyper, text_tower_parameters
+
+    out = tmp_path / "s0"
+    train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    before = {k: v.clone() for k, v in pipe.contrastive.clip.state_dict().items()}
+    text_ids = {id(p) for p in text_tower_parameters(pipe.contrastive)}
+    text_names = {n for n, p in pipe.contrastive.clip.named_parameters() if id(p) in text_ids}
+    assert text_names and not any(n.startswith("visual.") for n in text_names)
+    # Resumed from a sitting that trained both towers: the image tower's optimiser starts fresh.
+    train("stage0", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True, hp=Hyper(freeze=("classifier", "identity", "text")))
+    after = CounterfactualPipeline.from_pretrained(out / "checkpoint").contrastive.clip.state_dict()
+    # Stage 2 reads the text tower's token features: they must not move.
+    assert all(torch.equal(after[n], before[n]) for n in text_names)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("visual."))
+    state = json.loads((out / "state" / "stage0" / "state.json").read_text())
+    assert set(state["param_groups"]) == {"contrastive_image"}
+    card = model_card(CounterfactualPipeline.from_pretrained(out / "checkpoint").config, None, out / "checkpoint", "")
+    assert "--steps 5 --batch-size 4 --freeze classifier --freeze identity --freeze text --resume" in card
+    # Both towers again: a fresh optimiser of the full set, the text tower trains.
+    train("stage0", "tiny", "phantom:24", out, steps=6, batch_size=4, resume=True, hp=Hyper(freeze=("classifier", "identity")))
+    again = CounterfactualPipeline.from_pretrained(out / "checkpoint").contrastive.clip.state_dict()
+    assert any(not torch.equal(again[n], after[n]) for n in text_names)
+
+
+def test_freeze_text_with_contrastive_is_refused(tmp_path):
+    from training.stages import Hyper
+
+    with pytest.raises(TrainingError, match="--freeze contrastive already freezes both towers"):
+        train("stage0", "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=("contrastive", "text")))
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("stage,freeze", [("stage1", ("classifier",)), ("stage0", ("contrastive", "identity", "classifier")), ("stage0", ("vae",))])
 def test_bad_freeze_is_refused_before_training(tmp_path, stage, freeze):
     from training.stages import Hyper

@@ -25,7 +25,7 @@ test: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/whatif serve $(SERVE_ARGS)
 
-# The embedded default model's recipe (phantom-128 on the 2-core CPU, about 6 h; resumable:
+# The embedded default model's recipe (phantom-128 on the 2-core CPU, about 6.5 h; resumable:
 # run again to continue after an interruption). RUN holds the state outside git; the final
 # checkpoint is copied into the package (model/weights/default), scored, and its card written.
 RUN ?= $(HOME)/whatif-runs/phantom-128
@@ -52,11 +52,15 @@ train-default: $(STAMP)
 	# On to 10,000 (contrastive loss over the last 200 steps 1.59 -> 1.31): stage 2 on this text tower raised the validation tail
 	# AUROC 0.654 -> 0.717 (benchmarks/detail.py --tau 0, 8 validation identities).
 	$(VENV)/bin/whatif train stage0 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 10000 --batch-size 32 --freeze classifier --freeze identity --resume
-	$(VENV)/bin/whatif train stage2 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 2000 --batch-size 16 --resume
 	$(VENV)/bin/whatif train classifier --preset phantom-128 --data $(DATA) --out $(RUN) --steps 1500 --batch-size 32 --acquisition-augment 0 --resume
 	# The classifier then continued with acquisition augmentation (blur, noise, exposure: training/augment.py),
 	# without which a blur of 1 pixel took its AUROC on the true counterfactuals from 0.967 to 0.759.
 	$(VENV)/bin/whatif train classifier --preset phantom-128 --data $(DATA) --out $(RUN) --steps 3000 --batch-size 32 --resume
+	# The shipped default's text tower pooled at the alphabetically last word to step 10,000 (open_clip's argmax
+	# pooling on the condition vocabulary) and at the end token from there (ContrastiveConfig.text_pool, README);
+	# a run of this recipe pools at the end token throughout. Stage 2 last, on the final text tower.
+	$(VENV)/bin/whatif train stage0 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 13500 --batch-size 32 --freeze classifier --freeze identity --resume
+	$(VENV)/bin/whatif train stage2 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 2000 --batch-size 16 --resume
 	rm -rf $(DEFAULT_DIR) && mkdir -p $(DEFAULT_DIR) && cp -r $(RUN)/checkpoint/. $(DEFAULT_DIR)/
 	$(VENV)/bin/whatif eval --checkpoint $(DEFAULT_DIR) --n $(EVAL_N) --write-card
 

@@ -115,6 +115,11 @@ class ContrastiveModel(PretrainedModule):
         """E_CXR: images (B, 1, H, W) in [-1, 1] -> (B, embed_dim)."""
         return self.clip.encode_image(self._rgb(x), normalize=normalize)
 
+    def text_parameters(self) -> list[torch.nn.Parameter]:
+        """The text tower's parameters: all but the image tower (`visual`) and the shared
+        temperature, for open_clip's CLIP (token_embedding, transformer, ...) and CustomTextCLIP (text.*)."""
+        return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(next(self.clip.parameters()).device)
 

@@ -124,12 +124,6 @@ STAGE0_PARTS = ("contrastive", "identity", "classifier")
 STAGE0_FREEZABLE = (*STAGE0_PARTS, "text")
 
 
-def text_tower_parameters(contrastive) -> list[torch.nn.Parameter]:
-    """The contrastive model's text-tower parameters: all but the image tower (`visual`) and the
-    shared temperature, for open_clip's CLIP (token_embedding, transformer, ...) and CustomTextCLIP (text.*)."""
-    return [p for name, p in contrastive.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
-
-
 def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
     parts = {"contrastive": pipe.contrastive, "identity": pipe.identity_encoder, "classifier": pipe.eval_classifier}
     if getattr(pipe.identity_encoder, "pretrained", False):  # a pretrained E_ID (VGG-16) stays frozen
@@ -145,7 +139,7 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
         else:
             m.eval().requires_grad_(False)
     if "text" in hp.freeze:
-        for p in text_tower_parameters(pipe.contrastive):
+        for p in pipe.contrastive.text_parameters():
             p.requires_grad_(False)
     # The image tower alone has an optimiser of its own name: a sitting that trained both towers
     # saved Adam moments for more parameters, and `load_state` starts a fresh optimiser for a name

@@ -30,6 +30,7 @@ from .pathology_diffusion import SAMPLING_STARTS, PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input
 from .presets import Preset, get_preset
 from .seed_optimization import SeedOptConfig
+from .seed_optimization import keep_optimized
 from .seed_optimization import optimize_seed as run_seed_optimization
 from .vae import DisentangledVAE
 
@@ -287,6 +288,7 @@ class CounterfactualPipeline:
             timings["inversion"] = time.perf_counter() - t
             report("inversion", 1, 1, None)
         history: list[float] = []
+        z_start = z_T[:1].clone()  # the seed a request without seed optimisation samples from
         if optimize_seed:
             t = time.perf_counter()
             centroid = self.centroid_for(labels, references, notes)
@@ -299,9 +301,22 @@ class CounterfactualPipeline:
             timings["seed_optimization"] = time.perf_counter() - t
             timings["seed_optimization_iterations"] = float(res.iterations)
 
+        guarded = optimize_seed and seed_opt.guard and not torch.equal(z_T, z_start)
         t = time.perf_counter()
         with torch.no_grad():
-            z_path = self.diffusion.sample(z_T, cond, uncond, steps, guidance, callback=lambda i, n: report("sampling", i, n, None))
+            seeds = torch.cat([z_T, z_start]) if guarded else z_T
+            z_path = self.diffusion.sample(seeds, cond, uncond, steps, guidance, callback=lambda i, n: report("sampling", i, n, None))
+            if guarded:
+                # SeedOptConfig.guard (not in the paper): the findings head judges both samples
+                optimized, initial = (float(v) for v in self.target_score(z_path, labels))
+                keep = keep_optimized(optimized, initial)
+                if not keep:
+                    notes.append(
+                        f"seed optimisation undone: the findings head scored the target {optimized:.2f} "
+                        f"on the optimised seed against {initial:.2f} on the starting seed"
+                    )
+                timings["seed_optimization_kept"] = float(keep)
+                z_path = z_path[0:1] if keep else z_path[1:2]
         timings["sampling"] = time.perf_counter() - t
         t = time.perf_counter()
         with torch.no_grad():
@@ -316,6 +331,11 @@ class CounterfactualPipeline:
         img = ((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy()
         inp = ((x[0, 0] + 1) / 2).numpy()
         return CounterfactualOutput(img, inp, img - inp, condition, int(seed), optimize_seed, history, timings, quality)
+
+    def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+        """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""
+        idx = [CHEXPERT_LABELS.index(label) for label in labels]
+        return torch.sigmoid(self.findings_head(z_path))[:, idx].mean(dim=1)
 
     def _quality(self, x, x_cf, recon, labels, notes) -> QualityReport:
         with torch.no_grad():

@@ -26,6 +26,14 @@ Options that apply to all: `batch_seeds` seeds optimised as one batch, the best 
 early stop when the best L_P has not improved by `min_delta` (relative) in `patience` steps
 (section 4.1: "stops if L_P does not significantly decrease in the last five epochs").
 The final image always comes from full DDIM sampling of the best seed.
+
+`guard` (not in the paper): L_P measures closeness to the references in E_CXR's feature space, and
+where E_CXR tells a finding poorly from its neighbours (a tail finding on the phantom, README "Seed
+optimisation") a seed that lowers L_P can draw the finding less. With the guard on, the pipeline
+samples z^n from both the optimised seed and the seed it started from and keeps the optimised one
+only if the findings head (the model's own classifier on z^n, trained in stage 1 for L_cls) scores
+the target at least as high on it (`keep_optimized`). It never consults the evaluation classifier,
+which scores the results. One more DDIM sampling per request.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class SeedOptConfig:
     patience: int = 5
     min_delta: float = 0.01  # relative improvement that counts
     shortcut_steps: int = 4
+    guard: bool = False  # keep the optimised seed only if the findings head scores the target no lower
 
     def __post_init__(self):
         if self.method not in ("x0", "shortcut", "full"):
@@ -84,6 +93,12 @@ class SeedOptResult:
     history: list[float]  # best-so-far L_P of the kept seed after each iteration (first: before any update)
     iterations: int
     seconds: float
+
+
+def keep_optimized(optimized_score: float, initial_score: float) -> bool:
+    """The guard's rule: the optimised seed stays unless it lowers the target's findings-head
+    score below the starting seed's (ties keep it: L_P, the paper's objective, prefers it)."""
+    return optimized_score >= initial_score
 
 
 def optimize_seed(

@@ -126,6 +126,8 @@ def evaluate_counterfactuals(
                 r["mae_out"].append(float(err[~mask].mean()))
                 if opt:
                     sheet[(k, target)] = out.to_uint8()
+                    # 1 unless the findings-head guard (SeedOptConfig.guard) undid the optimisation
+                    r.setdefault("kept", []).append(out.timings.get("seed_optimization_kept", 1.0))
                 bar.update(1)
     bar.close()
     table = {(target, "true"): {"auroc": a} for target, a in target_aurocs(truth_probs).items()}
@@ -143,6 +145,7 @@ def evaluate_counterfactuals(
                 "mae": float(np.mean(r["mae"])),
                 "mae_in": float(np.nanmean(r["mae_in"])),
                 "mae_out": float(np.mean(r["mae_out"])),
+                **({"kept": float(np.mean(r["kept"]))} if opt else {}),
             }
     options = "".join(f" --{k} {v}" for k, v in overrides.items()) + "".join(f" --seed-opt {k}={v}" for k, v in seed_opt.items())
     options += " --validation" if validation else ""  # for the reproducing command
@@ -272,6 +275,9 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
         )
     for line in summary_lines(result):
         lines += ["", line]
+    if result.get("seed_optimization", {}).get("guard"):
+        kept = ", ".join(f"{target} {t[(target, True)]['kept']:.2f}" for target in TARGETS)
+        lines += ["", f"Share of requests whose optimised seed the findings-head guard kept: {kept}."]
     lines += ["", f"![contact sheet]({out_png.name})", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines))

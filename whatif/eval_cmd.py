@@ -49,6 +49,14 @@ def _eval(args) -> int:
     return 0
 
 
+def _parse_bool(value: str) -> bool:
+    # bool("false") is True: a flag's value is read by name, not by Python's truthiness
+    words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+    if value.lower() not in words:
+        raise ValueError(value)
+    return words[value.lower()]
+
+
 def parse_seed_opt(items: list[str]) -> dict:
     """`KEY=VALUE` strings -> SeedOptConfig fields, each value of its field's type."""
     import dataclasses
@@ -62,7 +70,7 @@ def parse_seed_opt(items: list[str]) -> dict:
         if not sep or key not in fields:
             raise ValueError(f"--seed-opt takes KEY=VALUE with KEY one of {', '.join(fields)}; got {item!r}")
         try:
-            out[key] = fields[key](value)
+            out[key] = _parse_bool(value) if fields[key] is bool else fields[key](value)
         except ValueError:
             raise ValueError(f"--seed-opt {key} takes a {fields[key].__name__}, got {value!r}") from None
     SeedOptConfig(**out)  # the config's own checks (method, optimizer, lr) before any evaluation runs

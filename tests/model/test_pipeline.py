@@ -1,5 +1,6 @@
 """CounterfactualPipeline on an untrained tiny checkpoint: determinism, seed optimisation, errors."""
 
+import dataclasses
 import json
 import shutil
 
@@ -149,6 +150,39 @@ def test_early_stop_when_lp_stops_falling():
         SeedOptConfig(max_iters=50, patience=3),
     )
     assert res.iterations == 3 and len(res.history) == 4
+
+
+@pytest.mark.parametrize("optimized_wins", [True, False])
+def test_guard_keeps_the_optimised_seed_only_if_the_findings_head_agrees(pipe, xray, monkeypatch, optimized_wins):
+    kw = dict(seed=1, steps=3, start="noise")
+    cfg = SeedOptConfig(max_iters=4, patience=4)
+    plain = pipe(xray, "mild edema", optimize_seed=False, **kw)
+    optimised = pipe(xray, "mild edema", seed_opt=cfg, **kw)
+    assert not np.allclose(plain.image, optimised.image, atol=1e-3)  # the seed did move
+    judged = []
+
+    def score(z_path, labels):  # the findings head's verdict, fixed: first the optimised, then the start
+        judged.append((z_path.shape[0], list(labels)))
+        return torch.tensor([0.8, 0.2] if optimized_wins else [0.2, 0.8])
+
+    monkeypatch.setattr(pipe, "target_score", score)
+    guarded = pipe(xray, "mild edema", seed_opt=dataclasses.replace(cfg, guard=True), **kw)
+    assert judged == [(2, ["Edema"])]
+    assert guarded.lp_history == optimised.lp_history
+    assert guarded.timings["seed_optimization_kept"] == float(optimized_wins)
+    # both seeds are sampled in one batch, so the kept image matches its unguarded twin to float error
+    assert np.allclose(guarded.image, (optimised if optimized_wins else plain).image, atol=1e-4)
+    undone = [n for n in guarded.quality.notes if n.startswith("seed optimisation undone")]
+    assert undone == ([] if optimized_wins else ["seed optimisation undone: the findings head scored the target 0.20 on the optimised seed against 0.80 on the starting seed"])
+
+
+def test_target_score_reads_the_findings_head_on_the_target_labels(pipe):
+    z = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        p = torch.sigmoid(pipe.findings_head(z))
+        got = pipe.target_score(z, ["Edema", "Fracture"])
+    idx = [pipe.config["labels"].index("Edema"), pipe.config["labels"].index("Fracture")]
+    assert torch.allclose(got, p[:, idx].mean(dim=1))
 
 
 def test_batched_seeds_keep_the_best(pipe, xray):

@@ -19,7 +19,8 @@ def test_seed_opt_overrides_parse_to_config_fields_before_any_work(capsys):
 
     assert parse_seed_opt(["optimizer=adam", "lr=0.005", "max_iters=5"]) == {"optimizer": "adam", "lr": 0.005, "max_iters": 5}
     assert parse_seed_opt([]) == {}
-    for bad, message in (("lr", "KEY=VALUE"), ("speed=3", "KEY=VALUE"), ("max_iters=2.5", "takes a int"), ("optimizer=sgd", "adam or normalized")):
+    assert parse_seed_opt(["guard=true"]) == {"guard": True} and parse_seed_opt(["guard=False"]) == {"guard": False}
+    for bad, message in (("lr", "KEY=VALUE"), ("speed=3", "KEY=VALUE"), ("max_iters=2.5", "takes a int"), ("optimizer=sgd", "adam or normalized"), ("guard=maybe", "takes a bool")):
         with pytest.raises(ValueError, match=message):
             parse_seed_opt([bad])
     # On the command line: one clear line (exit 2) before the checkpoint is even looked for.

@@ -126,9 +126,16 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     again = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
     assert {t: again["table"][(t, "true")]["auroc"] for t in TARGETS} == truth
     # --validation: other identities (other ground truth), and the reproducing command says so.
-    val = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0, validation=True, seed_opt={"optimizer": "normalized"})
-    assert val["options"].endswith(" --seed-opt optimizer=normalized --validation") and not np.array_equal(val["sheet"][(0, "input")], again["sheet"][(0, "input")])
+    val = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0, validation=True, seed_opt={"optimizer": "normalized", "guard": True})
+    assert val["options"].endswith(" --seed-opt optimizer=normalized --seed-opt guard=True --validation")
+    assert not np.array_equal(val["sheet"][(0, "input")], again["sheet"][(0, "input")])
     assert val["seed_optimization"]["optimizer"] == "normalized" and result["seed_optimization"]["optimizer"] == "adam"
+    # The guard's verdicts are counted per target (the share of requests that kept the optimised seed).
+    kept = [val["table"][(t, True)]["kept"] for t in TARGETS]
+    assert all(0.0 <= k <= 1.0 for k in kept) and all(result["table"][(t, True)]["kept"] == 1.0 for t in TARGETS)
+    write_report(val, pipe, "ckpt", tmp_path / "v.md", tmp_path / "v-sheet.png")
+    vtext = (tmp_path / "v.md").read_text()
+    assert "the findings-head guard kept: " in vtext and f"No Finding {kept[TARGETS.index('No Finding')]:.2f}." in vtext
     assert all(0.0 <= v <= 1.0 for v in truth.values())
     md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
     write_report(result, pipe, "ckpt", md, png)
@@ -136,7 +143,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
     assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
     assert "| AUROC (true cf.) |" in text and "The evaluation classifier on the true counterfactuals" in text
-    assert "Seed optimisation: batch_seeds 1, lr 0.1, max_iters 2, method x0, " in text
+    assert "Seed optimisation: batch_seeds 1, guard False, lr 0.1, max_iters 2, method x0, " in text and "guard kept" not in text
     # Beside each setting's AUROCs: how much they owe to which 2 identities were drawn.
     assert set(result["spread"]) == {False, True} and all(0.0 <= v <= 0.5 for sd in result["spread"].values() for v in sd.values())
     assert text.count("Standard deviation over resamples of the 2 identities: mean AUROC") == 2

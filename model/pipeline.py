@@ -296,6 +296,7 @@ class CounterfactualPipeline:
             res = run_seed_optimization(
                 z_T, render, centroid, self.contrastive.encode_image, seed_opt,
                 callback=lambda i, n, lp: report("seed_optimization", i, n, lp),
+                classify=lambda images: self.target_loss(images, labels),
             )
             z_T, history = res.seed, res.history
             timings["seed_optimization"] = time.perf_counter() - t
@@ -336,6 +337,13 @@ class CounterfactualPipeline:
         """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""
         idx = [CHEXPERT_LABELS.index(label) for label in labels]
         return torch.sigmoid(self.findings_head(z_path))[:, idx].mean(dim=1)
+
+    def target_loss(self, images: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+        """SeedOptConfig.cls_weight's term: the findings head's binary cross-entropy for `labels`
+        present, on each image re-encoded to z^n, (B,); differentiable in the images."""
+        idx = [CHEXPERT_LABELS.index(label) for label in labels]
+        logits = self.findings_head(self.vae.split(self.vae.encode(images).mean)[1])[:, idx]
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none").mean(dim=1)
 
     def _quality(self, x, x_cf, recon, labels, notes) -> QualityReport:
         with torch.no_grad():

@@ -34,6 +34,11 @@ samples z^n from both the optimised seed and the seed it started from and keeps 
 only if the findings head (the model's own classifier on z^n, trained in stage 1 for L_cls) scores
 the target at least as high on it (`keep_optimized`). It never consults the evaluation classifier,
 which scores the results. One more DDIM sampling per request.
+
+`cls_weight` (not in the paper): adds cls_weight * the findings head's binary cross-entropy for
+the target on the rendered image (re-encoded to z^n) to L_P, so the seed is also pulled toward
+what the model itself reads as the finding, not only toward the references' E_CXR centroid. The
+best seed and the early stop then follow that sum. 0 is Algorithm 2 as written.
 """
 
 from __future__ import annotations
@@ -57,12 +62,15 @@ class SeedOptConfig:
     min_delta: float = 0.01  # relative improvement that counts
     shortcut_steps: int = 4
     guard: bool = False  # keep the optimised seed only if the findings head scores the target no lower
+    cls_weight: float = 0.0  # weight of the findings-head term added to L_P (0: the paper)
 
     def __post_init__(self):
         if self.method not in ("x0", "shortcut", "full"):
             raise ValueError(f"unknown seed optimisation method {self.method!r}; use x0, shortcut or full")
         if self.optimizer not in ("adam", "normalized"):
             raise ValueError(f"unknown seed optimiser {self.optimizer!r}; use adam or normalized")
+        if not self.cls_weight >= 0:
+            raise ValueError(f"cls_weight must be at least 0, got {self.cls_weight}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.max_iters < 1 or self.batch_seeds < 1:
@@ -90,7 +98,7 @@ class NormalizedGradientDescent(torch.optim.Optimizer):
 @dataclasses.dataclass
 class SeedOptResult:
     seed: torch.Tensor  # (1, 1, h, w): the best seed, model space
-    history: list[float]  # best-so-far L_P of the kept seed after each iteration (first: before any update)
+    history: list[float]  # best-so-far L_P (+ the cls_weight term) of the kept seed after each iteration (first: before any update)
     iterations: int
     seconds: float
 
@@ -108,11 +116,16 @@ def optimize_seed(
     encode: Callable[[torch.Tensor], torch.Tensor],
     config: SeedOptConfig,
     callback: Callable[[int, int, float], None] | None = None,
+    classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SeedOptResult:
     """Optimise seeds `z_T` (B, 1, h, w) so that `encode(render(z_T))` nears `centroid`.
 
-    `render(z, method, steps)` maps seeds to images differentiably by the chosen method.
+    `render(z, method, steps)` maps seeds to images differentiably by the chosen method;
+    `classify(images)`, per-seed loss of the target under the findings head, is added to L_P with
+    `config.cls_weight` when that is above 0.
     """
+    if config.cls_weight > 0 and classify is None:
+        raise ValueError("cls_weight > 0 needs a classify function")
     t0 = time.perf_counter()
     z = z_T.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=config.lr) if config.optimizer == "adam" else NormalizedGradientDescent([z], lr=config.lr)
@@ -125,6 +138,8 @@ def optimize_seed(
         images = render(z, config.method, config.shortcut_steps)
         feats = encode(images)
         lp = ((feats - centroid) ** 2).sum(dim=-1)  # Eq. 18, one value per seed
+        if config.cls_weight > 0:
+            lp = lp + config.cls_weight * classify(images)
         with torch.no_grad():
             improved = lp.detach().cpu() < best_loss
             best_loss = torch.where(improved, lp.detach().cpu(), best_loss)

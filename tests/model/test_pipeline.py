@@ -10,7 +10,7 @@ import torch
 
 from model.modeling import CheckpointError
 from model.pipeline import CounterfactualPipeline
-from model.preprocess import ImageInputError, load_image_file, to_unit_grey
+from model.preprocess import ImageInputError, load_image_file, to_model_input, to_unit_grey
 from model.refine import NoFindingRecognised
 from model.seed_optimization import SeedOptConfig, optimize_seed
 from training.centroids import compute_centroids
@@ -183,6 +183,34 @@ def test_target_score_reads_the_findings_head_on_the_target_labels(pipe):
         got = pipe.target_score(z, ["Edema", "Fracture"])
     idx = [pipe.config["labels"].index("Edema"), pipe.config["labels"].index("Fracture")]
     assert torch.allclose(got, p[:, idx].mean(dim=1))
+
+
+def test_findings_head_term_pulls_the_seed_and_is_checked():
+    # L_P is flat here (encode is constant), so only the cls_weight term can move the seed.
+    flat = lambda img: torch.zeros(img.shape[0], 4)  # noqa: E731
+    classify = lambda img: ((img - 3.0) ** 2).mean(dim=(1, 2, 3))  # noqa: E731
+    cfg = SeedOptConfig(max_iters=30, patience=30, lr=0.5, cls_weight=2.0)
+    res = optimize_seed(torch.zeros(1, 1, 2, 2), lambda z, m, s: z, torch.zeros(1, 4), flat, cfg, classify=classify)
+    assert res.history[0] == pytest.approx(2.0 * 9.0) and res.history[-1] < 0.1 * res.history[0]
+    assert (res.seed > 2.0).all()
+    off = optimize_seed(torch.zeros(1, 1, 2, 2), lambda z, m, s: z, torch.zeros(1, 4), flat, dataclasses.replace(cfg, cls_weight=0.0), classify=classify)
+    assert torch.equal(off.seed, torch.zeros(1, 1, 2, 2))  # weight 0: Algorithm 2 as written
+    with pytest.raises(ValueError, match="needs a classify"):
+        optimize_seed(torch.zeros(1, 1, 2, 2), lambda z, m, s: z, torch.zeros(1, 4), flat, cfg)
+    with pytest.raises(ValueError, match="cls_weight must be at least 0"):
+        SeedOptConfig(cls_weight=-1.0)
+
+
+def test_target_loss_is_the_findings_heads_cross_entropy_on_the_reencoded_image(pipe, xray):
+    images = to_model_input(xray, 64).repeat(2, 1, 1, 1).requires_grad_(True)
+    loss = pipe.target_loss(images, ["Edema", "Fracture"])
+    logits = pipe.findings_head(pipe.vae.split(pipe.vae.encode(images).mean)[1])
+    idx = [pipe.config["labels"].index("Edema"), pipe.config["labels"].index("Fracture")]
+    assert torch.allclose(loss, -torch.nn.functional.logsigmoid(logits[:, idx]).mean(dim=1), atol=1e-6)
+    loss.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    out = pipe(xray, "mild edema", seed=1, steps=3, seed_opt=SeedOptConfig(max_iters=3, patience=3, cls_weight=1.0))
+    assert len(out.lp_history) >= 2 and all(b <= a for a, b in zip(out.lp_history, out.lp_history[1:]))
 
 
 def test_batched_seeds_keep_the_best(pipe, xray):

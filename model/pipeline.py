@@ -60,6 +60,11 @@ class QualityReport:
     notes: list[str]
 
 
+def label_indices(labels: Sequence[str]) -> list[int]:
+    """Columns of `labels` in the classifiers' outputs (the CheXpert label order)."""
+    return [CHEXPERT_LABELS.index(label) for label in labels]
+
+
 @dataclasses.dataclass
 class CounterfactualOutput:
     image: np.ndarray  # float32 (R, R) in [0, 1]
@@ -71,6 +76,7 @@ class CounterfactualOutput:
     lp_history: list[float]
     timings: dict[str, float]  # seconds per stage
     quality: QualityReport
+    seed_kept: bool | None = None  # the guard's verdict (SeedOptConfig.guard); None where it did not judge
 
     def to_uint8(self) -> np.ndarray:
         return np.round(self.image * 255.0).astype(np.uint8)
@@ -303,6 +309,7 @@ class CounterfactualPipeline:
             timings["seed_optimization_iterations"] = float(res.iterations)
 
         guarded = optimize_seed and seed_opt.guard and not torch.equal(z_T, z_start)
+        keep: bool | None = None
         t = time.perf_counter()
         with torch.no_grad():
             seeds = torch.cat([z_T, z_start]) if guarded else z_T
@@ -316,7 +323,6 @@ class CounterfactualPipeline:
                         f"seed optimisation undone: the findings head scored the target {optimized:.2f} "
                         f"on the optimised seed against {initial:.2f} on the starting seed"
                     )
-                timings["seed_optimization_kept"] = float(keep)
                 z_path = z_path[0:1] if keep else z_path[1:2]
         timings["sampling"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -331,18 +337,16 @@ class CounterfactualPipeline:
         timings["quality"] = time.perf_counter() - t
         img = ((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy()
         inp = ((x[0, 0] + 1) / 2).numpy()
-        return CounterfactualOutput(img, inp, img - inp, condition, int(seed), optimize_seed, history, timings, quality)
+        return CounterfactualOutput(img, inp, img - inp, condition, int(seed), optimize_seed, history, timings, quality, keep)
 
     def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
         """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""
-        idx = [CHEXPERT_LABELS.index(label) for label in labels]
-        return torch.sigmoid(self.findings_head(z_path))[:, idx].mean(dim=1)
+        return torch.sigmoid(self.findings_head(z_path))[:, label_indices(labels)].mean(dim=1)
 
     def target_loss(self, images: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
         """SeedOptConfig.cls_weight's term: the findings head's binary cross-entropy for `labels`
         present, on each image re-encoded to z^n, (B,); differentiable in the images."""
-        idx = [CHEXPERT_LABELS.index(label) for label in labels]
-        logits = self.findings_head(self.vae.split(self.vae.encode(images).mean)[1])[:, idx]
+        logits = self.findings_head(self.vae.split(self.vae.encode(images).mean)[1])[:, label_indices(labels)]
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none").mean(dim=1)
 
     def _quality(self, x, x_cf, recon, labels, notes) -> QualityReport:
@@ -352,7 +356,7 @@ class CounterfactualPipeline:
             sim = float((self.identity_encoder(x) * self.identity_encoder(x_cf)).sum())
             mse = float(((recon - x) ** 2).mean())
         ood = self.config["ood"]
-        idx = [CHEXPERT_LABELS.index(label) for label in labels]
+        idx = label_indices(labels)
         return QualityReport(
             target_probability={CHEXPERT_LABELS[i]: float(p_cf[i]) for i in idx},
             input_probability={CHEXPERT_LABELS[i]: float(p_in[i]) for i in idx},

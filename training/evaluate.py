@@ -127,7 +127,7 @@ def evaluate_counterfactuals(
                 if opt:
                     sheet[(k, target)] = out.to_uint8()
                     # 1 unless the findings-head guard (SeedOptConfig.guard) undid the optimisation
-                    r.setdefault("kept", []).append(out.timings.get("seed_optimization_kept", 1.0))
+                    r.setdefault("kept", []).append(1.0 if out.seed_kept is None else float(out.seed_kept))
                 bar.update(1)
     bar.close()
     table = {(target, "true"): {"auroc": a} for target, a in target_aurocs(truth_probs).items()}

@@ -25,6 +25,7 @@ def test_upload_to_result(service):
     q = body["result"]["quality"]
     assert "Pleural Effusion" in q["target_probability"] and body["result"]["lp_history"]
     assert "inversion" not in body["result"]["timings_s"]  # the requested start reached the worker
+    assert body["result"]["seed_kept"] is None  # the tiny checkpoint runs no guard: no verdict
     png = service.get(f"/jobs/{job}/result.png", headers=H)
     assert png.status_code == 200 and "SYNTHETIC" in Image.open(io.BytesIO(png.content)).info["Comment"]
     dcm = pydicom.dcmread(io.BytesIO(service.get(f"/jobs/{job}/result.dcm", headers=H).content))

@@ -115,10 +115,13 @@ class ContrastiveModel(PretrainedModule):
         """E_CXR: images (B, 1, H, W) in [-1, 1] -> (B, embed_dim)."""
         return self.clip.encode_image(self._rgb(x), normalize=normalize)
 
+    def named_text_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The text tower's parameters with their names: all but the image tower (`visual`) and the
+        shared temperature, for open_clip's CLIP (token_embedding, transformer, ...) and CustomTextCLIP (text.*)."""
+        return [(name, p) for name, p in self.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
+
     def text_parameters(self) -> list[torch.nn.Parameter]:
-        """The text tower's parameters: all but the image tower (`visual`) and the shared
-        temperature, for open_clip's CLIP (token_embedding, transformer, ...) and CustomTextCLIP (text.*)."""
-        return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
+        return [p for _, p in self.named_text_parameters()]
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(next(self.clip.parameters()).device)

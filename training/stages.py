@@ -15,7 +15,8 @@ stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE +
 stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined report text, with
         caption dropout so that classifier-free guidance has an unconditional model. On phantom data,
         `Hyper.diffusion_focus` > 0 weighs the latent pixels under the findings in L_G, or
-        `Hyper.diffusion_share` gives them a share of each image's weight.
+        `Hyper.diffusion_share` gives them a share of each image's weight. `Hyper.text_lr` > 0
+        trains the text tower it is conditioned on with it.
 classifier: the evaluation classifier again, on class-balanced phantoms (so that it measures
         the tail findings as well as the head ones), with acquisition augmentation (blur, noise,
         exposure: `training.augment`) so that it scores findings rather than the render's texture.
@@ -24,9 +25,11 @@ classifier: the evaluation classifier again, on class-balanced phantoms (so that
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from model.vae import ssim
 
@@ -90,6 +93,14 @@ class Hyper:
     # L_G"): 0.25 drew pneumonia (AUROC 0.48 -> 0.87) but lost the SSIM as `diffusion_focus` did
     # (0.88 -> 0.75), so the default stays 0.
     diffusion_share: float = 0.0
+    # Not in the paper: stage 2 also trains the contrastive model's text tower, whose per-token
+    # features the denoiser cross-attends to, at this learning rate (0 = frozen: the paper's
+    # pretrained report encoder). LDM (Rombach et al. 2022, Eq. 3) optimises its conditioning
+    # encoder tau_theta jointly with eps_theta. Stage 0's contrastive loss leaves the phantom's
+    # tail reports close together (pooled cosine "lung lesion" / "pneumonia" 0.94), and L_G is
+    # the loss that needs them apart. E_CXR (the image tower) stays as it is, so the reference
+    # centroids and seed optimisation's L_P do not change.
+    text_lr: float = 0.0
 
 
 def finding_share_weights(mask: torch.Tensor, share: float) -> torch.Tensor:
@@ -303,11 +314,25 @@ def latent_statistics(pipe, data, n: int = 256) -> tuple[float, float]:
 
 def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
     diff = pipe.diffusion
-    if not resume or not (out / "state" / "stage2" / "state.json").is_file():
+    state = out / "state" / "stage2"
+    if not resume or not (state / "state.json").is_file():
         shift, scale = latent_statistics(pipe, data)
         diff.config.latent_shift, diff.config.latent_scale = shift, scale
     diff.train().requires_grad_(True)
+    modules = {"diffusion": diff}
     opts = {"stage2": torch.optim.AdamW(diff.unet.parameters(), lr=hp.lr * 3)}
+    if hp.text_lr or (resume and (state / "state.json").is_file() and _saved_module(state, "text")):
+        # A saved denoiser learned on the text tower saved beside it, which the run's checkpoint
+        # (written when the stage ends) may not hold yet: the two are restored together, and kept
+        # together in the state, also in a sitting that leaves the tower frozen.
+        modules["text"] = text_tower(pipe.contrastive)
+    if hp.text_lr:
+        # Hyper.text_lr (not in the paper): tau_theta trained with eps_theta (LDM Eq. 3). The
+        # tower has no dropout, so it stays in eval mode; only its gradients are turned on.
+        text_params = pipe.contrastive.text_parameters()
+        for p in text_params:
+            p.requires_grad_(True)
+        opts["stage2_text"] = torch.optim.AdamW(text_params, lr=hp.text_lr)
     it = _data_batches(data, batch_size, hp, seed, rank, world)
     g = torch.Generator().manual_seed(seed)
 
@@ -315,9 +340,10 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         b = next(it)
         with torch.no_grad():
             z_path = pipe.vae.split(pipe.vae.encode(b["image"]).mean)[1]
-            # Caption dropout: an empty text trains the unconditional model used for guidance.
-            drop = torch.rand(len(b["text"]), generator=g) < hp.caption_dropout
-            texts = ["" if d else t for d, t in zip(drop.tolist(), b["text"])]
+        # Caption dropout: an empty text trains the unconditional model used for guidance.
+        drop = torch.rand(len(b["text"]), generator=g) < hp.caption_dropout
+        texts = ["" if d else t for d, t in zip(drop.tolist(), b["text"])]
+        with torch.set_grad_enabled(bool(hp.text_lr)):
             cond = pipe.contrastive.text_tokens(texts)
         weight = None
         if hp.diffusion_focus or hp.diffusion_share:
@@ -325,12 +351,30 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
             mask = F.adaptive_max_pool2d(b["finding_mask"], z_path.shape[-2:])
             weight = 1.0 + hp.diffusion_focus * mask if hp.diffusion_focus else finding_share_weights(mask, hp.diffusion_share)
         loss = diff.training_loss(z_path, cond, g, weight=weight)  # L_G, Eq. 16 (weighted: diffusion_focus/share)
-        opts["stage2"].zero_grad()
+        for opt in opts.values():
+            opt.zero_grad()
         loss.backward()
-        _sync(opts["stage2"], world)
-        opts["stage2"].step()
+        for opt in opts.values():
+            _sync(opt, world)
+            opt.step()
         return {"diffusion": float(loss.detach())}
 
-    res = run_loop(out, "stage2", steps, {"diffusion": diff}, opts, step, resume, rank=rank)
+    res = run_loop(out, "stage2", steps, modules, opts, step, resume, rank=rank)
     diff.eval().requires_grad_(False)
+    pipe.contrastive.eval().requires_grad_(False)
     return res
+
+
+def text_tower(contrastive) -> torch.nn.Module:
+    """The contrastive model's text-tower parameters (the same tensors) as one module, for the
+    training state: saving the whole model would put its image tower back on a resume, over
+    weights that a stage-0 sitting may have trained since."""
+    tower = torch.nn.Module()
+    tower.params = torch.nn.ParameterDict({name.replace(".", "__"): p for name, p in contrastive.named_text_parameters()})
+    return tower
+
+
+def _saved_module(state_dir: Path, name: str) -> bool:
+    """Whether the training state in `state_dir` holds weights of module `name`."""
+    with safe_open(str(state_dir / "state.safetensors"), framework="pt") as f:
+        return any(k.startswith(f"model/{name}/") for k in f.keys())

@@ -112,6 +112,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
         raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
     if hp.diffusion_share and not 0 < hp.diffusion_share < 1:
         raise TrainingError(f"--diffusion-share is a share of an image's weight, in (0, 1), got {hp.diffusion_share:g}")
+    if hp.text_lr < 0 or (hp.text_lr and stage not in ("stage2", "all")):
+        raise TrainingError(f"--text-lr is stage 2's learning rate for the text tower, at least 0 and for stage2 (or all); got {hp.text_lr:g} for {stage}")
     if hp.diffusion_focus and hp.diffusion_share:
         raise TrainingError("--diffusion-share and --diffusion-focus are two ways to weigh the findings in L_G; pass one")
     # Either weighting of L_G reads the renderer's finding masks in stage 2.
@@ -168,6 +170,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 run["diffusion_focus"] = hp.diffusion_focus
             if name == "stage2" and hp.diffusion_share:
                 run["diffusion_share"] = hp.diffusion_share
+            if name == "stage2" and hp.text_lr:
+                run["text_lr"] = hp.text_lr
             if name == "classifier":
                 run["acquisition_augment"] = hp.acquisition_augment
             if name != "classifier" and hp.repeat_threshold:

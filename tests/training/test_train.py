@@ -417,6 +417,45 @@ def test_diffusion_share_trains_is_recorded_and_refused_where_it_does_not_apply(
     assert not (tmp_path / "bad").exists()
 
 
+def test_stage2_text_lr_trains_the_text_tower_with_the_denoiser_and_keeps_e_cxr(tmp_path):
+    from safetensors import safe_open
+
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    out = tmp_path / "text"
+    train("stage2", "tiny", "phantom:24", out, steps=2, batch_size=4)
+    first = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    before = {k: v.clone() for k, v in first.contrastive.clip.state_dict().items()}
+    text_names = {n for n, _ in first.contrastive.named_text_parameters()}
+    with safe_open(str(out / "state" / "stage2" / "state.safetensors"), framework="pt") as f:
+        assert not any(k.startswith("model/text/") for k in f.keys())  # frozen: the paper's stage 2
+    assert main(["train", "stage2", "--preset", "tiny", "--data", "phantom:24", "--out", str(out),
+                 "--steps", "4", "--batch-size", "4", "--text-lr", "0.01", "--resume"]) == 0
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    after = pipe.contrastive.clip.state_dict()
+    assert any(not torch.equal(after[n], before[n]) for n in ("token_embedding.weight", "ln_final.weight"))
+    # E_CXR, which the centroids and seed optimisation's L_P read, does not move.
+    assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("visual."))
+    assert {k: torch.equal(pipe.centroids[k], first.centroids[k]) for k in first.centroids} == {k: True for k in first.centroids}
+    assert pipe.config["training"]["stages"]["stage2"]["runs"][-1]["text_lr"] == 0.01
+    assert "--steps 4 --batch-size 4 --text-lr 0.01 --resume" in model_card(pipe.config, None, out / "checkpoint", "")
+    state = json.loads((out / "state" / "stage2" / "state.json").read_text())
+    assert set(state["param_groups"]) == {"stage2", "stage2_text"}
+    with safe_open(str(out / "state" / "stage2" / "state.safetensors"), framework="pt") as f:
+        saved = {k for k in f.keys() if k.startswith("model/text/")}
+    assert {f"model/text/params.{n.replace('.', '__')}" for n in text_names} == saved
+    # As if killed between a state save and the checkpoint: the checkpoint holds the old tower.
+    # A frozen sitting restores the saved tower with the denoiser it trained with, and keeps it.
+    first.contrastive.save_pretrained(out / "checkpoint" / "contrastive")
+    train("stage2", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True)
+    again = CounterfactualPipeline.from_pretrained(out / "checkpoint").contrastive.clip.state_dict()
+    assert all(torch.equal(again[n], after[n]) for n in text_names)
+    with pytest.raises(TrainingError, match="stage2"):
+        train("stage1", "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(text_lr=0.01))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_curves_keep_metrics_that_later_sittings_stop_logging(tmp_path):
     from PIL import Image
 

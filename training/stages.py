@@ -99,7 +99,9 @@ class Hyper:
     # encoder tau_theta jointly with eps_theta. Stage 0's contrastive loss leaves the phantom's
     # tail reports close together (pooled cosine "lung lesion" / "pneumonia" 0.94), and L_G is
     # the loss that needs them apart. E_CXR (the image tower) stays as it is, so the reference
-    # centroids and seed optimisation's L_P do not change.
+    # centroids and seed optimisation's L_P do not change. Measured (README, "Training the text
+    # tower in stage 2"): 1e-4 over stage 2's steps 2,000-4,000 lowered the validation tail AUROC
+    # against the frozen tower (0.849 -> 0.777), so the default stays 0.
     text_lr: float = 0.0
 
 

@@ -155,7 +155,7 @@ def test_presets_registry_and_strict_keys():
     with pytest.raises(CheckpointError, match="latent"):
         preset_from_dict("x", data)
     assert get_preset("tiny").sampling["start"] == "inversion"
-    assert get_preset("tiny").sampling["detail"] == 0.0 and get_preset("phantom-128").sampling["detail"] == 0.1
+    assert get_preset("tiny").sampling["detail"] == 0.0 and get_preset("phantom-128").sampling["detail"] == 0.3
     for bad in ({"start": "reference"}, {"stepz": 4}, {"detail": -0.1}, {"detail": 3.0}):
         data = get_preset("tiny").to_dict()
         data["sampling"].update(bad)

@@ -25,17 +25,16 @@ classifier: the evaluation classifier again, on class-balanced phantoms (so that
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from model.vae import ssim
 
 from .augment import AcquisitionAugment
 from .loop import TrainingError, batches, run_loop
 from .sampling import repeat_factors
+from .state import saved_modules
 
 
 @dataclasses.dataclass
@@ -317,13 +316,14 @@ def latent_statistics(pipe, data, n: int = 256) -> tuple[float, float]:
 def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
     diff = pipe.diffusion
     state = out / "state" / "stage2"
-    if not resume or not (state / "state.json").is_file():
+    resuming = resume and (state / "state.json").is_file()
+    if not resuming:
         shift, scale = latent_statistics(pipe, data)
         diff.config.latent_shift, diff.config.latent_scale = shift, scale
     diff.train().requires_grad_(True)
     modules = {"diffusion": diff}
     opts = {"stage2": torch.optim.AdamW(diff.unet.parameters(), lr=hp.lr * 3)}
-    if hp.text_lr or (resume and (state / "state.json").is_file() and _saved_module(state, "text")):
+    if hp.text_lr or (resuming and "text" in saved_modules(state)):
         # A saved denoiser learned on the text tower saved beside it, which the run's checkpoint
         # (written when the stage ends) may not hold yet: the two are restored together, and kept
         # together in the state, also in a sitting that leaves the tower frozen.
@@ -374,9 +374,3 @@ def text_tower(contrastive) -> torch.nn.Module:
     tower = torch.nn.Module()
     tower.params = torch.nn.ParameterDict({name.replace(".", "__"): p for name, p in contrastive.named_text_parameters()})
     return tower
-
-
-def _saved_module(state_dir: Path, name: str) -> bool:
-    """Whether the training state in `state_dir` holds weights of module `name`."""
-    with safe_open(str(state_dir / "state.safetensors"), framework="pt") as f:
-        return any(k.startswith(f"model/{name}/") for k in f.keys())

@@ -47,6 +47,8 @@ def test_output_contract(pipe, xray):
     assert 0.0 <= out.image.min() and out.image.max() <= 1.0
     assert np.allclose(out.difference, out.image - out.input_image)
     assert out.condition == "small left pleural effusion" and out.seed == 2
+    # Seconds per stage and nothing else (the service shows them as `timings_s`).
+    assert set(out.timings) <= {"encode", "inversion", "seed_optimization", "sampling", "decode", "quality"}
     assert set(out.timings) >= {"encode", "seed_optimization", "sampling", "decode"}
     assert out.quality.target_probability.keys() == {"Pleural Effusion"}
     assert -1.0 <= out.quality.identity_similarity <= 1.0 + 1e-6

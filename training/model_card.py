@@ -81,6 +81,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
             if run.get("paired_cross"):
                 kl += f" --paired-cross {run['paired_cross']:g}"
         kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
+        if run.get("contrastive_pairs"):
+            kl += " --contrastive-pairs"
         if run.get("repeat_threshold"):
             kl += f" --repeat-threshold {run['repeat_threshold']:g}"
         if run.get("diffusion_focus"):

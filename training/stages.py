@@ -102,6 +102,14 @@ class Hyper:
     # tower in stage 2"): 1e-4 over stage 2's steps 2,000-4,000 lowered the validation tail AUROC
     # against the frozen tower (0.849 -> 0.777), so the default stays 0.
     text_lr: float = 0.0
+    # Not in the paper: stage 0 on phantoms replaces half of each contrastive batch by the true
+    # counterfactuals of the other half (same identity, positioning and noise; class-balanced
+    # findings) with their own reports. Each image then has a twin of the same patient in the
+    # batch whose report differs only in the findings, so InfoNCE can no longer match image and
+    # report by anatomy: E_CXR must encode the finding. Seed optimisation's L_P (Eq. 18) reads
+    # E_CXR, and without it a fracture moved E_CXR's feature by 0.06 of the spread between
+    # patients (README, "Seed optimisation").
+    contrastive_pairs: bool = False
 
 
 def finding_share_weights(mask: torch.Tensor, share: float) -> torch.Tensor:
@@ -164,9 +172,17 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
 
     has_views = hasattr(data, "other_view") and "identity" in train_parts
 
+    def contrastive_batch(b):
+        if not hp.contrastive_pairs:
+            return b["image"], b["text"]
+        # First half: the batch's cases; second half: their true counterfactuals, same patient.
+        h = len(b["index"]) // 2
+        views = [data.counterfactual_view(j) for j in b["index"][:h]]
+        return torch.cat([b["image"][:h], torch.stack([v["image"] for v in views])]), [*b["text"][:h], *(v["text"] for v in views)]
+
     def step(i):
         b = next(it)
-        loss_c = clip.contrastive_loss(b["image"], b["text"]) if "contrastive" in train_parts else torch.zeros(())
+        loss_c = clip.contrastive_loss(*contrastive_batch(b)) if "contrastive" in train_parts else torch.zeros(())
         if has_views:
             # E_ID: the same identity with other findings is the positive, the rest of the batch
             # the negatives (InfoNCE, temperature 0.1).

@@ -108,6 +108,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             raise TrainingError("--repeat-threshold applies to stage0, stage1 and stage2; the classifier stage samples its own (class-balanced on phantoms) data")
     if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
+    if hp.contrastive_pairs and stage not in ("stage0", "all"):
+        raise TrainingError(f"--contrastive-pairs applies to stage0 (or all), not {stage}")
+    if hp.contrastive_pairs and ("contrastive" in hp.freeze or not hasattr(dataset, "counterfactual_view")):
+        raise TrainingError(f"--contrastive-pairs trains E_CXR on true counterfactuals, which only phantom:N data renders; {data} has none" if "contrastive" not in hp.freeze else "--contrastive-pairs trains E_CXR; --freeze contrastive leaves it as it is")
     if hp.diffusion_focus < 0:
         raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
     if hp.diffusion_share and not 0 < hp.diffusion_share < 1:
@@ -176,6 +180,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 run["acquisition_augment"] = hp.acquisition_augment
             if name != "classifier" and hp.repeat_threshold:
                 run["repeat_threshold"] = hp.repeat_threshold
+            if name == "stage0" and hp.contrastive_pairs:
+                run["contrastive_pairs"] = True
             if name == "stage0" and hp.freeze:
                 run["freeze"] = sorted(hp.freeze)
             runs = runs + [run]

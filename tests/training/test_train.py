@@ -209,6 +209,10 @@ def test_counterfactual_view_is_the_same_identity_with_balanced_findings():
     case = d.case(i)
     clean = render(case.identity_seed, [], case.render_seed, 64).image.astype(np.float32) / 127.5 - 1.0
     assert torch.allclose(views[i]["image"][0], torch.from_numpy(clean))
+    # Each view carries its own refined report (stage 0's --contrastive-pairs reads it).
+    assert views[i]["text"] == "no finding"
+    for v in views[:40]:
+        assert all(f.label.lower() in v["text"] for f in v["findings"]), (v["text"], v["findings"])
     # Another case's findings on this identity: the truth the cross-identity pair is trained on.
     j = next(j for j, v in enumerate(views) if v["labels"][0] == 0)
     crossed = d.render_findings(i, views[j]["findings"])
@@ -239,6 +243,54 @@ def test_paired_term_needs_phantom_pairs(tmp_path):
     assert main(["phantom", "generate", "--n", "8", "--size", "64", "--out", str(gen), "--quiet"]) == 0
     with pytest.raises(TrainingError, match="paired"):
         train("stage1", "tiny", str(gen), tmp_path / "r", steps=1, batch_size=4, hp=Hyper(paired=1.0))
+
+
+def test_contrastive_pairs_put_each_case_and_its_true_counterfactual_in_one_batch(tmp_path, monkeypatch):
+    from model.contrastive import ContrastiveModel
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    seen = []
+    loss = ContrastiveModel.contrastive_loss
+
+    def spy(self, images, texts):
+        seen.append((images.detach().clone(), list(texts)))
+        return loss(self, images, texts)
+
+    monkeypatch.setattr(ContrastiveModel, "contrastive_loss", spy)
+    out = tmp_path / "pairs"
+    train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4, hp=Hyper(contrastive_pairs=True, freeze=("classifier", "identity", "text")))
+    assert len(seen) == 3
+
+    def aligned(a, b):  # share of pixels two images have in common (same identity and noise outside findings)
+        return float(((a - b).abs() < 0.02).float().mean())
+
+    for images, texts in seen:
+        assert images.shape[0] == len(texts) == 4
+        # Case j and its twin j + 2: one patient, pixel-aligned outside the findings; two cases: two patients.
+        assert min(aligned(images[0], images[2]), aligned(images[1], images[3])) > 0.5
+        assert aligned(images[0], images[1]) < 0.3
+    # Each twin's report is its own: the pairs' reports differ where their findings do.
+    assert any(texts[j] != texts[j + 2] for _, texts in seen for j in range(2))
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    assert pipe.config["training"]["stages"]["stage0"]["runs"][-1]["contrastive_pairs"] is True
+    assert "--freeze text --contrastive-pairs\n" in model_card(pipe.config, None, out / "checkpoint", "")
+
+
+@pytest.mark.parametrize("stage,data,hp,message", [
+    ("stage1", "phantom:24", {}, "applies to stage0"),
+    ("stage0", "GEN", {}, "only phantom:N data renders"),
+    ("stage0", "phantom:24", {"freeze": ("contrastive",)}, "--freeze contrastive leaves it as it is"),
+])
+def test_contrastive_pairs_are_refused_where_they_cannot_apply(tmp_path, stage, data, hp, message):
+    from training.stages import Hyper
+
+    if data == "GEN":
+        data = str(tmp_path / "gen")
+        assert main(["phantom", "generate", "--n", "8", "--size", "64", "--out", data, "--quiet"]) == 0
+    with pytest.raises(TrainingError, match=message):
+        train(stage, "tiny", data, tmp_path / "r", steps=1, batch_size=4, hp=Hyper(contrastive_pairs=True, **hp))
+    assert not (tmp_path / "r" / "checkpoint").exists()
 
 
 def test_stage0_freeze_keeps_a_classifier_trained_since(tmp_path):

@@ -14,7 +14,8 @@ from model.labels import CHEXPERT_LABELS
 from model.refine import refine
 from training.phantom.cases import sample_case
 from training.phantom.findings import Finding, labels_vector
-from training.phantom.renderer import render
+from training.phantom.renderer import cached_identity, render
+from training.phantom.report import write_report
 
 
 PAIR_SEED_OFFSET = 104729  # the paired findings' master seed: apart from the run's and the classifier's
@@ -44,6 +45,7 @@ class PhantomDataset(torch.utils.data.Dataset):
         self.n, self.size, self.seed = n, size, seed
         self._text: dict[int, str] = {}
         self._pair_findings = None  # the class-balanced findings of `counterfactual_view`, made once
+        self._pair_text: dict[int, str] = {}  # their refined reports
         self._labels: np.ndarray | None = None  # `label_matrix`, made once: ~14 s for 50,000 cases
 
     def __len__(self) -> int:
@@ -84,10 +86,15 @@ class PhantomDataset(torch.utils.data.Dataset):
             self._pair_findings = BalancedPhantomDataset(self.n, self.size, self.seed + PAIR_SEED_OFFSET)
         found = self._pair_findings.findings(i)[2]
         vec = labels_vector(found)
+        if i not in self._pair_text:  # its report, as the case's own is written and refined
+            case = self.case(i)
+            report = write_report(cached_identity(case.identity_seed), list(found), [], vec, case.render_seed)
+            self._pair_text[i] = refine(report.text).condition
         return {
             "image": self.render_findings(i, found),
             "labels": torch.tensor([float(vec[label]) for label in CHEXPERT_LABELS]),
             "findings": found,
+            "text": self._pair_text[i],
         }
 
     def label_matrix(self) -> np.ndarray:

@@ -299,11 +299,12 @@ class CounterfactualPipeline:
             t = time.perf_counter()
             centroid = self.centroid_for(labels, references, notes)
             render = self._render(z_id, cond, uncond, guidance, self.diffusion.timesteps(steps)[0])
-            res = run_seed_optimization(
-                z_T, render, centroid, self.contrastive.encode_image, seed_opt,
-                callback=lambda i, n, lp: report("seed_optimization", i, n, lp),
-                classify=lambda images: self.target_loss(images, labels),
-            )
+            with torch.enable_grad():  # Algorithm 2 needs gradients also when the caller is in no_grad
+                res = run_seed_optimization(
+                    z_T, render, centroid, self.contrastive.encode_image, seed_opt,
+                    callback=lambda i, n, lp: report("seed_optimization", i, n, lp),
+                    classify=lambda images: self.target_loss(images, labels),
+                )
             z_T, history = res.seed, res.history
             timings["seed_optimization"] = time.perf_counter() - t  # its iterations: len(history) - 1
 
@@ -313,23 +314,28 @@ class CounterfactualPipeline:
         with torch.no_grad():
             seeds = torch.cat([z_T, z_start]) if guarded else z_T
             z_path = self.diffusion.sample(seeds, cond, uncond, steps, guidance, callback=lambda i, n: report("sampling", i, n, None))
-            if guarded:
-                # SeedOptConfig.guard (not in the paper): the findings head judges both samples
-                optimized, initial = (float(v) for v in self.target_score(z_path, labels))
-                keep = keep_optimized(optimized, initial)
-                if not keep:
-                    notes.append(
-                        f"seed optimisation undone: the findings head scored the target {optimized:.2f} "
-                        f"on the optimised seed against {initial:.2f} on the starting seed"
-                    )
-                z_path = z_path[0:1] if keep else z_path[1:2]
         timings["sampling"] = time.perf_counter() - t
         t = time.perf_counter()
         with torch.no_grad():
-            x_cf = self.vae.decode(self.transformer(self.vae.join(z_id, z_path))).clamp(-1, 1)
+            x_cf = self.vae.decode(self.transformer(self.vae.join(z_id.expand(len(z_path), -1, -1, -1), z_path))).clamp(-1, 1)
             x_cf = restore_detail(x_cf, x, recon, detail)
         timings["decode"] = time.perf_counter() - t
         report("decode", 1, 1, None)
+        if guarded:
+            # SeedOptConfig.guard (not in the paper): judge the optimised sample (first) against the
+            # starting seed's (second) and keep the starting one where the optimisation did not help.
+            with torch.no_grad():
+                if seed_opt.guard_by == "head":
+                    optimized, initial = (float(v) for v in self.target_score(z_path, labels))
+                    why = f"the findings head scored the target {optimized:.2f} on the optimised seed against {initial:.2f} on the starting seed"
+                else:  # "lp": Eq. 18 on the images returned, higher score = lower L_P
+                    lp = ((self.contrastive.encode_image(x_cf) - centroid) ** 2).sum(dim=-1)
+                    optimized, initial = -float(lp[0]), -float(lp[1])
+                    why = f"L_P of the final image was {-optimized:.3f} on the optimised seed against {-initial:.3f} on the starting seed"
+            keep = keep_optimized(optimized, initial)
+            if not keep:
+                notes.append(f"seed optimisation undone: {why}")
+            x_cf = x_cf[0:1] if keep else x_cf[1:2]
 
         t = time.perf_counter()
         quality = self._quality(x, x_cf, recon, labels, notes)

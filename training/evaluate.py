@@ -126,7 +126,7 @@ def evaluate_counterfactuals(
                 r["mae_out"].append(float(err[~mask].mean()))
                 if opt:
                     sheet[(k, target)] = out.to_uint8()
-                    # 1 unless the findings-head guard (SeedOptConfig.guard) undid the optimisation
+                    # 1 unless the guard (SeedOptConfig.guard) undid the optimisation
                     r.setdefault("kept", []).append(1.0 if out.seed_kept is None else float(out.seed_kept))
                 bar.update(1)
     bar.close()
@@ -277,7 +277,8 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
         lines += ["", line]
     if result.get("seed_optimization", {}).get("guard"):
         kept = ", ".join(f"{target} {t[(target, True)]['kept']:.2f}" for target in TARGETS)
-        lines += ["", f"Share of requests whose optimised seed the findings-head guard kept: {kept}."]
+        judge = {"head": "findings-head", "lp": "L_P"}[result["seed_optimization"].get("guard_by", "head")]
+        lines += ["", f"Share of requests whose optimised seed the {judge} guard kept: {kept}."]
     lines += ["", f"![contact sheet]({out_png.name})", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines))

@@ -72,7 +72,7 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
         "condition": out.condition,
         "seed": out.seed,
         "seed_optimized": out.seed_optimized,
-        "seed_kept": out.seed_kept,  # False: the findings-head guard undid the optimisation (see notes)
+        "seed_kept": out.seed_kept,  # False: the guard (SeedOptConfig.guard) undid the optimisation (see notes)
         "lp_history": [round(v, 6) for v in out.lp_history],
         "timings_s": {k: round(v, 3) for k, v in out.timings.items()},
         "quality": {

@@ -179,6 +179,29 @@ def test_guard_keeps_the_optimised_seed_only_if_the_findings_head_agrees(pipe, x
     assert undone == ([] if optimized_wins else ["seed optimisation undone: the findings head scored the target 0.20 on the optimised seed against 0.80 on the starting seed"])
 
 
+def test_guard_by_lp_keeps_the_sample_whose_final_image_is_nearer_the_references(pipe, xray):
+    kw = dict(seed=1, steps=3, start="noise")
+    cfg = SeedOptConfig(max_iters=4, patience=4)
+    plain = pipe(xray, "mild edema", optimize_seed=False, **kw)
+    optimised = pipe(xray, "mild edema", seed_opt=cfg, **kw)
+    guarded = pipe(xray, "mild edema", seed_opt=dataclasses.replace(cfg, guard=True, guard_by="lp"), **kw)
+    # L_P (Eq. 18) of each returned image against the target's centroid: the guard keeps the lower.
+    centroid = pipe.centroid_for(["Edema"], None, [])
+    with torch.no_grad():
+        lp_opt, lp_plain = (float(((pipe.contrastive.encode_image(torch.from_numpy(o.image)[None, None] * 2 - 1) - centroid) ** 2).sum()) for o in (optimised, plain))
+    assert lp_opt != pytest.approx(lp_plain, rel=1e-4)  # the two samples differ, so the verdict means something
+    assert guarded.seed_kept is (lp_opt <= lp_plain)
+    assert np.allclose(guarded.image, (optimised if guarded.seed_kept else plain).image, atol=1e-4)
+    undone = [n for n in guarded.quality.notes if n.startswith("seed optimisation undone: L_P of the final image")]
+    assert len(undone) == (0 if guarded.seed_kept else 1)
+    # Under the caller's no_grad (as in an evaluation loop) Algorithm 2 still gets its gradients.
+    with torch.no_grad():
+        again = pipe(xray, "mild edema", seed_opt=dataclasses.replace(cfg, guard=True, guard_by="lp"), **kw)
+    assert again.lp_history == guarded.lp_history and np.allclose(again.image, guarded.image, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown guard judge"):
+        SeedOptConfig(guard_by="eval_classifier")
+
+
 def test_target_score_reads_the_findings_head_on_the_target_labels(pipe):
     z = torch.randn(3, 1, 16, 16)
     with torch.no_grad():

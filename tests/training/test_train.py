@@ -143,7 +143,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
     assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
     assert "| AUROC (true cf.) |" in text and "The evaluation classifier on the true counterfactuals" in text
-    assert "Seed optimisation: batch_seeds 1, cls_weight 0.0, guard False, lr 0.1, max_iters 2, method x0, " in text and "guard kept" not in text
+    assert "Seed optimisation: batch_seeds 1, cls_weight 0.0, guard False, guard_by head, lr 0.1, max_iters 2, method x0, " in text and "guard kept" not in text
     # Beside each setting's AUROCs: how much they owe to which 2 identities were drawn.
     assert set(result["spread"]) == {False, True} and all(0.0 <= v <= 0.5 for sd in result["spread"].values() for v in sd.values())
     assert text.count("Standard deviation over resamples of the 2 identities: mean AUROC") == 2

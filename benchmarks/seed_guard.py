@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.detail import restore_detail
 from model.labels import NO_FINDING
 from model.pipeline import CounterfactualPipeline
 from model.preprocess import to_model_input
-from model.seed_optimization import SeedOptConfig, keep_optimized, optimize_seed
+from model.seed_optimization import SeedOptConfig, keep_optimized, optimize_seed, prototype_loss
 from model.vae import ssim
 from training.evaluate import EVAL_IDENTITY_BASE, TARGETS, VALIDATION_OFFSET, auroc_summary, eval_case, target_aurocs
 
@@ -59,12 +58,11 @@ def samples(pipe: CounterfactualPipeline, image: np.ndarray, text: str, lrs: lis
         with torch.enable_grad():
             seeds.append(optimize_seed(z_start.clone(), render, centroid, pipe.contrastive.encode_image, dataclasses.replace(base, lr=lr)).seed)
     zs = pipe.diffusion.sample(torch.cat(seeds), cond, uncond, s["steps"], s["guidance"])
-    xs = pipe.vae.decode(pipe.transformer(pipe.vae.join(z_id.expand(len(zs), -1, -1, -1), zs))).clamp(-1, 1)
-    xs = restore_detail(xs, x, recon, s["detail"])
+    xs = pipe.compose(z_id, zs, x, recon, s["detail"])
     return {
         "images": xs,
         "head": pipe.target_score(zs, labels).tolist(),
-        "lp": ((pipe.contrastive.encode_image(xs) - centroid) ** 2).sum(dim=-1).tolist(),
+        "lp": prototype_loss(pipe.contrastive.encode_image(xs), centroid).tolist(),
     }
 
 

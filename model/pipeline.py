@@ -30,7 +30,7 @@ from .pathology_diffusion import SAMPLING_STARTS, PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input
 from .presets import Preset, get_preset
 from .seed_optimization import SeedOptConfig
-from .seed_optimization import keep_optimized
+from .seed_optimization import keep_optimized, prototype_loss
 from .seed_optimization import optimize_seed as run_seed_optimization
 from .vae import DisentangledVAE
 
@@ -317,8 +317,7 @@ class CounterfactualPipeline:
         timings["sampling"] = time.perf_counter() - t
         t = time.perf_counter()
         with torch.no_grad():
-            x_cf = self.vae.decode(self.transformer(self.vae.join(z_id.expand(len(z_path), -1, -1, -1), z_path))).clamp(-1, 1)
-            x_cf = restore_detail(x_cf, x, recon, detail)
+            x_cf = self.compose(z_id, z_path, x, recon, detail)
         timings["decode"] = time.perf_counter() - t
         report("decode", 1, 1, None)
         if guarded:
@@ -329,7 +328,7 @@ class CounterfactualPipeline:
                     optimized, initial = (float(v) for v in self.target_score(z_path, labels))
                     why = f"the findings head scored the target {optimized:.2f} on the optimised seed against {initial:.2f} on the starting seed"
                 else:  # "lp": Eq. 18 on the images returned, higher score = lower L_P
-                    lp = ((self.contrastive.encode_image(x_cf) - centroid) ** 2).sum(dim=-1)
+                    lp = prototype_loss(self.contrastive.encode_image(x_cf), centroid)
                     optimized, initial = -float(lp[0]), -float(lp[1])
                     why = f"L_P of the final image was {-optimized:.3f} on the optimised seed against {-initial:.3f} on the starting seed"
             keep = keep_optimized(optimized, initial)
@@ -343,6 +342,13 @@ class CounterfactualPipeline:
         img = ((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy()
         inp = ((x[0, 0] + 1) / 2).numpy()
         return CounterfactualOutput(img, inp, img - inp, condition, int(seed), optimize_seed, history, timings, quality, keep)
+
+    def compose(self, z_id: torch.Tensor, z_path: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, detail: float) -> torch.Tensor:
+        """The images of pathology channels `z_path` (B, 1, h, w) in the input's identity `z_id`:
+        f = T({z^{1:n-1}, z^n}) (Eq. 3), decoded, with the input `x`'s fine detail restored
+        (`model.detail`; `recon` is x's reconstruction). (B, 1, R, R) on [-1, 1]."""
+        x_cf = self.vae.decode(self.transformer(self.vae.join(z_id.expand(len(z_path), -1, -1, -1), z_path))).clamp(-1, 1)
+        return restore_detail(x_cf, x, recon, detail)
 
     def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
         """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""

@@ -113,6 +113,11 @@ class SeedOptResult:
     seconds: float
 
 
+def prototype_loss(features: torch.Tensor, centroid: torch.Tensor) -> torch.Tensor:
+    """L_P (Eq. 18): squared distance of each E_CXR feature (B, D) to the references' centroid, (B,)."""
+    return ((features - centroid) ** 2).sum(dim=-1)
+
+
 def keep_optimized(optimized_score: float, initial_score: float) -> bool:
     """The guard's rule: the optimised seed stays unless its sample scores below the starting
     seed's (the target's findings-head probability, or -L_P with `guard_by="lp"`; ties keep it:
@@ -148,7 +153,7 @@ def optimize_seed(
     for it in range(config.max_iters + 1):
         images = render(z, config.method, config.shortcut_steps)
         feats = encode(images)
-        lp = ((feats - centroid) ** 2).sum(dim=-1)  # Eq. 18, one value per seed
+        lp = prototype_loss(feats, centroid)  # one value per seed
         if config.cls_weight > 0:
             lp = lp + config.cls_weight * classify(images)
         with torch.no_grad():

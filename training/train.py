@@ -110,8 +110,10 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
     if hp.contrastive_pairs and stage not in ("stage0", "all"):
         raise TrainingError(f"--contrastive-pairs applies to stage0 (or all), not {stage}")
-    if hp.contrastive_pairs and ("contrastive" in hp.freeze or not hasattr(dataset, "counterfactual_view")):
-        raise TrainingError(f"--contrastive-pairs trains E_CXR on true counterfactuals, which only phantom:N data renders; {data} has none" if "contrastive" not in hp.freeze else "--contrastive-pairs trains E_CXR; --freeze contrastive leaves it as it is")
+    if hp.contrastive_pairs and "contrastive" in hp.freeze:
+        raise TrainingError("--contrastive-pairs trains E_CXR; --freeze contrastive leaves it as it is")
+    if hp.contrastive_pairs and not hasattr(dataset, "counterfactual_view"):
+        raise TrainingError(f"--contrastive-pairs trains E_CXR on true counterfactuals, which only phantom:N data renders; {data} has none")
     if hp.diffusion_focus < 0:
         raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
     if hp.diffusion_share and not 0 < hp.diffusion_share < 1:

@@ -91,6 +91,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
             kl += f" --diffusion-share {run['diffusion_share']:g}"
         if run.get("text_lr"):
             kl += f" --text-lr {run['text_lr']:g}"
+        if run.get("balanced_share"):
+            kl += f" --balanced-share {run['balanced_share']:g}"
         if name == "classifier":  # runs recorded before the option trained without it
             kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
         lines.append(

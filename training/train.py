@@ -114,6 +114,13 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
         raise TrainingError("--contrastive-pairs trains E_CXR; --freeze contrastive leaves it as it is")
     if hp.contrastive_pairs and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--contrastive-pairs trains E_CXR on true counterfactuals, which only phantom:N data renders; {data} has none")
+    if hp.balanced_share:
+        if not 0 < hp.balanced_share <= 1 or stage not in ("stage2", "all"):
+            raise TrainingError(f"--balanced-share is a share of stage 2's batch, in (0, 1], for stage2 (or all); got {hp.balanced_share:g} for {stage}")
+        if not hasattr(dataset, "counterfactual_view"):
+            raise TrainingError(f"--balanced-share draws class-balanced cases, which only phantom:N data renders; {data} has none")
+        if hp.diffusion_focus or hp.diffusion_share:
+            raise TrainingError("--balanced-share's cases carry no finding masks; it does not combine with --diffusion-focus or --diffusion-share")
     if hp.diffusion_focus < 0:
         raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
     if hp.diffusion_share and not 0 < hp.diffusion_share < 1:
@@ -176,6 +183,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 run["diffusion_focus"] = hp.diffusion_focus
             if name == "stage2" and hp.diffusion_share:
                 run["diffusion_share"] = hp.diffusion_share
+            if name == "stage2" and hp.balanced_share:
+                run["balanced_share"] = hp.balanced_share
             if name == "stage2" and hp.text_lr:
                 run["text_lr"] = hp.text_lr
             if name == "classifier":

@@ -392,26 +392,38 @@ def test_repeat_threshold_trains_is_recorded_and_refused_where_it_does_not_apply
     assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(6)]))
 
 
+def assert_refused_before_training(tmp_path, cases):
+    """Each (stage, hp, data, message) is refused with `message` before a checkpoint is written;
+    data "GEN" is a directory written by `whatif phantom generate` (no masks, no pairs)."""
+    gen = tmp_path / "gen"
+    assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
+    for stage, hp, data, why in cases:
+        with pytest.raises(TrainingError, match=why):
+            train(stage, "tiny", str(gen) if data == "GEN" else data, tmp_path / "bad", steps=2, batch_size=4, hp=hp)
+    assert not (tmp_path / "bad").exists()
+
+
+def assert_recorded(out, key, value, card):
+    """The checkpoint of run `out` records stage 2's option `key` = `value` and its card's command `card`."""
+    from training.model_card import model_card
+
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    assert pipe.config["training"]["stages"]["stage2"]["runs"][-1][key] == value
+    assert card in model_card(pipe.config, None, out / "checkpoint", "")
+
+
 def test_diffusion_focus_trains_is_recorded_and_refused_where_it_does_not_apply(tmp_path):
     from training.datasets.phantom import PhantomDataset, collate
-    from training.model_card import model_card
     from training.stages import Hyper
 
     out = tmp_path / "focus"
     train("stage2", "tiny", "phantom:24", out, steps=2, batch_size=4, hp=Hyper(diffusion_focus=10))
-    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
-    assert pipe.config["training"]["stages"]["stage2"]["runs"][-1]["diffusion_focus"] == 10
-    assert "--steps 2 --batch-size 4 --diffusion-focus 10" in model_card(pipe.config, None, out / "checkpoint", "")
-    gen = tmp_path / "gen"
-    assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
-    for stage, focus, data, why in (
-        ("stage1", 10, "phantom:24", "applies to stage2"),
-        ("stage2", -1, "phantom:24", "at least 0"),
-        ("stage2", 10, str(gen), "masks"),
-    ):
-        with pytest.raises(TrainingError, match=why):
-            train(stage, "tiny", data, tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(diffusion_focus=focus))
-    assert not (tmp_path / "bad").exists()
+    assert_recorded(out, "diffusion_focus", 10, "--steps 2 --batch-size 4 --diffusion-focus 10")
+    assert_refused_before_training(tmp_path, (
+        ("stage1", Hyper(diffusion_focus=10), "phantom:24", "applies to stage2"),
+        ("stage2", Hyper(diffusion_focus=-1), "phantom:24", "at least 0"),
+        ("stage2", Hyper(diffusion_focus=10), "GEN", "masks"),
+    ))
     # The mask is the union of what the renderer says each finding changed, and empty without findings.
     ds = PhantomDataset(40, 64)
     seen_empty = seen_full = False
@@ -447,26 +459,58 @@ def test_finding_share_weights_give_the_finding_its_share_and_keep_each_image_at
 
 
 def test_diffusion_share_trains_is_recorded_and_refused_where_it_does_not_apply(tmp_path):
-    from training.model_card import model_card
     from training.stages import Hyper
 
     out = tmp_path / "share"
     assert main(["train", "stage2", "--preset", "tiny", "--data", "phantom:24", "--out", str(out),
                  "--steps", "2", "--batch-size", "4", "--diffusion-share", "0.25"]) == 0
-    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
-    assert pipe.config["training"]["stages"]["stage2"]["runs"][-1]["diffusion_share"] == 0.25
-    assert "--steps 2 --batch-size 4 --diffusion-share 0.25" in model_card(pipe.config, None, out / "checkpoint", "")
-    gen = tmp_path / "gen"
-    assert main(["phantom", "generate", "--n", "6", "--size", "32", "--out", str(gen), "--quiet"]) == 0
-    for stage, hp, data, why in (
+    assert_recorded(out, "diffusion_share", 0.25, "--steps 2 --batch-size 4 --diffusion-share 0.25")
+    assert_refused_before_training(tmp_path, (
         ("stage1", Hyper(diffusion_share=0.25), "phantom:24", "applies to stage2"),
         ("stage2", Hyper(diffusion_share=1.0), "phantom:24", r"in \(0, 1\)"),
         ("stage2", Hyper(diffusion_share=0.25, diffusion_focus=10), "phantom:24", "pass one"),
-        ("stage2", Hyper(diffusion_share=0.25), str(gen), "masks"),
-    ):
-        with pytest.raises(TrainingError, match=why):
-            train(stage, "tiny", data, tmp_path / "bad", steps=2, batch_size=4, hp=hp)
-    assert not (tmp_path / "bad").exists()
+        ("stage2", Hyper(diffusion_share=0.25), "GEN", "masks"),
+    ))
+
+
+def test_balanced_share_puts_class_balanced_cases_in_each_stage2_batch(tmp_path, monkeypatch):
+    from model.contrastive import ContrastiveModel
+    from training.datasets.phantom import PhantomDataset
+    from training.stages import Hyper
+
+    views, conditioned = [], []
+    view, tokens = PhantomDataset.counterfactual_view, ContrastiveModel.text_tokens
+
+    def view_spy(self, i):
+        v = view(self, i)
+        views.append((i, v["text"]))
+        return v
+
+    def tokens_spy(self, texts):
+        if any(texts):  # stage 2's conditions (the empty text is the unconditional branch)
+            conditioned.append(list(texts))
+        return tokens(self, texts)
+
+    monkeypatch.setattr(PhantomDataset, "counterfactual_view", view_spy)
+    monkeypatch.setattr(ContrastiveModel, "text_tokens", tokens_spy)
+    out = tmp_path / "balanced"
+    train("stage2", "tiny", "phantom:24", out, steps=3, batch_size=4, hp=Hyper(balanced_share=0.5, caption_dropout=0.0))
+    assert len(conditioned) == 3 and len(views) == 6
+    cases = PhantomDataset(24, 64)
+    own = {cases[i]["text"] for i in range(24)}
+    for k, texts in enumerate(conditioned):
+        # The first half of each batch is its cases drawn again class-balanced, with their own
+        # reports; the second half is the run's data as drawn.
+        assert texts[:2] == [t for _, t in views[2 * k: 2 * k + 2]]
+        assert set(texts[2:]) <= own
+    assert any(t != cases[i]["text"] for i, t in views)
+    assert_recorded(out, "balanced_share", 0.5, "--batch-size 4 --balanced-share 0.5")
+    assert_refused_before_training(tmp_path, (
+        ("stage1", Hyper(balanced_share=0.5), "phantom:24", "for stage2"),
+        ("stage2", Hyper(balanced_share=1.5), "phantom:24", r"in \(0, 1\]"),
+        ("stage2", Hyper(balanced_share=0.5, diffusion_share=0.25), "phantom:24", "does not combine"),
+        ("stage2", Hyper(balanced_share=0.5), "GEN", "only phantom:N data renders"),
+    ))
 
 
 def test_stage2_text_lr_trains_the_text_tower_with_the_denoiser_and_keeps_e_cxr(tmp_path):

@@ -128,6 +128,9 @@ ZONE_WORDS = [
     (re.compile(r"\b(?:bases?|basilar|basal|bibasilar|bibasal|retrocardiac|costophrenic)\b"), "basal"),
     (re.compile(r"\b(?:perihilar|hilar|hila|hilum)\b"), "perihilar"),
 ]
+# A zone word right before the finding's name: "right lower consolidation", the canonical condition
+# form (`condition.condition_text`), which must read back as itself; reports say "lower zone".
+ZONE_BEFORE_FINDING = re.compile(r"\b(upper|mid|middle|lower) +$")
 # Severity words -> the output scale (mild, small, moderate, large, severe).
 SEVERITY_WORDS = [
     (re.compile(r"\b(?:nondisplaced|non-displaced|undisplaced)\b"), "mild"),

@@ -33,6 +33,7 @@ from .lexicon import (
     SEVERITY_WORDS,
     SIDE_WORDS,
     TERMINATION,
+    ZONE_BEFORE_FINDING,
     ZONE_WORDS,
 )
 from .schema import SEVERITY_ORDINAL, StructuredFinding
@@ -121,6 +122,10 @@ def _attributes(sentence: str, start: int, end: int, prev_end: int, next_start: 
     else:
         side = next(iter(found), None)
     zones = tuple(name for regex, name in ZONE_WORDS if regex.search(left) or regex.search(span) or regex.search(right))
+    adjacent = ZONE_BEFORE_FINDING.search(left)
+    if adjacent:
+        zone = "middle" if adjacent.group(1) == "mid" else adjacent.group(1)
+        zones = tuple(name for _, name in ZONE_WORDS if name in (*zones, zone))  # ZONE_WORDS' order
     severity = None
     for part in (span, left, right):
         hits = [(m.start(), name) for regex, name in SEVERITY_WORDS for m in regex.finditer(part)]

@@ -187,8 +187,8 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
             return b["image"], b["text"]
         # First half: the batch's cases; second half: their true counterfactuals, same patient.
         h = len(b["index"]) // 2
-        views = [data.counterfactual_view(j) for j in b["index"][:h]]
-        return torch.cat([b["image"][:h], torch.stack([v["image"] for v in views])]), [*b["text"][:h], *(v["text"] for v in views)]
+        views = data.counterfactual_batch(b["index"][:h])
+        return torch.cat([b["image"][:h], views["image"]]), [*b["text"][:h], *views["text"]]
 
     def step(i):
         b = next(it)
@@ -273,9 +273,9 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         if paired:
             # First half: the batch's cases; second half: their true counterfactuals.
             h = len(x) // 2
-            views = [data.counterfactual_view(j) for j in b["index"][:h]]
-            x = torch.cat([x[:h], torch.stack([v["image"] for v in views])])
-            y = torch.cat([y[:h], torch.stack([v["labels"] for v in views])])
+            views = data.counterfactual_batch(b["index"][:h])
+            x = torch.cat([x[:h], views["image"]])
+            y = torch.cat([y[:h], views["labels"]])
             # The pair is identical outside its findings (same identity, positioning and noise), so
             # |x_A - x_P| marks the findings of either; 0.02 is 2.5 grey levels of 255.
             differ = ((x[:h] - x[h:]).abs() > 0.02).float()
@@ -301,7 +301,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
                 # Case j's identity with the pathology channel of case k's counterfactual (k = j + 1):
                 # the truth is case j rendered with k's counterfactual findings.
                 other = [(j + 1) % h for j in range(h)]
-                x_cross = torch.stack([data.render_findings(b["index"][j], views[k]["findings"]) for j, k in enumerate(other)])
+                x_cross = torch.stack([data.render_findings(b["index"][j], views["findings"][k]) for j, k in enumerate(other)])
                 w_cross = 1 + hp.paired_focus * ((x_cross - x[:h]).abs() > 0.02).float()
                 x_cs = vae.decode(T(vae.join(z_id[:h], z_n[h:][other])))
                 l_cross = _mse(x_cs, x_cross, w_cross) + hp.lam * (1 - ssim(x_cs, x_cross))
@@ -369,8 +369,8 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         h = round(len(b["index"]) * hp.balanced_share)
         if not h:
             return b["image"], b["text"]
-        views = [data.counterfactual_view(j) for j in b["index"][:h]]
-        return torch.cat([torch.stack([v["image"] for v in views]), b["image"][h:]]), [*(v["text"] for v in views), *b["text"][h:]]
+        views = data.counterfactual_batch(b["index"][:h])
+        return torch.cat([views["image"], b["image"][h:]]), [*views["text"], *b["text"][h:]]
 
     def step(i):
         b = next(it)

@@ -213,6 +213,13 @@ def test_counterfactual_view_is_the_same_identity_with_balanced_findings():
     assert views[i]["text"] == "no finding"
     for v in views[:40]:
         assert all(f.label.lower() in v["text"] for f in v["findings"]), (v["text"], v["findings"])
+    # The stages read them batched: the same views, stacked.
+    pair = [i, (i + 1) % len(d)]
+    batch = d.counterfactual_batch(pair)
+    assert torch.equal(batch["image"], torch.stack([views[k]["image"] for k in pair]))
+    assert torch.equal(batch["labels"], torch.stack([views[k]["labels"] for k in pair]))
+    assert batch["text"] == [views[k]["text"] for k in pair]
+    assert batch["findings"] == [views[k]["findings"] for k in pair]
     # Another case's findings on this identity: the truth the cross-identity pair is trained on.
     j = next(j for j, v in enumerate(views) if v["labels"][0] == 0)
     crossed = d.render_findings(i, views[j]["findings"])

@@ -97,6 +97,17 @@ class PhantomDataset(torch.utils.data.Dataset):
             "text": self._pair_text[i],
         }
 
+    def counterfactual_batch(self, indices) -> dict:
+        """`counterfactual_view` of each case in `indices`, batched: image and labels stacked, text and
+        findings as lists."""
+        views = [self.counterfactual_view(int(i)) for i in indices]
+        return {
+            "image": torch.stack([v["image"] for v in views]),
+            "labels": torch.stack([v["labels"] for v in views]),
+            "text": [v["text"] for v in views],
+            "findings": [v["findings"] for v in views],
+        }
+
     def label_matrix(self) -> np.ndarray:
         """(N, 14) labels of every case without rendering (for repeat-factor sampling); made once,
         so that `train all` does not redo it for each stage."""

@@ -44,6 +44,14 @@ class ContrastiveConfig(StrictConfig):
     # one feature. Checkpoints written before this field were trained that way and load as
     # "argmax" (`ContrastiveModel.config_from_checkpoint`); new models use "eos".
     text_pool: str = "eos"
+    # How the text tower's tokens attend: "causal" (open_clip's CLIP text tower, GPT-style: a
+    # token sees only the words before it) or "bidirectional" (every token sees the whole text, as
+    # the paper's BERT-style report encoders do). Stage 2 cross-attends to every token's feature;
+    # a condition names its finding last ("moderate right lower lung lesion"), so under the causal
+    # mask the severity and zone tokens are the same for every finding and only the finding's own
+    # token and those after it tell "lung lesion" from "consolidation". Checkpoints written before
+    # this field load as "causal" (`ContrastiveModel.config_from_checkpoint`).
+    text_attention: str = "causal"
 
 
 class ContrastiveModel(PretrainedModule):
@@ -62,6 +70,8 @@ class ContrastiveModel(PretrainedModule):
             raise ValueError(f"unknown contrastive backbone {c.backbone!r}")
         if c.text_pool not in ("eos", "argmax"):
             raise ValueError(f"text_pool must be 'eos' or 'argmax', got {c.text_pool!r}")
+        if c.text_attention not in ("causal", "bidirectional"):
+            raise ValueError(f"text_attention must be 'causal' or 'bidirectional', got {c.text_attention!r}")
         from open_clip.model import CLIP
 
         self.tokenizer = ConditionTokenizer(c.context_length)
@@ -74,12 +84,13 @@ class ContrastiveModel(PretrainedModule):
             text_cfg=dict(
                 context_length=c.context_length, vocab_size=self.tokenizer.vocab_size, width=c.text_width,
                 heads=c.text_heads, layers=c.text_layers, pool_type=c.text_pool, eos_id=self.tokenizer.eot_id,
+                no_causal_mask=c.text_attention == "bidirectional",
             ),
         )
 
     @classmethod
     def config_from_checkpoint(cls, data: dict) -> ContrastiveConfig:
-        return super().config_from_checkpoint({"text_pool": "argmax", **data})
+        return super().config_from_checkpoint({"text_pool": "argmax", "text_attention": "causal", **data})
 
     def _init_pretrained(self, name: str) -> None:
         """A pretrained open_clip model from a local directory (never a download)."""
@@ -122,6 +133,10 @@ class ContrastiveModel(PretrainedModule):
 
     def text_parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, p in self.named_text_parameters()]
+
+    def image_parameters(self) -> list[torch.nn.Parameter]:
+        """E_CXR's own parameters: the image tower, without the shared temperature."""
+        return [p for name, p in self.clip.named_parameters() if name.startswith("visual.")]
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(next(self.clip.parameters()).device)

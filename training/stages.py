@@ -69,7 +69,9 @@ class Hyper:
     # without touching an evaluation classifier that its own stage has trained since. "text" is the
     # contrastive model's text tower alone: stage 2 cross-attends to its token features, so with it
     # frozen the image tower (E_CXR, which seed optimisation's L_P reads) can train on without
-    # invalidating a trained stage 2.
+    # invalidating a trained stage 2. "image" is the converse, E_CXR alone: the text tower trains
+    # against a fixed E_CXR (as LiT locks one tower), so stage 1's L_PC, the reference centroids
+    # and seed optimisation's L_P keep the E_CXR they were made with.
     freeze: tuple[str, ...] = ()
     # Not in the paper: repeat-factor sampling threshold t for the stages that read the run's data
     # (stages 0-2; `training.sampling`; 0 = each image once per epoch, the paper). An image is
@@ -151,7 +153,7 @@ def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
 
 
 STAGE0_PARTS = ("contrastive", "identity", "classifier")
-STAGE0_FREEZABLE = (*STAGE0_PARTS, "text")
+STAGE0_FREEZABLE = (*STAGE0_PARTS, "text", "image")
 
 
 def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
@@ -171,10 +173,14 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     if "text" in hp.freeze:
         for p in pipe.contrastive.text_parameters():
             p.requires_grad_(False)
-    # The image tower alone has an optimiser of its own name: a sitting that trained both towers
-    # saved Adam moments for more parameters, and `load_state` starts a fresh optimiser for a name
-    # the saved state lacks (and likewise when both towers train again after it).
-    opt_name = {"contrastive": "contrastive_image"} if "text" in hp.freeze else {}
+    if "image" in hp.freeze:
+        pipe.contrastive.clip.visual.eval()
+        for p in pipe.contrastive.image_parameters():
+            p.requires_grad_(False)
+    # One tower alone has an optimiser of its own name: a sitting that trained both towers saved
+    # Adam moments for more parameters, and `load_state` starts a fresh optimiser for a name the
+    # saved state lacks (and likewise when both towers train again after it).
+    opt_name = {"contrastive": "contrastive_image"} if "text" in hp.freeze else {"contrastive": "contrastive_text"} if "image" in hp.freeze else {}
     opts = {opt_name.get(name, name): torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=hp.lr * 3) for name, m in train_parts.items()}
     clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
     it = _data_batches(data, batch_size, hp, seed, rank, world)

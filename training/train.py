@@ -99,8 +99,11 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 f"--freeze applies to stage0 only, names some of {', '.join(STAGE0_FREEZABLE)} and leaves one to train; "
                 f"got {', '.join(hp.freeze)} for {stage}"
             )
-        if {"text", "contrastive"} <= set(hp.freeze):
-            raise TrainingError("--freeze text leaves E_CXR's image tower to train; --freeze contrastive already freezes both towers")
+        for tower in ("text", "image"):
+            if {tower, "contrastive"} <= set(hp.freeze):
+                raise TrainingError(f"--freeze {tower} leaves the other tower to train; --freeze contrastive already freezes both towers")
+        if {"text", "image"} <= set(hp.freeze):
+            raise TrainingError("--freeze text --freeze image leaves the contrastive model nothing to train; use --freeze contrastive")
     if hp.repeat_threshold:
         if hp.repeat_threshold < 0 or hp.repeat_threshold > 1:
             raise TrainingError(f"--repeat-threshold is a share of images in [0, 1], got {hp.repeat_threshold:g}")
@@ -110,8 +113,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
     if hp.contrastive_pairs and stage not in ("stage0", "all"):
         raise TrainingError(f"--contrastive-pairs applies to stage0 (or all), not {stage}")
-    if hp.contrastive_pairs and "contrastive" in hp.freeze:
-        raise TrainingError("--contrastive-pairs trains E_CXR; --freeze contrastive leaves it as it is")
+    if hp.contrastive_pairs and {"contrastive", "image"} & set(hp.freeze):
+        raise TrainingError("--contrastive-pairs trains E_CXR; --freeze contrastive or --freeze image leaves it as it is")
     if hp.contrastive_pairs and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--contrastive-pairs trains E_CXR on true counterfactuals, which only phantom:N data renders; {data} has none")
     if hp.balanced_share:

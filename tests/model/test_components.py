@@ -84,6 +84,34 @@ def test_text_pooling_reads_the_whole_condition(tmp_path):
         type(module)(dataclasses.replace(module.config, text_pool="mean"))
 
 
+def test_bidirectional_text_tower_lets_the_zone_see_the_finding(tmp_path):
+    """Stage 2 cross-attends to every token's feature. Under the causal mask, the tokens before
+    the finding's name ("moderate right lower") are the same whatever the finding; bidirectional,
+    they differ. Checkpoints written before the field load causal."""
+    torch.manual_seed(0)
+    texts = ["moderate right lower lung lesion", "moderate right lower consolidation"]
+    config = TINY.components["contrastive"]
+    causal = COMPONENTS["contrastive"](dataclasses.replace(config, text_attention="causal")).eval()
+    both = COMPONENTS["contrastive"](dataclasses.replace(config, text_attention="bidirectional")).eval()
+    both.load_state_dict(causal.state_dict())  # same weights: only the mask differs
+    with torch.no_grad():
+        c, b = causal.text_tokens(texts), both.text_tokens(texts)
+    before = slice(0, 4)  # start token, "moderate", "right", "lower"
+    assert torch.equal(c[0, before], c[1, before])
+    assert (b[0, before] - b[1, before]).abs().amax() > 1e-3
+    both.save_pretrained(tmp_path / "b")
+    assert type(both).from_pretrained(tmp_path / "b").config.text_attention == "bidirectional"
+    meta = json.loads((tmp_path / "b" / "config.json").read_text())
+    meta["config"].pop("text_attention")
+    (tmp_path / "b" / "config.json").write_text(json.dumps(meta))
+    legacy = type(both).from_pretrained(tmp_path / "b")
+    assert legacy.config.text_attention == "causal"
+    with torch.no_grad():
+        assert torch.equal(legacy.text_tokens(texts)[0, before], legacy.text_tokens(texts)[1, before])
+    with pytest.raises(ValueError, match="text_attention"):
+        type(both)(dataclasses.replace(config, text_attention="left"))
+
+
 def test_vae_latent_is_quarter_resolution_and_splits():
     vae = COMPONENTS["vae"](TINY.components["vae"])
     z = vae.encode(torch.zeros(1, 1, 64, 64)).mean

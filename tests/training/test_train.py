@@ -287,7 +287,8 @@ def test_contrastive_pairs_put_each_case_and_its_true_counterfactual_in_one_batc
 @pytest.mark.parametrize("stage,data,hp,message", [
     ("stage1", "phantom:24", {}, "applies to stage0"),
     ("stage0", "GEN", {}, "only phantom:N data renders"),
-    ("stage0", "phantom:24", {"freeze": ("contrastive",)}, "--freeze contrastive leaves it as it is"),
+    ("stage0", "phantom:24", {"freeze": ("contrastive",)}, "--freeze contrastive or --freeze image leaves it as it is"),
+    ("stage0", "phantom:24", {"freeze": ("image",)}, "--freeze contrastive or --freeze image leaves it as it is"),
 ])
 def test_contrastive_pairs_are_refused_where_they_cannot_apply(tmp_path, stage, data, hp, message):
     from training.stages import Hyper
@@ -358,11 +359,35 @@ def test_stage0_freeze_text_trains_the_image_tower_only(tmp_path):
     assert any(not torch.equal(again[n], after[n]) for n in text_names)
 
 
-def test_freeze_text_with_contrastive_is_refused(tmp_path):
+def test_stage0_freeze_image_trains_the_text_tower_only(tmp_path):
     from training.stages import Hyper
 
-    with pytest.raises(TrainingError, match="--freeze contrastive already freezes both towers"):
-        train("stage0", "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=("contrastive", "text")))
+    out = tmp_path / "s0"
+    train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    before = {k: v.clone() for k, v in pipe.contrastive.clip.state_dict().items()}
+    train("stage0", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True, hp=Hyper(freeze=("classifier", "identity", "image")))
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    after = pipe.contrastive.clip.state_dict()
+    # E_CXR, which stage 1, the reference centroids and seed optimisation read, must not move.
+    visual = [k for k in before if k.startswith("visual.")]
+    assert visual and all(torch.equal(after[k], before[k]) for k in visual)
+    assert not torch.equal(after["token_embedding.weight"], before["token_embedding.weight"])
+    state = json.loads((out / "state" / "stage0" / "state.json").read_text())
+    assert set(state["param_groups"]) == {"contrastive_text"}
+    assert pipe.config["training"]["stages"]["stage0"]["runs"][-1]["freeze"] == ["classifier", "identity", "image"]
+
+
+@pytest.mark.parametrize("freeze,message", [
+    (("contrastive", "text"), "--freeze contrastive already freezes both towers"),
+    (("contrastive", "image"), "--freeze contrastive already freezes both towers"),
+    (("text", "image"), "leaves the contrastive model nothing to train"),
+])
+def test_freezing_both_towers_twice_over_is_refused(tmp_path, freeze, message):
+    from training.stages import Hyper
+
+    with pytest.raises(TrainingError, match=message):
+        train("stage0", "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=freeze))
     assert not (tmp_path / "bad").exists()
 
 

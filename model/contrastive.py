@@ -36,7 +36,7 @@ class ContrastiveConfig(StrictConfig):
     text_heads: int = 4
     context_length: int = 32
     # Where the pooled text feature (the contrastive loss's text side) is read: "eos", the
-    # condition tokenizer's end-of-text token, which the causal text tower has let see the whole
+    # condition tokenizer's end-of-text token, which the text tower lets see the whole
     # text. "argmax" is open_clip's default for its BPE vocabulary, where the end token has the
     # largest id; in the condition vocabulary it does not (ids are alphabetical after the special
     # tokens), so argmax reads the text's alphabetically last word and sees only the words
@@ -46,12 +46,14 @@ class ContrastiveConfig(StrictConfig):
     text_pool: str = "eos"
     # How the text tower's tokens attend: "causal" (open_clip's CLIP text tower, GPT-style: a
     # token sees only the words before it) or "bidirectional" (every token sees the whole text, as
-    # the paper's BERT-style report encoders do). Stage 2 cross-attends to every token's feature;
+    # in PubMedBERT, the text tower of BiomedCLIP, the paper's report encoder, section 4.1). Stage
+    # 2 cross-attends to every token's feature;
     # a condition names its finding last ("moderate right lower lung lesion"), so under the causal
     # mask the severity and zone tokens are the same for every finding and only the finding's own
     # token and those after it tell "lung lesion" from "consolidation". Checkpoints written before
-    # this field load as "causal" (`ContrastiveModel.config_from_checkpoint`).
-    text_attention: str = "causal"
+    # this field load as "causal" (`ContrastiveModel.config_from_checkpoint`); new models are
+    # bidirectional (measured: README, "A bidirectional text tower").
+    text_attention: str = "bidirectional"
 
 
 class ContrastiveModel(PretrainedModule):

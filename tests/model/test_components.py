@@ -60,11 +60,12 @@ def test_shapes_and_save_load_round_trip(name, tmp_path):
 
 
 def test_text_pooling_reads_the_whole_condition(tmp_path):
-    """The pooled text feature is read at the end token, which the causal text tower lets see every
-    word: two conditions that differ only in their last word differ. open_clip's "argmax" pooling
-    read the alphabetically last word here ("moderate"), the same feature for both."""
+    """The pooled text feature is read at the end token, which sees every word: two conditions
+    that differ only in their last word differ. open_clip's "argmax" pooling read the
+    alphabetically last word here ("moderate"), which the causal text tower of the checkpoints
+    written before the fix let see only the words before it: the same feature for both."""
     torch.manual_seed(0)
-    module = COMPONENTS["contrastive"](TINY.components["contrastive"]).eval()
+    module = COMPONENTS["contrastive"](dataclasses.replace(TINY.components["contrastive"], text_attention="causal")).eval()
     assert module.config.text_pool == "eos"
     texts = ["moderate atelectasis", "moderate cardiomegaly"]
     with torch.no_grad():
@@ -80,6 +81,12 @@ def test_text_pooling_reads_the_whole_condition(tmp_path):
     (tmp_path / "c" / "config.json").write_text(json.dumps(meta))
     legacy = type(module).from_pretrained(tmp_path / "c")
     assert legacy.config.text_pool == "argmax" and legacy.clip.text_pool_type == "argmax"
+    # New models are bidirectional: the argmax word sees the finding after it too.
+    both = COMPONENTS["contrastive"](TINY.components["contrastive"]).eval()
+    assert both.config.text_attention == "bidirectional"
+    both.clip.text_pool_type = "argmax"
+    with torch.no_grad():
+        assert not torch.allclose(*both.encode_text(texts), atol=1e-4)
     with pytest.raises(ValueError, match="text_pool"):
         type(module)(dataclasses.replace(module.config, text_pool="mean"))
 

@@ -60,6 +60,11 @@ train-default: $(STAMP)
 	# pooling on the condition vocabulary) and at the end token from there (ContrastiveConfig.text_pool, README);
 	# a run of this recipe pools at the end token throughout. Stage 2 last, on the final text tower.
 	$(VENV)/bin/whatif train stage0 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 13500 --batch-size 32 --freeze classifier --freeze identity --resume
+	# The text tower then alone against the fixed E_CXR (--freeze image: stage 1's L_PC, the reference centroids
+	# and seed optimisation keep the E_CXR they were made with). The shipped default's text tower was causal
+	# (CLIP's) to step 13,500 and bidirectional from there (ContrastiveConfig.text_attention, README); a run of
+	# this recipe is bidirectional throughout.
+	$(VENV)/bin/whatif train stage0 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 16000 --batch-size 32 --freeze classifier --freeze identity --freeze image --resume
 	$(VENV)/bin/whatif train stage2 --preset phantom-128 --data $(DATA) --out $(RUN) --steps 2000 --batch-size 16 --resume
 	# Stage 2 on to 4,000 steps in a second sitting: on 8 validation identities (whatif eval --validation,
 	# seed optimisation without the guard) the tail AUROC rose 0.837 -> 0.881 and the SSIM fell 0.863 -> 0.845

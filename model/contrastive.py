@@ -46,13 +46,13 @@ class ContrastiveConfig(StrictConfig):
     text_pool: str = "eos"
     # How the text tower's tokens attend: "causal" (open_clip's CLIP text tower, GPT-style: a
     # token sees only the words before it) or "bidirectional" (every token sees the whole text, as
-    # in PubMedBERT, the text tower of BiomedCLIP, the paper's report encoder, section 4.1). Stage
-    # 2 cross-attends to every token's feature;
-    # a condition names its finding last ("moderate right lower lung lesion"), so under the causal
-    # mask the severity and zone tokens are the same for every finding and only the finding's own
-    # token and those after it tell "lung lesion" from "consolidation". Checkpoints written before
-    # this field load as "causal" (`ContrastiveModel.config_from_checkpoint`); new models are
-    # bidirectional (measured: README, "A bidirectional text tower").
+    # in PubMedBERT, the text tower of BiomedCLIP, the paper's report encoder, section 4.1).
+    # Stage 2 cross-attends to every token's feature, and a condition names its finding last
+    # ("moderate right lower lung lesion"): under the causal mask the severity and zone tokens are
+    # the same for every finding, and only the finding's own token and those after it tell "lung
+    # lesion" from "consolidation". Checkpoints written before this field load as "causal"
+    # (`ContrastiveModel.config_from_checkpoint`); new models are bidirectional (measured: README,
+    # "A bidirectional text tower": the default's tail gap 0.142 -> 0.080).
     text_attention: str = "bidirectional"
 
 

@@ -118,7 +118,7 @@ class Hyper:
     # cases (`counterfactual_view`: the case's patient with findings drawn uniformly, one or two,
     # and their own refined report). CheXpert's rows (what `PhantomDataset` draws) seldom show a
     # finding alone (consolidation comes with effusion and opacity) while a request names one.
-    # Measured (README, "Requests read back with their zone"): 2,000 steps at 0.5 on the default
+    # Measured (README, "Requests read back with their zone"): 2,000 steps at 0.5 on the causal-text default
     # lowered the validation tail AUROC with zone-keeping requests (0.782 for the same steps
     # without it, 0.751 with it), so the default does not use it. 0 = the paper.
     balanced_share: float = 0.0

@@ -118,9 +118,10 @@ class Hyper:
     # cases (`counterfactual_view`: the case's patient with findings drawn uniformly, one or two,
     # and their own refined report). CheXpert's rows (what `PhantomDataset` draws) seldom show a
     # finding alone (consolidation comes with effusion and opacity) while a request names one.
-    # Measured (README, "Requests read back with their zone"): 2,000 steps at 0.5 on the causal-text default
-    # lowered the validation tail AUROC with zone-keeping requests (0.782 for the same steps
-    # without it, 0.751 with it), so the default does not use it. 0 = the paper.
+    # Measured (README, "Requests read back with their zone"): 2,000 steps at 0.5 on the default
+    # with the causal text tower lowered the validation tail AUROC with zone-keeping requests
+    # (0.782 for the same steps without it, 0.751 with it), so the default does not use it.
+    # 0 = the paper.
     balanced_share: float = 0.0
 
 
@@ -180,7 +181,8 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     # One tower alone has an optimiser of its own name: a sitting that trained both towers saved
     # Adam moments for more parameters, and `load_state` starts a fresh optimiser for a name the
     # saved state lacks (and likewise when both towers train again after it).
-    opt_name = {"contrastive": "contrastive_image"} if "text" in hp.freeze else {"contrastive": "contrastive_text"} if "image" in hp.freeze else {}
+    alone = {"text": "contrastive_image", "image": "contrastive_text"}  # frozen tower -> the one that trains
+    opt_name = {"contrastive": alone[t] for t in alone if t in hp.freeze}
     opts = {opt_name.get(name, name): torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=hp.lr * 3) for name, m in train_parts.items()}
     clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
     it = _data_batches(data, batch_size, hp, seed, rank, world)

@@ -13,8 +13,8 @@ For each of them it prints the target AUROC (as `whatif eval`), and per target t
 probability of every target's label: a row whose largest entry is off the diagonal is a request
 drawn as another finding. The oracle tells stage 1's share of a low AUROC from stage 2's: on the
 default at guidance 8 (16 validation identities), a lung lesion request scored p(consolidation)
-0.69 and p(lung lesion) 0.22; stage 1 alone drew it as p(lung lesion) 0.48, p(consolidation)
-0.28, the truth 0.97. `--out` writes the matrices as a heat map (docs/default-model-confusion.png).
+0.78 and p(lung lesion) 0.11 (0.69 and 0.22 with the previous default's causal text tower);
+stage 1 alone drew it as p(lung lesion) 0.48, p(consolidation) 0.28, the truth 0.97. `--out` writes the matrices as a heat map (docs/default-model-confusion.png).
 
 About 20 s per identity on 2 cores with one guidance (16 identities: 5 min):
 

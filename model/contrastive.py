@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .modeling import PretrainedModule, StrictConfig
-from .tokenizer import ConditionTokenizer
+from .tokenizer import FIRST_WORD_ID, ConditionTokenizer
 
 
 @dataclasses.dataclass
@@ -148,8 +148,10 @@ class ContrastiveModel(PretrainedModule):
 
     def text_tokens(self, texts: list[str]) -> torch.Tensor:
         """Per-token text features (B, context_length, text_width) for cross-attention."""
+        return self._token_features(self.tokenize(texts))
+
+    def _token_features(self, tokens: torch.Tensor) -> torch.Tensor:
         clip = self.clip
-        tokens = self.tokenize(texts)
         text = clip if hasattr(clip, "token_embedding") else clip.text  # CLIP or CustomTextCLIP
         if hasattr(text, "token_embedding"):
             x = text.token_embedding(tokens) + text.positional_embedding
@@ -157,6 +159,40 @@ class ContrastiveModel(PretrainedModule):
             return text.ln_final(x)
         # A Hugging Face text tower (BiomedCLIP's PubMedBERT): its last hidden states.
         return text.transformer(input_ids=tokens, attention_mask=(tokens != text.config.pad_token_id).long()).last_hidden_state
+
+    @property
+    def supports_masked_lm(self) -> bool:
+        """`masked_lm_loss` needs the condition vocabulary (its <unk> is the mask) and a tower whose
+        token embedding it can read backwards: the custom model, not a pretrained backbone."""
+        return isinstance(self.tokenizer, ConditionTokenizer) and hasattr(self.clip, "token_embedding")
+
+    def masked_lm_loss(self, texts: list[str], generator: torch.Generator, share: float = 0.15) -> torch.Tensor:
+        """Masked language modelling on the condition texts (BERT, Devlin et al. 2019, section 3.1):
+        `share` of the words are chosen; of those, 80% become <unk> (the closed vocabulary's unused
+        token, here the mask), 10% another word and 10% stay; each chosen position's per-token feature
+        must name its word, through the token embedding read backwards (tied, no new weights).
+
+        PubMedBERT, the paper's report encoder, learned its token features this way before any
+        image was paired with them; ours otherwise learn only from InfoNCE against E_CXR, which
+        pulls a report toward what E_CXR sees (README, "A bidirectional text tower").
+        """
+        if not self.supports_masked_lm:
+            raise ValueError("masked language modelling is built for the condition tokenizer and open_clip's own text tower")
+        tokens = self.tokenizer(texts)  # on the CPU, where `generator` draws
+        words = tokens >= FIRST_WORD_ID
+        if not words.any():  # only empty texts: nothing to predict
+            return self.clip.token_embedding.weight.sum() * 0
+        chosen = words & (torch.rand(tokens.shape, generator=generator) < share)
+        if not chosen.any():  # a batch of short texts can draw none: take one word
+            chosen.view(-1)[words.view(-1).nonzero()[0]] = True
+        r = torch.rand(tokens.shape, generator=generator)
+        random_words = torch.randint(FIRST_WORD_ID, self.tokenizer.vocab_size, tokens.shape, generator=generator)
+        corrupted = torch.where(chosen & (r < 0.8), torch.full_like(tokens, self.tokenizer.unk_id), tokens)
+        corrupted = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_words, corrupted)
+        device = self.clip.token_embedding.weight.device
+        chosen = chosen.to(device)
+        logits = self._token_features(corrupted.to(device))[chosen] @ self.clip.token_embedding.weight.t()
+        return F.cross_entropy(logits, tokens.to(device)[chosen])
 
     def contrastive_loss(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Symmetric InfoNCE of CLIP."""

@@ -83,6 +83,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
         if run.get("contrastive_pairs"):
             kl += " --contrastive-pairs"
+        if run.get("text_mlm"):
+            kl += f" --text-mlm {run['text_mlm']:g}"
         if run.get("repeat_threshold"):
             kl += f" --repeat-threshold {run['repeat_threshold']:g}"
         if run.get("diffusion_focus"):

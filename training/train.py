@@ -117,6 +117,11 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
         raise TrainingError("--contrastive-pairs trains E_CXR; --freeze contrastive or --freeze image leaves it as it is")
     if hp.contrastive_pairs and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--contrastive-pairs trains E_CXR on true counterfactuals, which only phantom:N data renders; {data} has none")
+    if hp.text_mlm:
+        if hp.text_mlm < 0 or stage not in ("stage0", "all"):
+            raise TrainingError(f"--text-mlm is a weight, above 0, of a stage-0 loss on the text tower; got {hp.text_mlm:g} for {stage}")
+        if {"contrastive", "text"} & set(hp.freeze):
+            raise TrainingError("--text-mlm trains the text tower; --freeze contrastive or --freeze text leaves it as it is")
     if hp.balanced_share:
         if not 0 < hp.balanced_share <= 1 or stage not in ("stage2", "all"):
             raise TrainingError(f"--balanced-share is a share of stage 2's batch, in (0, 1], for stage2 (or all); got {hp.balanced_share:g} for {stage}")
@@ -196,6 +201,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 run["repeat_threshold"] = hp.repeat_threshold
             if name == "stage0" and hp.contrastive_pairs:
                 run["contrastive_pairs"] = True
+            if name == "stage0" and hp.text_mlm:
+                run["text_mlm"] = hp.text_mlm
             if name == "stage0" and hp.freeze:
                 run["freeze"] = sorted(hp.freeze)
             runs = runs + [run]

@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     t.add_argument("--text-lr", type=float, default=0.0, help="stage2: also train the text tower it is conditioned on, at this learning rate (default 0: frozen, the paper; LDM trains it jointly)")
     t.add_argument("--balanced-share", type=float, default=0.0, help="stage2 on phantoms: share of each batch drawn class-balanced (the case's patient with one or two uniformly drawn findings and their report), so the denoiser sees findings without CheXpert's company (default 0: the paper)")
     t.add_argument("--contrastive-pairs", action="store_true", help="stage0 on phantoms: half of each contrastive batch is the true counterfactuals of the other half with their reports, so E_CXR must tell findings apart within a patient (default off: the paper)")
+    t.add_argument("--text-mlm", type=float, default=0.0, help="stage0: weight of masked language modelling on the reports, added to the text tower's contrastive loss (PubMedBERT's pretraining objective; default 0: InfoNCE alone)")
     t.add_argument("--repeat-threshold", type=float, default=0.0, help="stages 0-2: repeat-factor sampling threshold t, images with a label rarer than t repeated sqrt(t/share) times per epoch (default 0: off, the paper)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -38,7 +39,7 @@ def _train(args) -> int:
     hp = Hyper(
         lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus, paired_cross=args.paired_cross, acquisition_augment=args.acquisition_augment,
         freeze=tuple(args.freeze), repeat_threshold=args.repeat_threshold, diffusion_focus=args.diffusion_focus, diffusion_share=args.diffusion_share,
-        text_lr=args.text_lr, contrastive_pairs=args.contrastive_pairs, balanced_share=args.balanced_share,
+        text_lr=args.text_lr, contrastive_pairs=args.contrastive_pairs, balanced_share=args.balanced_share, text_mlm=args.text_mlm,
     )
     if args.kl_weight is not None:
         hp.alpha = args.kl_weight

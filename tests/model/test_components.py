@@ -119,6 +119,50 @@ def test_bidirectional_text_tower_lets_the_zone_see_the_finding(tmp_path):
         type(both)(dataclasses.replace(config, text_attention="left"))
 
 
+def test_masked_lm_corrupts_words_only_bert_style_and_ties_its_decoder(monkeypatch):
+    """BERT's recipe on the condition texts: a share of the words is chosen, of which 80% become
+    the mask (<unk>), 10% another word and 10% stay; special tokens are never touched; the
+    prediction reads the token embedding backwards, so the checkpoint gains no weights."""
+    from model.tokenizer import FIRST_WORD_ID, VOCAB
+
+    torch.manual_seed(0)
+    model = COMPONENTS["contrastive"](TINY.components["contrastive"])
+    keys = set(model.state_dict())
+    texts = ["moderate right lower lung lesion; mild cardiomegaly"] * 400
+    seen = {}
+    real = model._token_features
+
+    def spy(tokens):
+        seen["corrupted"] = tokens
+        return real(tokens)
+
+    monkeypatch.setattr(model, "_token_features", spy)
+    loss = model.masked_lm_loss(texts, torch.Generator().manual_seed(0), share=0.5)
+    original, corrupted = model.tokenizer(texts), seen["corrupted"]
+    words = original >= FIRST_WORD_ID
+    assert torch.equal(corrupted[~words], original[~words])  # <sot>, ";", <eot>, padding
+    changed = corrupted != original
+    masked = (corrupted == model.tokenizer.unk_id).sum().item()
+    replaced = (changed & (corrupted != model.tokenizer.unk_id)).sum().item()
+    chosen = words.sum().item() * 0.5
+    assert 0.75 * chosen < masked < 0.85 * chosen  # 80% of the chosen words
+    assert 0.03 * chosen < replaced < 0.1 * chosen  # 10%, less those that drew their own word
+    assert (corrupted[changed & (corrupted != model.tokenizer.unk_id)] >= FIRST_WORD_ID).all()
+    assert VOCAB[model.tokenizer.unk_id] == "<unk>" and loss.ndim == 0 and torch.isfinite(loss)
+    assert model.masked_lm_loss(["", ""], torch.Generator()).item() == 0  # nothing to predict
+    loss.backward()
+    assert model.clip.token_embedding.weight.grad.abs().sum() > 0
+    assert set(model.state_dict()) == keys
+    # It learns: a few steps on one text lower the loss on fresh masks of it.
+    opt = torch.optim.Adam(model.text_parameters(), lr=3e-3)
+    first = model.masked_lm_loss(texts[:32], torch.Generator().manual_seed(1)).item()
+    for i in range(30):
+        opt.zero_grad()
+        model.masked_lm_loss(texts[:32], torch.Generator().manual_seed(2 + i)).backward()
+        opt.step()
+    assert model.masked_lm_loss(texts[:32], torch.Generator().manual_seed(1)).item() < 0.5 * first
+
+
 def test_vae_latent_is_quarter_resolution_and_splits():
     vae = COMPONENTS["vae"](TINY.components["vae"])
     z = vae.encode(torch.zeros(1, 1, 64, 64)).mean

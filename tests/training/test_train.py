@@ -378,6 +378,36 @@ def test_stage0_freeze_image_trains_the_text_tower_only(tmp_path):
     assert pipe.config["training"]["stages"]["stage0"]["runs"][-1]["freeze"] == ["classifier", "identity", "image"]
 
 
+def test_stage0_text_mlm_trains_the_text_tower_is_recorded_and_refused_where_it_does_not_apply(tmp_path):
+    from training.model_card import model_card
+    from training.stages import Hyper
+
+    out = tmp_path / "s0"
+    train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
+    before = {k: v.clone() for k, v in CounterfactualPipeline.from_pretrained(out / "checkpoint").contrastive.clip.state_dict().items()}
+    hp = Hyper(freeze=("classifier", "identity", "image"), text_mlm=1.0)
+    train("stage0", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True, hp=hp)
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    after = pipe.contrastive.clip.state_dict()
+    assert set(after) == set(before)  # the decoder is the token embedding: no new weights
+    assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("visual."))
+    assert not torch.equal(after["token_embedding.weight"], before["token_embedding.weight"])
+    rows = [json.loads(line) for line in (out / "metrics" / "stage0.jsonl").read_text().splitlines()]
+    assert "mlm" not in rows[2] and all(np.isfinite(r["mlm"]) and r["mlm"] > 0 for r in rows[3:])
+    assert pipe.config["training"]["stages"]["stage0"]["runs"][-1]["text_mlm"] == 1.0
+    card = model_card(pipe.config, None, out / "checkpoint", "")
+    assert "--steps 5 --batch-size 4 --freeze classifier --freeze identity --freeze image --text-mlm 1 --resume" in card
+    for stage, freeze, w, message in [
+        ("stage1", (), 1.0, "--text-mlm is a weight"),
+        ("stage0", (), -1.0, "--text-mlm is a weight"),
+        ("stage0", ("text",), 1.0, "--text-mlm trains the text tower"),
+        ("stage0", ("contrastive",), 1.0, "--text-mlm trains the text tower"),
+    ]:
+        with pytest.raises(TrainingError, match=message):
+            train(stage, "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=freeze, text_mlm=w))
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("freeze,message", [
     (("contrastive", "text"), "--freeze contrastive already freezes both towers"),
     (("contrastive", "image"), "--freeze contrastive already freezes both towers"),

@@ -153,6 +153,12 @@ def _data_batches(data, batch_size: int, hp: Hyper, seed: int, rank: int, world:
     return batches(data, batch_size, seed, rank, world, repeat=repeat)
 
 
+def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """A generator seeded by (master seed, rank, step): a resumed run draws at step i what an
+    unbroken run would have, whatever sittings it was split into."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + step) % 2**63)
+
+
 def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
     """Data parallel under torchrun: average gradients over ranks before the step (what DDP does)."""
     if world > 1:
@@ -216,9 +222,8 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
         b = next(it)
         loss_c = clip.contrastive_loss(*contrastive_batch(b)) if "contrastive" in train_parts else torch.zeros(())
         if mlm:
-            # Seeded by (seed, rank, step): step i masks the same words however the run was split.
-            g = torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + i) % 2**63)
-            loss_m = clip.masked_lm_loss(b["text"], g)
+            # The same words masked at step i however the run was split into sittings.
+            loss_m = clip.masked_lm_loss(b["text"], _step_generator(seed, rank, i))
         if has_views:
             # E_ID: the same identity with other findings is the positive, the rest of the batch
             # the negatives (InfoNCE, temperature 0.1).
@@ -264,10 +269,8 @@ def classifier_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed
 
     def step(i):
         b = next(it)
-        # Seeded by (seed, rank, step): step i draws the same blur, noise and exposure however the
-        # run was split into sittings.
-        g = torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + i) % 2**63)
-        loss = F.binary_cross_entropy_with_logits(clf(augment(b["image"], g)), b["labels"])
+        # Step i draws the same blur, noise and exposure however the run was split into sittings.
+        loss = F.binary_cross_entropy_with_logits(clf(augment(b["image"], _step_generator(seed, rank, i))), b["labels"])
         opts["classifier"].zero_grad()
         loss.backward()
         _sync(opts["classifier"], world)

@@ -150,6 +150,8 @@ def test_masked_lm_corrupts_words_only_bert_style_and_ties_its_decoder(monkeypat
     assert (corrupted[changed & (corrupted != model.tokenizer.unk_id)] >= FIRST_WORD_ID).all()
     assert VOCAB[model.tokenizer.unk_id] == "<unk>" and loss.ndim == 0 and torch.isfinite(loss)
     assert model.masked_lm_loss(["", ""], torch.Generator()).item() == 0  # nothing to predict
+    # A draw that chooses no word still predicts one (an empty choice would give NaN).
+    assert model.masked_lm_loss(["mild edema"], torch.Generator(), share=0.0).item() > 0
     loss.backward()
     assert model.clip.token_embedding.weight.grad.abs().sum() > 0
     assert set(model.state_dict()) == keys

@@ -32,7 +32,7 @@ from training.phantom.renderer import render
 def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     d, res = pipe.diffusion, pipe.resolution
     steps, guidance = pipe.sampling["steps"], pipe.sampling["guidance"]
-    uncond, none = pipe.contrastive.text_tokens([""]), pipe.contrastive.text_tokens(["no finding"])
+    none, uncond = pipe.conditioning(*pipe.condition_for("no finding"))
     trip, drift = [], []
     for k in range(n):
         img = render(EVAL_IDENTITY_BASE + VALIDATION_OFFSET + k, [], k, res).image

@@ -58,7 +58,7 @@ def bench_preset(name: str, repeats: int) -> dict:
         out["stages"]["encode"] = median_time(lambda: pipe.vae.encode(x))
         z = pipe.vae.encode(x).mean
         z_id, _ = pipe.vae.split(z)
-        cond, uncond = pipe.contrastive.text_tokens(["moderate edema"]), pipe.contrastive.text_tokens([""])
+        cond, uncond = pipe.conditioning(*pipe.condition_for("moderate edema"))
         z_T = torch.randn(1, 1, pipe.diffusion.config.latent_size, pipe.diffusion.config.latent_size)
         out["stages"][f"sampling ({steps} DDIM steps)"] = median_time(lambda: pipe.diffusion.sample(z_T, cond, uncond, steps, 3.0))
         out["stages"]["decode (T + D)"] = median_time(lambda: pipe.vae.decode(pipe.transformer(z)))

@@ -49,7 +49,7 @@ def samples(pipe: CounterfactualPipeline, image: np.ndarray, text: str, lrs: lis
     dist = pipe.vae.encode(x)
     z_id, z_path = pipe.vae.split(dist.mean)
     recon = pipe.vae.decode(pipe.transformer(dist.mean))
-    cond, uncond = pipe.contrastive.text_tokens([condition]), pipe.contrastive.text_tokens([""])
+    cond, uncond = pipe.conditioning(condition, labels)
     z_start = pipe.diffusion.invert(z_path, uncond, s["steps"])[:1]
     centroid = pipe.centroid_for(labels, None, [])
     render = pipe._render(z_id, cond, uncond, s["guidance"], pipe.diffusion.timesteps(s["steps"])[0])

@@ -38,6 +38,11 @@ class DiffusionConfig(StrictConfig):
     beta_schedule: str = "scaled_linear"
     latent_shift: float = 0.0  # z^n standardisation, set from data before stage 2
     latent_scale: float = 1.0
+    # Not in the paper: 0 is its context, the report's tokens alone. N > 0 appends one token to
+    # the context, the sum of learned embeddings of the labels present (N labels, in the order
+    # of `model.labels.CHEXPERT_LABELS`), so that a rare finding whose words it shares with a
+    # common one ("lung lesion", "lung opacity") still has a token no other finding has.
+    num_labels: int = 0
 
 
 class PathologyDiffusion(PretrainedModule):
@@ -63,6 +68,33 @@ class PathologyDiffusion(PretrainedModule):
             beta_schedule=c.beta_schedule, clip_sample=False, prediction_type="epsilon",
         )
         self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
+        if c.num_labels < 0:
+            raise ValueError(f"num_labels must be 0 or more, got {c.num_labels}")
+        if c.num_labels:
+            # Unit-variance entries, the scale of the text tower's layer-normed tokens. Drawn
+            # without advancing the global generator, so that the components a preset builds
+            # after this one get the same initial weights with and without label tokens.
+            with torch.random.fork_rng(devices=[]):
+                self.label_embedding = torch.nn.Parameter(torch.randn(c.num_labels, c.cross_attention_dim))
+
+    # --- conditioning -------------------------------------------------------------------------
+    def context(self, text_tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The cross-attention context for text tokens (B, L, D) and label vectors (B, N) in [0, 1].
+
+        With `num_labels` 0 it is the text tokens, as in the paper, and `labels` is not read.
+        Otherwise one token follows them: labels @ embeddings, a zero token for no labels (the
+        unconditional context of guidance, which drops the labels with the caption).
+        """
+        n = self.config.num_labels
+        if not n:
+            return text_tokens
+        b = text_tokens.shape[0]
+        if labels is None:
+            labels = text_tokens.new_zeros(b, n)
+        labels = labels.to(device=text_tokens.device, dtype=text_tokens.dtype)
+        if labels.shape != (b, n):
+            raise ValueError(f"labels must be ({b}, {n}) for text tokens {tuple(text_tokens.shape)}, got {tuple(labels.shape)}")
+        return torch.cat([text_tokens, (labels @ self.label_embedding)[:, None]], dim=1)
 
     # --- latent standardisation -------------------------------------------------------------
     def to_model_space(self, z_path: torch.Tensor) -> torch.Tensor:

@@ -191,6 +191,15 @@ class CounterfactualPipeline:
         labels = [f.label for f in findings if f.status == "present" and f.label != NO_FINDING] or [NO_FINDING]
         return condition, labels
 
+    def conditioning(self, condition: str, labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's (conditional, unconditional) contexts for a condition text and its labels."""
+        vector = torch.zeros(1, len(CHEXPERT_LABELS))
+        vector[0, label_indices(labels)] = 1.0
+        with torch.no_grad():
+            cond = self.diffusion.context(self.contrastive.text_tokens([condition]), vector)
+            uncond = self.diffusion.context(self.contrastive.text_tokens([""]))
+        return cond, uncond
+
     def centroid_for(self, labels: Sequence[str], references: Sequence | None, notes: list[str]) -> torch.Tensor:
         """mu_z (Algorithm 2, lines 2-3): from user references, else the checkpoint's per-label centroids."""
         if references:
@@ -279,8 +288,7 @@ class CounterfactualPipeline:
             dist = self.vae.encode(x)
             z_id, z_path_input = self.vae.split(dist.mean)
             recon = self.vae.decode(self.transformer(dist.mean))
-            cond = self.contrastive.text_tokens([condition])
-            uncond = self.contrastive.text_tokens([""])
+            cond, uncond = self.conditioning(condition, labels)
         timings["encode"] = time.perf_counter() - t
         report("encode", 1, 1, None)
 

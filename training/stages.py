@@ -380,7 +380,7 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         diff.config.latent_shift, diff.config.latent_scale = shift, scale
     diff.train().requires_grad_(True)
     modules = {"diffusion": diff}
-    opts = {"stage2": torch.optim.AdamW(diff.unet.parameters(), lr=hp.lr * 3)}
+    opts = {"stage2": torch.optim.AdamW(diff.parameters(), lr=hp.lr * 3)}  # the UNet and any label embeddings
     if hp.text_lr or (resuming and "text" in saved_modules(state)):
         # A saved denoiser learned on the text tower saved beside it, which the run's checkpoint
         # (written when the stage ends) may not hold yet: the two are restored together, and kept
@@ -400,20 +400,23 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         """Hyper.balanced_share: the first share of the batch's cases, drawn again class-balanced."""
         h = round(len(b["index"]) * hp.balanced_share)
         if not h:
-            return b["image"], b["text"]
+            return b["image"], b["text"], b["labels"]
         views = data.counterfactual_batch(b["index"][:h])
-        return torch.cat([views["image"], b["image"][h:]]), [*views["text"], *b["text"][h:]]
+        return (torch.cat([views["image"], b["image"][h:]]), [*views["text"], *b["text"][h:]],
+                torch.cat([views["labels"], b["labels"][h:]]))
 
     def step(i):
         b = next(it)
-        images, texts = balanced(b)
+        images, texts, labels = balanced(b)
         with torch.no_grad():
             z_path = pipe.vae.split(pipe.vae.encode(images).mean)[1]
-        # Caption dropout: an empty text trains the unconditional model used for guidance.
+        # Caption dropout: an empty text trains the unconditional model used for guidance; the
+        # label token (DiffusionConfig.num_labels) is dropped with it.
         drop = torch.rand(len(texts), generator=g) < hp.caption_dropout
         texts = ["" if d else t for d, t in zip(drop.tolist(), texts)]
         with torch.set_grad_enabled(bool(hp.text_lr)):
-            cond = pipe.contrastive.text_tokens(texts)
+            tokens = pipe.contrastive.text_tokens(texts)
+        cond = diff.context(tokens, labels * (~drop)[:, None])
         weight = None
         if hp.diffusion_focus or hp.diffusion_share:
             # A latent pixel is under the finding if any of the pixels it encodes is.

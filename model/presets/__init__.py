@@ -16,6 +16,7 @@ from ..detail import MAX_DETAIL
 from ..eval_classifier import EvalClassifierConfig
 from ..findings_head import FindingsHeadConfig
 from ..identity_encoder import IdentityEncoderConfig
+from ..labels import CHEXPERT_LABELS
 from ..modeling import CheckpointError
 from ..pathology_diffusion import SAMPLING_STARTS, DiffusionConfig
 from ..seed_optimization import SeedOptConfig
@@ -71,6 +72,8 @@ def preset_from_dict(name: str, data: dict) -> Preset:
         raise CheckpointError(f"preset {name!r}: transformer latent_channels must equal vae latent_channels")
     if diff.cross_attention_dim != components["contrastive"].text_width:
         raise CheckpointError(f"preset {name!r}: diffusion cross_attention_dim must equal contrastive text_width")
+    if diff.num_labels not in (0, len(CHEXPERT_LABELS)):
+        raise CheckpointError(f"preset {name!r}: diffusion num_labels is 0 (text alone) or {len(CHEXPERT_LABELS)} (a token for the labels), got {diff.num_labels}")
     sampling = {"steps": 50, "guidance": 3.0, "start": "inversion", "detail": 0.0, **data.get("sampling", {})}
     if (set(sampling) != {"steps", "guidance", "start", "detail"} or sampling["start"] not in SAMPLING_STARTS
             or not 0.0 <= sampling["detail"] <= MAX_DETAIL):

@@ -219,6 +219,42 @@ def test_weighted_diffusion_loss_is_eq16_when_uniform_and_weighs_the_marked_pixe
         loss(torch.ones((2, 1, 8, 8)))
 
 
+def test_label_token_is_one_more_context_token_and_leaves_the_preset_initialisation_alone(tmp_path):
+    cfg = TINY.components["diffusion"]
+    torch.manual_seed(0)
+    plain = COMPONENTS["diffusion"](cfg).eval()
+    after_plain = torch.rand(3)
+    torch.manual_seed(0)
+    labelled = COMPONENTS["diffusion"](dataclasses.replace(cfg, num_labels=14)).eval()
+    # The label embeddings do not draw from the global generator: the UNet and whatever a preset
+    # builds next get the weights they get without them.
+    assert torch.equal(torch.rand(3), after_plain)
+    assert all(torch.equal(a, b) for a, b in zip(plain.unet.state_dict().values(), labelled.unet.state_dict().values()))
+    assert set(labelled.state_dict()) - set(plain.state_dict()) == {"label_embedding"}
+    tokens = torch.randn((2, 24, 32), generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(2, 14)
+    labels[0, 4] = 1.0
+    labels[1, [2, 6]] = 1.0
+    assert plain.context(tokens, labels) is tokens  # the paper's context: labels are not read
+    ctx = labelled.context(tokens, labels)
+    assert ctx.shape == (2, 25, 32) and torch.equal(ctx[:, :24], tokens)
+    e = labelled.label_embedding.detach()
+    assert torch.allclose(ctx[0, 24], e[4]) and torch.allclose(ctx[1, 24], e[2] + e[6])
+    assert 0.5 < float(e.std()) < 2.0  # the scale of the text tower's layer-normed tokens
+    assert torch.equal(labelled.context(tokens)[:, 24], torch.zeros(2, 32))  # unconditional: no labels
+    with pytest.raises(ValueError, match=r"labels must be \(2, 14\)"):
+        labelled.context(tokens, torch.zeros(2, 13))
+    with pytest.raises(ValueError, match="num_labels must be 0 or more"):
+        COMPONENTS["diffusion"](dataclasses.replace(cfg, num_labels=-1))
+    labelled.save_pretrained(tmp_path / "d")
+    again = type(labelled).from_pretrained(tmp_path / "d")
+    assert again.config.num_labels == 14 and torch.equal(again.label_embedding, labelled.label_embedding)
+    data = TINY.to_dict()
+    data["diffusion"]["num_labels"] = 5
+    with pytest.raises(CheckpointError, match="num_labels is 0 .* or 14"):
+        preset_from_dict("x", data)
+
+
 def test_presets_registry_and_strict_keys():
     assert {"tiny", "phantom-128", "paper-256"} <= set(available_presets())
     with pytest.raises(CheckpointError, match="unknown preset 'huge'"):

@@ -628,3 +628,49 @@ def test_curves_keep_metrics_that_later_sittings_stop_logging(tmp_path):
     plot_curves(one, tmp_path / "one.png", "stage0")
     # One panel per metric, 3.2 inches each: the frozen sitting's missing classifier keeps its panel.
     assert Image.open(tmp_path / "both.png").width == pytest.approx(2 * Image.open(tmp_path / "one.png").width, rel=0.02)
+
+
+def test_stage2_trains_the_label_token_drops_it_with_the_caption_and_the_pipeline_reads_the_request(tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from safetensors import safe_open
+
+    from model.labels import CHEXPERT_LABELS
+    from model.pathology_diffusion import PathologyDiffusion
+    from training.phantom.renderer import render
+    from training.stages import Hyper
+
+    out = tmp_path / "labels"
+    train("stage2", "tiny", "phantom:24", out, steps=1, batch_size=4)
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    pipe.diffusion = PathologyDiffusion(dataclasses.replace(pipe.diffusion.config, num_labels=len(CHEXPERT_LABELS)))
+    before = pipe.diffusion.label_embedding.detach().clone()
+    pipe.save_pretrained(out / "checkpoint")
+    shutil.rmtree(out / "state" / "stage2")  # stage 2 again, from these weights
+    seen = []
+    context = PathologyDiffusion.context
+
+    def spy(self, tokens, labels=None):
+        seen.append(labels.clone())
+        return context(self, tokens, labels)
+
+    monkeypatch.setattr(PathologyDiffusion, "context", spy)
+    train("stage2", "tiny", "phantom:24", out, steps=3, batch_size=4, resume=True, hp=Hyper(caption_dropout=0.0))
+    # The batch's label vectors (phantoms with findings among them), none dropped.
+    assert len(seen) == 3 and all(s.shape == (4, 14) for s in seen) and sum(float(s.sum()) for s in seen) > 0
+    seen.clear()
+    train("stage2", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True, hp=Hyper(caption_dropout=1.0))
+    assert len(seen) == 2 and all(not s.any() for s in seen)  # dropped with the caption: the unconditional context
+    monkeypatch.undo()
+    with safe_open(str(out / "state" / "stage2" / "state.safetensors"), framework="pt") as f:
+        assert "model/diffusion/label_embedding" in f.keys()
+    pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    trained = pipe.diffusion.label_embedding
+    assert not torch.allclose(trained, before)
+    cond, uncond = pipe.conditioning(*pipe.condition_for("small right pneumothorax"))
+    assert cond.shape[1] == uncond.shape[1] == pipe.contrastive.text_tokens([""]).shape[1] + 1
+    assert torch.allclose(cond[0, -1], trained[CHEXPERT_LABELS.index("Pneumothorax")])
+    assert not uncond[0, -1].any()
+    result = pipe(render(3, [], 0, pipe.resolution).image, "small right pneumothorax", optimize_seed=False, steps=2)
+    assert np.isfinite(result.image).all() and result.image.shape == (pipe.resolution, pipe.resolution)

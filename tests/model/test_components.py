@@ -242,6 +242,11 @@ def test_label_token_is_one_more_context_token_and_leaves_the_preset_initialisat
     assert torch.allclose(ctx[0, 24], e[4]) and torch.allclose(ctx[1, 24], e[2] + e[6])
     assert 0.5 < float(e.std()) < 2.0  # the scale of the text tower's layer-normed tokens
     assert torch.equal(labelled.context(tokens)[:, 24], torch.zeros(2, 32))  # unconditional: no labels
+    # L_G's gradient reaches the embeddings of the labels present, and only theirs.
+    z = torch.randn((2, 1, 16, 16), generator=torch.Generator().manual_seed(2))
+    labelled.training_loss(z, labelled.context(tokens, labels), torch.Generator().manual_seed(3)).backward()
+    moved = labelled.label_embedding.grad.abs().sum(1) > 0
+    assert moved.nonzero().flatten().tolist() == [2, 4, 6]
     with pytest.raises(ValueError, match=r"labels must be \(2, 14\)"):
         labelled.context(tokens, torch.zeros(2, 13))
     with pytest.raises(ValueError, match="num_labels must be 0 or more"):

@@ -667,7 +667,9 @@ def test_stage2_trains_the_label_token_drops_it_with_the_caption_and_the_pipelin
         assert "model/diffusion/label_embedding" in f.keys()
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     trained = pipe.diffusion.label_embedding
-    assert not torch.allclose(trained, before)
+    # Trained, not only decayed: AdamW's weight decay alone moves an entry by at most
+    # 5 steps x lr 3e-4 x 0.01 x |entry| (below 1e-4 here); Adam's own steps move it by about lr each.
+    assert float((before.abs().max())) < 20 and float((trained - before).abs().max()) > 5e-4
     cond, uncond = pipe.conditioning(*pipe.condition_for("small right pneumothorax"))
     assert cond.shape[1] == uncond.shape[1] == pipe.contrastive.text_tokens([""]).shape[1] + 1
     assert torch.allclose(cond[0, -1], trained[CHEXPERT_LABELS.index("Pneumothorax")])

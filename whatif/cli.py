@@ -1,7 +1,8 @@
 """`whatif` entry point: parses the command line and dispatches to a command group.
 
-Errors a user can fix (bad arguments, an unknown finding, an unwritable path) are printed as
-one line, `whatif: error: ...`, with exit status 2; nothing else is caught.
+Errors a user can fix (bad arguments, an unknown finding, an unwritable path; `whatif.errors`)
+are printed as one line, `whatif: error: ...`, with exit status 2. Anything else propagates
+with its traceback and a non-zero exit: a library bug is not reported as the user's mistake.
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ import argparse
 import sys
 
 from whatif import eval_cmd, model_cmd, phantom_cmd, refine_cmd, serve_cmd, train_cmd
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: shown as one line, exit status 2."""
-
+from whatif.errors import is_usage_error
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (the full usage is one `--help` away)."""
@@ -44,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError, OSError) as exc:
-        parser.exit(2, f"whatif: error: {exc}\n")
     except KeyboardInterrupt:
         print("whatif: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not is_usage_error(exc):
+            raise
+        parser.exit(2, f"whatif: error: {exc}\n")

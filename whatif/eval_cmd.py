@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from whatif.errors import UsageError
+
 
 def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="score a checkpoint on held-out phantom identities (AUROC, SSIM, MAE)")
@@ -27,11 +29,11 @@ def _eval(args) -> int:
     from training.evaluate import evaluate_counterfactuals, write_report
 
     if args.n < 2:
-        raise ValueError("--n must be at least 2")
+        raise UsageError("--n must be at least 2")
     seed_opt = parse_seed_opt(args.seed_opt)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     if args.validation and args.write_card:
-        raise ValueError("--write-card reports the evaluation identities; drop --validation")
+        raise UsageError("--write-card reports the evaluation identities; drop --validation")
     result = evaluate_counterfactuals(
         pipe, args.n, start=args.start, guidance=args.guidance, detail=args.detail, validation=args.validation,
         seed_opt=seed_opt,
@@ -68,10 +70,13 @@ def parse_seed_opt(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
-            raise ValueError(f"--seed-opt takes KEY=VALUE with KEY one of {', '.join(fields)}; got {item!r}")
+            raise UsageError(f"--seed-opt takes KEY=VALUE with KEY one of {', '.join(fields)}; got {item!r}")
         try:
             out[key] = _parse_bool(value) if fields[key] is bool else fields[key](value)
         except ValueError:
-            raise ValueError(f"--seed-opt {key} takes a {fields[key].__name__}, got {value!r}") from None
-    SeedOptConfig(**out)  # the config's own checks (method, optimizer, lr) before any evaluation runs
+            raise UsageError(f"--seed-opt {key} takes a {fields[key].__name__}, got {value!r}") from None
+    try:  # the config's own checks (method, optimizer, lr) before any evaluation runs
+        SeedOptConfig(**out)
+    except ValueError as exc:
+        raise UsageError(f"--seed-opt: {exc}") from None
     return out

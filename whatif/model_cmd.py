@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from whatif.errors import UsageError
+
 
 def add_parser(sub) -> None:
     g = sub.add_parser("generate", help="make one counterfactual radiograph (no server needed)")
@@ -54,9 +56,9 @@ def _generate(args) -> int:
 
     out = Path(args.out)
     if not out.parent.exists():
-        raise ValueError(f"cannot write {out}: directory {out.parent} does not exist")
+        raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     if not Path(args.image).is_file():
-        raise ValueError(f"--image {args.image}: no such file")
+        raise UsageError(f"--image {args.image}: no such file")
     loaded = load_image_file(args.image)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     bars: dict[str, tqdm] = {}

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from whatif.errors import UsageError
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -72,9 +74,9 @@ def _generate(args) -> int:
 def _writable_file(path: str) -> Path:
     out = Path(path)
     if out.is_dir():
-        raise ValueError(f"--out {path} is a directory; give a file name")
+        raise UsageError(f"--out {path} is a directory; give a file name")
     if not out.parent.exists():
-        raise ValueError(f"cannot write {path}: directory {out.parent} does not exist")
+        raise UsageError(f"cannot write {path}: directory {out.parent} does not exist")
     return out
 
 

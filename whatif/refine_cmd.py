@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from whatif.errors import UsageError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -25,7 +27,6 @@ def add_parser(sub) -> None:
 
 
 def _run(args) -> int:
-    from whatif.cli import UsageError
 
     modes = sum(bool(x) for x in (args.text is not None, args.batch, args.eval_iu_xray))
     if modes != 1:
@@ -43,7 +44,6 @@ def _run(args) -> int:
 
 
 def _batch(refiner, path: Path, out_path: str | None) -> int:
-    from whatif.cli import UsageError
 
     if not path.is_file():
         raise UsageError(f"--batch {path}: no such file")

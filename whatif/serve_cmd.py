@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from whatif.errors import UsageError
+
 
 def add_parser(sub) -> None:
     s = sub.add_parser("serve", help="single-machine mode: API + web form + in-process worker")
@@ -49,7 +51,6 @@ def _settings(args, checkpoint):
 
     from api.core.config import Settings
     from training.phantom.cache import cache_dir
-    from whatif.cli import UsageError
 
     local = args.host in ("127.0.0.1", "localhost", "::1")
     try:

@@ -34,7 +34,7 @@ def _train(args) -> int:
     from training.loop import TrainingError
     from training.stages import Hyper
     from training.train import train
-    from whatif.cli import UsageError
+    from whatif.errors import UsageError
 
     hp = Hyper(
         lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus, paired_cross=args.paired_cross, acquisition_augment=args.acquisition_augment,

@@ -1,4 +1,4 @@
-"""Typed dependencies: settings, blob store, Celery app, and the caller's identity (API key)."""
+"""Typed dependencies: settings, blob store and the caller's identity (API key)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,6 @@ def get_settings(request: Request) -> Settings:
 
 def get_store(request: Request) -> BlobStore:
     return request.app.state.store
-
-
-def get_celery(request: Request):
-    return request.app.state.celery
 
 
 def caller(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> str:

@@ -8,6 +8,7 @@ from worker.blobs import BlobStore
 from worker.celery_app import make_celery
 
 from .core.config import Settings
+from .metrics import observe_latency
 from .routes import counterfactual, health, jobs, web
 
 
@@ -26,4 +27,5 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(web.router)
+    app.middleware("http")(observe_latency)
     return app

@@ -95,7 +95,12 @@ def test_health_metrics_openapi(service):
     assert service.get("/healthz").json() == {"status": "ok"}
     ready = service.get("/readyz")
     assert ready.status_code == 200 and ready.json()["workers"] >= 1
-    assert "whatif_jobs_created_total" in service.get("/metrics").text
+    service.get("/jobs/no-such-job", headers=H)
+    text = service.get("/metrics").text
+    assert "whatif_jobs_created_total" in text
+    # Latency per route template, never per raw path (a job id would make a series per job).
+    assert 'whatif_request_seconds_count{method="GET",route="/healthz"}' in text
+    assert 'route="/jobs/{job_id}"' in text and "no-such-job" not in text
     assert "/counterfactual" in service.get("/openapi.json").json()["paths"]
 
 

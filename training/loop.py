@@ -16,13 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from model.pipeline import CounterfactualPipeline
 
-from .sampling import epoch_indices
 from .state import load_state, save_state
 
 
@@ -68,21 +66,14 @@ def open_run(out: Path, spec: RunSpec, resume: bool) -> CounterfactualPipeline:
     return CounterfactualPipeline.from_preset(spec.preset, seed=spec.seed)
 
 
-def batches(dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, repeat: np.ndarray | None = None) -> Iterator[dict]:
-    """Endless shuffled batches, a different shard per rank (DDP).
-
-    `repeat`: per-image repeat factors (`training.sampling.repeat_factors`), or None for each
-    image once per epoch.
-    """
+def batches(dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
+    """Endless shuffled batches, each image once per epoch, a different shard per rank (DDP)."""
     from .datasets.phantom import collate
 
     epoch = 0
     while True:
-        if repeat is None:
-            g = torch.Generator().manual_seed(seed * 1000 + epoch)
-            order = torch.randperm(len(dataset), generator=g).tolist()[rank::world]
-        else:  # every rank draws the same epoch, then takes its shard
-            order = epoch_indices(repeat, np.random.default_rng([seed, epoch])).tolist()[rank::world]
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(len(dataset), generator=g).tolist()[rank::world]
         for i in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[i : i + batch_size]
             yield {**collate([dataset[j] for j in idx]), "index": idx}

@@ -78,23 +78,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         kl = f" --kl-weight {run['kl_weight']:g}" if name == "stage1" and run.get("kl_weight", 0.1) != 0.1 else ""
         if run.get("paired_weight"):
             kl += f" --paired-weight {run['paired_weight']:g} --paired-focus {run.get('paired_focus', 50.0):g}"
-            if run.get("paired_cross"):
-                kl += f" --paired-cross {run['paired_cross']:g}"
         kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
-        if run.get("contrastive_pairs"):
-            kl += " --contrastive-pairs"
-        if run.get("text_mlm"):
-            kl += f" --text-mlm {run['text_mlm']:g}"
-        if run.get("repeat_threshold"):
-            kl += f" --repeat-threshold {run['repeat_threshold']:g}"
-        if run.get("diffusion_focus"):
-            kl += f" --diffusion-focus {run['diffusion_focus']:g}"
-        if run.get("diffusion_share"):
-            kl += f" --diffusion-share {run['diffusion_share']:g}"
-        if run.get("text_lr"):
-            kl += f" --text-lr {run['text_lr']:g}"
-        if run.get("balanced_share"):
-            kl += f" --balanced-share {run['balanced_share']:g}"
         if name == "classifier":  # runs recorded before the option trained without it
             kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
         lines.append(

@@ -10,13 +10,9 @@ stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE +
         term the paper cannot have: half of each batch is replaced by the true counterfactuals of
         the other half (same identity, class-balanced findings) and D(T({z_A^{1:n-1}, z_P^n})) must
         reproduce x_P pixel for pixel (and the symmetric swap), Eq. 4's loss on the swap itself,
-        with the pixels where the pair differs (its findings) weighted `Hyper.paired_focus` times;
-        `Hyper.paired_cross` > 0 adds the cross-identity pair (another case's z^n, this identity).
+        with the pixels where the pair differs (its findings) weighted `Hyper.paired_focus` times.
 stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined report text, with
-        caption dropout so that classifier-free guidance has an unconditional model. On phantom data,
-        `Hyper.diffusion_focus` > 0 weighs the latent pixels under the findings in L_G, or
-        `Hyper.diffusion_share` gives them a share of each image's weight. `Hyper.text_lr` > 0
-        trains the text tower it is conditioned on with it.
+        caption dropout so that classifier-free guidance has an unconditional model.
 classifier: the evaluation classifier again, on class-balanced phantoms (so that it measures
         the tail findings as well as the head ones), with acquisition augmentation (blur, noise,
         exposure: `training.augment`) so that it scores findings rather than the render's texture.
@@ -33,8 +29,6 @@ from model.vae import ssim
 
 from .augment import AcquisitionAugment
 from .loop import TrainingError, batches, run_loop
-from .sampling import repeat_factors
-from .state import saved_modules
 
 
 @dataclasses.dataclass
@@ -57,10 +51,6 @@ class Hyper:
     # 0.4%, atelectasis 1%), so an unweighted MSE hardly sees them; 50 makes a 1% finding weigh
     # about as much as the rest of the image.
     paired_focus: float = 50.0
-    # With `paired`: weight of the cross-identity pair, z^n of another identity's counterfactual
-    # put into this identity, whose true result the phantom renders (this identity with those
-    # findings). Same-identity pairs cannot ask z^n to be free of identity; this term does.
-    paired_cross: float = 0.0
     # Not in the paper: probability of each acquisition augmentation (blur, noise, exposure) per
     # image in the evaluation classifier's own stage (`training.augment`; 0 = none). A judge that
     # has only seen one render's sharpness scores texture, not findings.
@@ -73,84 +63,6 @@ class Hyper:
     # against a fixed E_CXR (as LiT locks one tower), so stage 1's L_PC, the reference centroids
     # and seed optimisation's L_P keep the E_CXR they were made with.
     freeze: tuple[str, ...] = ()
-    # Not in the paper: repeat-factor sampling threshold t for the stages that read the run's data
-    # (stages 0-2; `training.sampling`; 0 = each image once per epoch, the paper). An image is
-    # repeated sqrt(t / f) times for its rarest label of share f < t, so that the tail's reports
-    # are seen often enough for the generator to learn their look.
-    repeat_threshold: float = 0.0
-    # Not in the paper: stage 2 on phantoms weighs the latent pixels under a finding (the renderer's
-    # masks, max-pooled to z^n's grid) 1 + `diffusion_focus` times in L_G (0 = Eq. 16). A lung
-    # lesion covers 3% of z^n's pixels and a fracture 0.8%, so an unweighted L_G barely asks the
-    # denoiser to draw them: stage 1 carries every finding (oracle swap AUROC 0.985) but the
-    # diffusion generates the small ones weakly. Measured (README, "Focused L_G"): 10 raised the
-    # tail but guided sampling then moved the patient twice as far (SSIM 0.88 -> 0.70), so the
-    # default stays 0.
-    diffusion_focus: float = 0.0
-    # Not in the paper: stage 2 on phantoms gives the latent pixels under a finding at least this
-    # share of their image's L_G weight, the image's mean weight kept at 1 (`finding_share_weights`;
-    # 0 = Eq. 16). Unlike `diffusion_focus`, a large finding (edema, effusion: 10-23% of the grid)
-    # is not weighted up past its own area, the background keeps at least 1 - share of each image,
-    # and images without a finding keep their full weight in the batch. Measured (README, "Focused
-    # L_G"): 0.25 drew pneumonia (AUROC 0.48 -> 0.87) but lost the SSIM as `diffusion_focus` did
-    # (0.88 -> 0.75), so the default stays 0.
-    diffusion_share: float = 0.0
-    # Not in the paper: stage 2 also trains the contrastive model's text tower, whose per-token
-    # features the denoiser cross-attends to, at this learning rate (0 = frozen: the paper's
-    # pretrained report encoder). LDM (Rombach et al. 2022, Eq. 3) optimises its conditioning
-    # encoder tau_theta jointly with eps_theta. Stage 0's contrastive loss leaves the phantom's
-    # tail reports close together (pooled cosine "lung lesion" / "pneumonia" 0.94), and L_G is
-    # the loss that needs them apart. E_CXR (the image tower) stays as it is, so the reference
-    # centroids and seed optimisation's L_P do not change. Measured (README, "Training the text
-    # tower in stage 2"): 1e-4 over stage 2's steps 2,000-4,000 lowered the validation tail AUROC
-    # against the frozen tower (0.849 -> 0.777), so the default stays 0.
-    text_lr: float = 0.0
-    # Not in the paper: stage 0 on phantoms replaces half of each contrastive batch by the true
-    # counterfactuals of the other half (same identity, positioning and noise; class-balanced
-    # findings) with their own reports. Each image then has a twin of the same patient in the
-    # batch whose report differs only in the findings, so InfoNCE can no longer match image and
-    # report by anatomy: E_CXR must encode the finding. Seed optimisation's L_P (Eq. 18) reads
-    # E_CXR, whose nearest reference centroid was the right one for 0.31 of the tail's true
-    # counterfactuals. Measured (README, "E_CXR trained on the phantom's pairs"): 2,500 steps on
-    # the default took that to 0.38 and seed optimisation's tail gain did not carry over from the
-    # validation identities to the evaluation ones, so the default does not use it.
-    contrastive_pairs: bool = False
-    # Not in the paper: stage 2 on phantoms replaces this share of each batch by class-balanced
-    # cases (`counterfactual_view`: the case's patient with findings drawn uniformly, one or two,
-    # and their own refined report). CheXpert's rows (what `PhantomDataset` draws) seldom show a
-    # finding alone (consolidation comes with effusion and opacity) while a request names one.
-    # Measured (README, "Requests read back with their zone"): 2,000 steps at 0.5 on the default
-    # with the causal text tower lowered the validation tail AUROC with zone-keeping requests
-    # (0.782 for the same steps without it, 0.751 with it), so the default does not use it.
-    # 0 = the paper.
-    balanced_share: float = 0.0
-    # Stage 0: weight of masked language modelling on the reports (`ContrastiveModel.masked_lm_loss`)
-    # added to the text tower's contrastive loss. The paper's report encoder, PubMedBERT, learned
-    # its token features by masked language modelling before its contrastive training; ours learn
-    # only from InfoNCE against E_CXR, which barely sees a fracture and pulls the fracture report's
-    # token features onto "no finding"'s (centred token cosine 0.95, `benchmarks/text_separation.py`),
-    # while stage 2 cross-attends to those features. Measured (README, "Masked language modelling
-    # for the text tower"): weight 1 over 2,500 steps took that cosine to 0.60, and stage 2 trained
-    # on the tower drew lung lesion as lung opacity (validation tail AUROC 0.814 -> 0.650 at 2,000
-    # steps), so the default stays 0: InfoNCE alone.
-    text_mlm: float = 0.0
-
-
-def finding_share_weights(mask: torch.Tensor, share: float) -> torch.Tensor:
-    """Per-pixel L_G weights (B, 1, h, w) from 0/1 finding masks on z^n's grid: in an image whose
-    finding covers a share a of the pixels, the finding's pixels carry max(share, a) of the image's
-    weight and the rest the remainder, with mean weight 1 (a = 0 or 1: uniform)."""
-    a = mask.mean(dim=(1, 2, 3), keepdim=True)
-    s = torch.maximum(a, torch.full_like(a, share))
-    partial = (a > 0) & (a < 1)
-    inside = torch.where(partial, s / a.clamp_min(1e-12), torch.ones_like(a))
-    outside = torch.where(partial, (1 - s) / (1 - a).clamp_min(1e-12), torch.ones_like(a))
-    return torch.where(mask > 0, inside, outside)
-
-
-def _data_batches(data, batch_size: int, hp: Hyper, seed: int, rank: int, world: int):
-    """The run's data in batches, repeat-factor sampled when `hp.repeat_threshold` is set."""
-    repeat = repeat_factors(data.label_matrix(), hp.repeat_threshold) if hp.repeat_threshold else None
-    return batches(data, batch_size, seed, rank, world, repeat=repeat)
 
 
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -201,29 +113,14 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     opt_name = {"contrastive": alone[t] for t in alone if t in hp.freeze}
     opts = {opt_name.get(name, name): torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=hp.lr * 3) for name, m in train_parts.items()}
     clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
-    it = _data_batches(data, batch_size, hp, seed, rank, world)
+    it = batches(data, batch_size, seed, rank, world)
     it_eval = batches(eval_data, batch_size, seed + 1, rank, world)
 
     has_views = hasattr(data, "other_view") and "identity" in train_parts
 
-    def contrastive_batch(b):
-        if not hp.contrastive_pairs:
-            return b["image"], b["text"]
-        # First half: the batch's cases; second half: their true counterfactuals, same patient.
-        h = len(b["index"]) // 2
-        views = data.counterfactual_batch(b["index"][:h])
-        return torch.cat([b["image"][:h], views["image"]]), [*b["text"][:h], *views["text"]]
-
-    mlm = hp.text_mlm > 0  # train() has checked that the text tower trains in this sitting
-    if mlm and not clip.supports_masked_lm:
-        raise TrainingError(f"--text-mlm needs the project's own text tower and condition vocabulary; this contrastive model is {clip.config.backbone}")
-
     def step(i):
         b = next(it)
-        loss_c = clip.contrastive_loss(*contrastive_batch(b)) if "contrastive" in train_parts else torch.zeros(())
-        if mlm:
-            # The same words masked at step i however the run was split into sittings.
-            loss_m = clip.masked_lm_loss(b["text"], _step_generator(seed, rank, i))
+        loss_c = clip.contrastive_loss(b["image"], b["text"]) if "contrastive" in train_parts else torch.zeros(())
         if has_views:
             # E_ID: the same identity with other findings is the positive, the rest of the batch
             # the negatives (InfoNCE, temperature 0.1).
@@ -239,15 +136,12 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
             loss_k = torch.zeros(())
         for opt in opts.values():
             opt.zero_grad()
-        (loss_c + loss_i + loss_k + (hp.text_mlm * loss_m if mlm else 0)).backward()
+        (loss_c + loss_i + loss_k).backward()
         for opt in opts.values():
             _sync(opt, world)
             opt.step()
         losses = {"contrastive": loss_c, "identity": loss_i, "classifier": loss_k}
-        out_m = {k: float(v.detach()) for k, v in losses.items() if k in train_parts}
-        if mlm:
-            out_m["mlm"] = float(loss_m.detach())
-        return out_m
+        return {k: float(v.detach()) for k, v in losses.items() if k in train_parts}
 
     res = run_loop(out, "stage0", steps, train_parts, opts, step, resume, rank=rank)
     for m in parts.values():
@@ -293,7 +187,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         m.train().requires_grad_(True)
     params = [*vae.parameters(), *T.parameters(), *head.parameters()]
     opts = {"stage1": torch.optim.AdamW(params, lr=hp.lr)}
-    it = _data_batches(data, batch_size, hp, seed, rank, world)
+    it = batches(data, batch_size, seed, rank, world)
     g = torch.Generator().manual_seed(seed)
 
     paired = hp.paired > 0  # train() has checked that the data has counterfactual views
@@ -329,16 +223,6 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
             l_pair = _mse(x_sw, x[swap], w) + hp.lam * (1 - ssim(x_sw, x[swap]))  # w is symmetric in the pair
             loss = loss + hp.paired * l_pair
             out_m["paired"] = float(l_pair.detach())
-            if hp.paired_cross > 0:
-                # Case j's identity with the pathology channel of case k's counterfactual (k = j + 1):
-                # the truth is case j rendered with k's counterfactual findings.
-                other = [(j + 1) % h for j in range(h)]
-                x_cross = torch.stack([data.render_findings(b["index"][j], views["findings"][k]) for j, k in enumerate(other)])
-                w_cross = 1 + hp.paired_focus * ((x_cross - x[:h]).abs() > 0.02).float()
-                x_cs = vae.decode(T(vae.join(z_id[:h], z_n[h:][other])))
-                l_cross = _mse(x_cs, x_cross, w_cross) + hp.lam * (1 - ssim(x_cs, x_cross))
-                loss = loss + hp.paired_cross * l_cross
-                out_m["cross"] = float(l_cross.detach())
         if (i + 1) % hp.swap_every == 0:
             # Algorithm 1 lines 7-13 as DESIGN.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).
             z_b = z.roll(1, dims=0)
@@ -373,74 +257,31 @@ def latent_statistics(pipe, data, n: int = 256) -> tuple[float, float]:
 
 def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
     diff = pipe.diffusion
-    state = out / "state" / "stage2"
-    resuming = resume and (state / "state.json").is_file()
-    if not resuming:
+    if not (resume and (out / "state" / "stage2" / "state.json").is_file()):
         shift, scale = latent_statistics(pipe, data)
         diff.config.latent_shift, diff.config.latent_scale = shift, scale
     diff.train().requires_grad_(True)
-    modules = {"diffusion": diff}
-    opts = {"stage2": torch.optim.AdamW(diff.parameters(), lr=hp.lr * 3)}  # the UNet and any label embeddings
-    if hp.text_lr or (resuming and "text" in saved_modules(state)):
-        # A saved denoiser learned on the text tower saved beside it, which the run's checkpoint
-        # (written when the stage ends) may not hold yet: the two are restored together, and kept
-        # together in the state, also in a sitting that leaves the tower frozen.
-        modules["text"] = text_tower(pipe.contrastive)
-    if hp.text_lr:
-        # Hyper.text_lr (not in the paper): tau_theta trained with eps_theta (LDM Eq. 3). The
-        # tower has no dropout, so it stays in eval mode; only its gradients are turned on.
-        text_params = pipe.contrastive.text_parameters()
-        for p in text_params:
-            p.requires_grad_(True)
-        opts["stage2_text"] = torch.optim.AdamW(text_params, lr=hp.text_lr)
-    it = _data_batches(data, batch_size, hp, seed, rank, world)
+    opts = {"stage2": torch.optim.AdamW(diff.parameters(), lr=hp.lr * 3)}
+    it = batches(data, batch_size, seed, rank, world)
     g = torch.Generator().manual_seed(seed)
-
-    def balanced(b):
-        """Hyper.balanced_share: the first share of the batch's cases, drawn again class-balanced."""
-        h = round(len(b["index"]) * hp.balanced_share)
-        if not h:
-            return b["image"], b["text"], b["labels"]
-        views = data.counterfactual_batch(b["index"][:h])
-        return (torch.cat([views["image"], b["image"][h:]]), [*views["text"], *b["text"][h:]],
-                torch.cat([views["labels"], b["labels"][h:]]))
 
     def step(i):
         b = next(it)
-        images, texts, labels = balanced(b)
         with torch.no_grad():
-            z_path = pipe.vae.split(pipe.vae.encode(images).mean)[1]
-        # Caption dropout: an empty text trains the unconditional model used for guidance; the
-        # label token (DiffusionConfig.num_labels) is dropped with it.
-        drop = torch.rand(len(texts), generator=g) < hp.caption_dropout
-        texts = ["" if d else t for d, t in zip(drop.tolist(), texts)]
-        with torch.set_grad_enabled(bool(hp.text_lr)):
+            z_path = pipe.vae.split(pipe.vae.encode(b["image"]).mean)[1]
+        # Caption dropout: an empty text trains the unconditional model used for guidance.
+        drop = torch.rand(len(b["text"]), generator=g) < hp.caption_dropout
+        texts = ["" if d else t for d, t in zip(drop.tolist(), b["text"])]
+        with torch.no_grad():  # the text tower stays as stage 0 left it (the paper's frozen encoder)
             tokens = pipe.contrastive.text_tokens(texts)
-        cond = diff.context(tokens, labels * (~drop)[:, None])
-        weight = None
-        if hp.diffusion_focus or hp.diffusion_share:
-            # A latent pixel is under the finding if any of the pixels it encodes is.
-            mask = F.adaptive_max_pool2d(b["finding_mask"], z_path.shape[-2:])
-            weight = 1.0 + hp.diffusion_focus * mask if hp.diffusion_focus else finding_share_weights(mask, hp.diffusion_share)
-        loss = diff.training_loss(z_path, cond, g, weight=weight)  # L_G, Eq. 16 (weighted: diffusion_focus/share)
-        for opt in opts.values():
-            opt.zero_grad()
+        cond = diff.context(tokens)
+        loss = diff.training_loss(z_path, cond, g)  # L_G, Eq. 16
+        opts["stage2"].zero_grad()
         loss.backward()
-        for opt in opts.values():
-            _sync(opt, world)
-            opt.step()
+        _sync(opts["stage2"], world)
+        opts["stage2"].step()
         return {"diffusion": float(loss.detach())}
 
-    res = run_loop(out, "stage2", steps, modules, opts, step, resume, rank=rank)
+    res = run_loop(out, "stage2", steps, {"diffusion": diff}, opts, step, resume, rank=rank)
     diff.eval().requires_grad_(False)
-    pipe.contrastive.eval().requires_grad_(False)
     return res
-
-
-def text_tower(contrastive) -> torch.nn.Module:
-    """The contrastive model's text-tower parameters (the same tensors) as one module, for the
-    training state: saving the whole model would put its image tower back on a resume, over
-    weights that a stage-0 sitting may have trained since."""
-    tower = torch.nn.Module()
-    tower.params = torch.nn.ParameterDict({name.replace(".", "__"): p for name, p in contrastive.named_text_parameters()})
-    return tower

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -52,8 +51,3 @@ def load_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers:
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
     return meta
 
-
-def saved_modules(directory: Path) -> set[str]:
-    """The names of the modules whose weights the state in `directory` holds (without loading them)."""
-    with safe_open(str(directory / "state.safetensors"), framework="pt") as f:
-        return {k.split("/")[1] for k in f.keys() if k.startswith("model/")}

@@ -104,45 +104,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 raise TrainingError(f"--freeze {tower} leaves the other tower to train; --freeze contrastive already freezes both towers")
         if {"text", "image"} <= set(hp.freeze):
             raise TrainingError("--freeze text --freeze image leaves the contrastive model nothing to train; use --freeze contrastive")
-    if hp.repeat_threshold:
-        if hp.repeat_threshold < 0 or hp.repeat_threshold > 1:
-            raise TrainingError(f"--repeat-threshold is a share of images in [0, 1], got {hp.repeat_threshold:g}")
-        if stage == "classifier":
-            raise TrainingError("--repeat-threshold applies to stage0, stage1 and stage2; the classifier stage samples its own (class-balanced on phantoms) data")
     if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
-    if hp.contrastive_pairs and stage not in ("stage0", "all"):
-        raise TrainingError(f"--contrastive-pairs applies to stage0 (or all), not {stage}")
-    if hp.contrastive_pairs and {"contrastive", "image"} & set(hp.freeze):
-        raise TrainingError("--contrastive-pairs trains E_CXR; --freeze contrastive or --freeze image leaves it as it is")
-    if hp.contrastive_pairs and not hasattr(dataset, "counterfactual_view"):
-        raise TrainingError(f"--contrastive-pairs trains E_CXR on true counterfactuals, which only phantom:N data renders; {data} has none")
-    if hp.text_mlm:
-        if hp.text_mlm < 0 or stage not in ("stage0", "all"):
-            raise TrainingError(f"--text-mlm is a weight, above 0, of a stage-0 loss on the text tower; got {hp.text_mlm:g} for {stage}")
-        if {"contrastive", "text"} & set(hp.freeze):
-            raise TrainingError("--text-mlm trains the text tower; --freeze contrastive or --freeze text leaves it as it is")
-    if hp.balanced_share:
-        if not 0 < hp.balanced_share <= 1 or stage not in ("stage2", "all"):
-            raise TrainingError(f"--balanced-share is a share of stage 2's batch, in (0, 1], for stage2 (or all); got {hp.balanced_share:g} for {stage}")
-        if not hasattr(dataset, "counterfactual_view"):
-            raise TrainingError(f"--balanced-share draws class-balanced cases, which only phantom:N data renders; {data} has none")
-        if hp.diffusion_focus or hp.diffusion_share:
-            raise TrainingError("--balanced-share's cases carry no finding masks; it does not combine with --diffusion-focus or --diffusion-share")
-    if hp.diffusion_focus < 0:
-        raise TrainingError(f"--diffusion-focus is an extra weight, at least 0, got {hp.diffusion_focus:g}")
-    if hp.diffusion_share and not 0 < hp.diffusion_share < 1:
-        raise TrainingError(f"--diffusion-share is a share of an image's weight, in (0, 1), got {hp.diffusion_share:g}")
-    if hp.text_lr < 0 or (hp.text_lr and stage not in ("stage2", "all")):
-        raise TrainingError(f"--text-lr is stage 2's learning rate for the text tower, at least 0 and for stage2 (or all); got {hp.text_lr:g} for {stage}")
-    if hp.diffusion_focus and hp.diffusion_share:
-        raise TrainingError("--diffusion-share and --diffusion-focus are two ways to weigh the findings in L_G; pass one")
-    # Either weighting of L_G reads the renderer's finding masks in stage 2.
-    weighting = "--diffusion-focus" if hp.diffusion_focus else "--diffusion-share" if hp.diffusion_share else None
-    if weighting and stage not in ("stage2", "all"):
-        raise TrainingError(f"{weighting} applies to stage2 (or all), not {stage}")
-    if weighting and "finding_mask" not in dataset[0]:
-        raise TrainingError(f"{weighting} needs the findings' masks, which only phantom:N data renders; {data} has none")
     out = Path(out)
     torch.manual_seed(seed)
     rank, world = distributed()
@@ -185,24 +148,8 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
                 run["kl_weight"] = hp.alpha
                 if hp.paired:
                     run["paired_weight"], run["paired_focus"] = hp.paired, hp.paired_focus
-                    if hp.paired_cross:
-                        run["paired_cross"] = hp.paired_cross
-            if name == "stage2" and hp.diffusion_focus:
-                run["diffusion_focus"] = hp.diffusion_focus
-            if name == "stage2" and hp.diffusion_share:
-                run["diffusion_share"] = hp.diffusion_share
-            if name == "stage2" and hp.balanced_share:
-                run["balanced_share"] = hp.balanced_share
-            if name == "stage2" and hp.text_lr:
-                run["text_lr"] = hp.text_lr
             if name == "classifier":
                 run["acquisition_augment"] = hp.acquisition_augment
-            if name != "classifier" and hp.repeat_threshold:
-                run["repeat_threshold"] = hp.repeat_threshold
-            if name == "stage0" and hp.contrastive_pairs:
-                run["contrastive_pairs"] = True
-            if name == "stage0" and hp.text_mlm:
-                run["text_mlm"] = hp.text_mlm
             if name == "stage0" and hp.freeze:
                 run["freeze"] = sorted(hp.freeze)
             runs = runs + [run]

@@ -15,16 +15,8 @@ def add_parser(sub) -> None:
     t.add_argument("--kl-weight", type=float, default=None, help="stage1's alpha on the per-element KL (default: the paper's 0.1)")
     t.add_argument("--paired-weight", type=float, default=0.0, help="stage1 on phantoms: weight of the paired true-counterfactual term (default 0: the paper's stage 1)")
     t.add_argument("--paired-focus", type=float, default=50.0, help="with --paired-weight: extra weight of the pixels where a pair differs (its findings; default 50)")
-    t.add_argument("--paired-cross", type=float, default=0.0, help="with --paired-weight: weight of the cross-identity pair (another case's z^n in this identity; default 0)")
     t.add_argument("--acquisition-augment", type=float, default=0.8, help="classifier: probability of each of blur, noise and exposure per image (default 0.8; 0 = none)")
     t.add_argument("--freeze", action="append", default=[], choices=["contrastive", "identity", "classifier", "text", "image"], help="stage0: leave this network as it is (repeatable), e.g. to train E_CXR on without touching a classifier trained since; text: the contrastive model's text tower only, which stage 2 is conditioned on; image: E_CXR only, which stage 1, the reference centroids and seed optimisation read")
-    t.add_argument("--diffusion-focus", type=float, default=0.0, help="stage2 on phantoms: extra weight of the latent pixels under a finding in L_G (default 0: the paper's Eq. 16)")
-    t.add_argument("--diffusion-share", type=float, default=0.0, help="stage2 on phantoms: share of each image's L_G weight given to the latent pixels under its finding, at least their area (default 0: the paper's Eq. 16)")
-    t.add_argument("--text-lr", type=float, default=0.0, help="stage2: also train the text tower it is conditioned on, at this learning rate (default 0: frozen, the paper; LDM trains it jointly)")
-    t.add_argument("--balanced-share", type=float, default=0.0, help="stage2 on phantoms: share of each batch drawn class-balanced (the case's patient with one or two uniformly drawn findings and their report), so the denoiser sees findings without CheXpert's company (default 0: the paper)")
-    t.add_argument("--contrastive-pairs", action="store_true", help="stage0 on phantoms: half of each contrastive batch is the true counterfactuals of the other half with their reports, so E_CXR must tell findings apart within a patient (default off: the paper)")
-    t.add_argument("--text-mlm", type=float, default=0.0, help="stage0: weight of masked language modelling on the reports, added to the text tower's contrastive loss (PubMedBERT's pretraining objective; default 0: InfoNCE alone)")
-    t.add_argument("--repeat-threshold", type=float, default=0.0, help="stages 0-2: repeat-factor sampling threshold t, images with a label rarer than t repeated sqrt(t/share) times per epoch (default 0: off, the paper)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=_train)
@@ -37,9 +29,7 @@ def _train(args) -> int:
     from whatif.errors import UsageError
 
     hp = Hyper(
-        lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus, paired_cross=args.paired_cross, acquisition_augment=args.acquisition_augment,
-        freeze=tuple(args.freeze), repeat_threshold=args.repeat_threshold, diffusion_focus=args.diffusion_focus, diffusion_share=args.diffusion_share,
-        text_lr=args.text_lr, contrastive_pairs=args.contrastive_pairs, balanced_share=args.balanced_share, text_mlm=args.text_mlm,
+        lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus, acquisition_augment=args.acquisition_augment, freeze=tuple(args.freeze),
     )
     if args.kl_weight is not None:
         hp.alpha = args.kl_weight

@@ -8,15 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from model.labels import CHEXPERT_LABELS
 from model.refine import refine
 from training.phantom.cases import sample_case
 from training.phantom.findings import Finding, labels_vector
-from training.phantom.renderer import cached_identity, render
-from training.phantom.report import write_report
-
+from training.phantom.renderer import render
 
 PAIR_SEED_OFFSET = 104729  # the paired findings' master seed: apart from the run's and the classifier's
 
@@ -25,15 +22,6 @@ def _to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
     if pixels.shape[0] != size:
         pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
     return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)[None]
-
-
-def _finding_mask(masks: dict[str, np.ndarray], size: int) -> torch.Tensor:
-    """(1, size, size) float: 1 where any drawn finding changed the pixel (the renderer's ground
-    truth, drawn at `size`; stage 2's `diffusion_focus` or `diffusion_share` weights these pixels). All zero for "no finding"."""
-    union = np.zeros((size, size), dtype=bool)
-    for m in masks.values():
-        union |= m
-    return torch.from_numpy(union.astype(np.float32))[None]
 
 
 class PhantomDataset(torch.utils.data.Dataset):
@@ -45,8 +33,6 @@ class PhantomDataset(torch.utils.data.Dataset):
         self.n, self.size, self.seed = n, size, seed
         self._text: dict[int, str] = {}
         self._pair_findings = None  # the class-balanced findings of `counterfactual_view`, made once
-        self._pair_text: dict[int, str] = {}  # their refined reports
-        self._labels: np.ndarray | None = None  # `label_matrix`, made once: ~14 s for 50,000 cases
 
     def __len__(self) -> int:
         return self.n
@@ -64,7 +50,6 @@ class PhantomDataset(torch.utils.data.Dataset):
             "labels": torch.tensor([float(case.labels[label]) for label in CHEXPERT_LABELS]),
             "text": self._text[i],
             "identity": case.identity_seed,
-            "finding_mask": _finding_mask(drawn.masks, self.size),
         }
 
     def other_view(self, i: int) -> torch.Tensor:
@@ -86,35 +71,16 @@ class PhantomDataset(torch.utils.data.Dataset):
             self._pair_findings = BalancedPhantomDataset(self.n, self.size, self.seed + PAIR_SEED_OFFSET)
         found = self._pair_findings.findings(i)[2]
         vec = labels_vector(found)
-        if i not in self._pair_text:  # its report, as the case's own is written and refined
-            case = self.case(i)
-            report = write_report(cached_identity(case.identity_seed), list(found), [], vec, case.render_seed)
-            self._pair_text[i] = refine(report.text).condition
         return {
             "image": self.render_findings(i, found),
             "labels": torch.tensor([float(vec[label]) for label in CHEXPERT_LABELS]),
             "findings": found,
-            "text": self._pair_text[i],
         }
 
     def counterfactual_batch(self, indices) -> dict:
-        """`counterfactual_view` of each case in `indices`, batched: image and labels stacked, text and
-        findings as lists."""
+        """`counterfactual_view` of each case in `indices`, image and labels stacked (stage 1's pairs)."""
         views = [self.counterfactual_view(int(i)) for i in indices]
-        return {
-            "image": torch.stack([v["image"] for v in views]),
-            "labels": torch.stack([v["labels"] for v in views]),
-            "text": [v["text"] for v in views],
-            "findings": [v["findings"] for v in views],
-        }
-
-    def label_matrix(self) -> np.ndarray:
-        """(N, 14) labels of every case without rendering (for repeat-factor sampling); made once,
-        so that `train all` does not redo it for each stage."""
-        if self._labels is None:
-            cases = tqdm(range(self.n), desc="labels", unit="case", leave=False, disable=self.n < 10_000)
-            self._labels = np.array([[self.case(i).labels[label] for label in CHEXPERT_LABELS] for i in cases], dtype=np.float32)
-        return self._labels
+        return {"image": torch.stack([v["image"] for v in views]), "labels": torch.stack([v["labels"] for v in views])}
 
     def render_findings(self, i: int, findings: list[Finding]) -> torch.Tensor:
         """Case `i`'s identity and render seed with `findings` (another case's, say) instead of its own."""
@@ -139,10 +105,6 @@ class PhantomDirDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def label_matrix(self) -> np.ndarray:
-        """(N, 14) labels from the manifest."""
-        return np.array([[row["labels"][label] for label in CHEXPERT_LABELS] for row in self.rows], dtype=np.float32)
-
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
         if i not in self._text:
@@ -164,6 +126,4 @@ def collate(items: list[dict]) -> dict:
     if "text" in items[0]:  # the classifier's balanced data has no reports
         out["text"] = [it["text"] for it in items]
         out["identity"] = torch.tensor([it["identity"] for it in items])
-    if "finding_mask" in items[0]:  # phantoms rendered on the fly know where their findings are
-        out["finding_mask"] = torch.stack([it["finding_mask"] for it in items])
     return out

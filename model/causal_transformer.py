@@ -28,6 +28,19 @@ class TransformerConfig(StrictConfig):
 
 
 class CausalTransformer(PretrainedModule):
+    """T (Eq. 2): f = z + a pre-norm transformer over patches of z (all n channels per token).
+
+    Args (`TransformerConfig`):
+        latent_channels: n, as the VAE's.
+        latent_size: side of z (the VAE latent's side); a multiple of patch_size.
+        patch_size: tokens are patch_size x patch_size x n.
+        dim: token width.
+        depth: k, the number of layers (paper: 4).
+        heads: attention heads.
+        mlp_ratio: the feed-forward width over dim.
+        dropout: dropout in the layers (0 at inference).
+    """
+
     config_class = TransformerConfig
 
     def __init__(self, config: TransformerConfig):

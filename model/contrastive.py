@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .modeling import PretrainedModule, StrictConfig
-from .tokenizer import FIRST_WORD_ID, ConditionTokenizer
+from .tokenizer import ConditionTokenizer
 
 
 @dataclasses.dataclass
@@ -36,28 +36,39 @@ class ContrastiveConfig(StrictConfig):
     text_heads: int = 4
     context_length: int = 32
     # Where the pooled text feature (the contrastive loss's text side) is read: "eos", the
-    # condition tokenizer's end-of-text token, which the text tower lets see the whole
-    # text. "argmax" is open_clip's default for its BPE vocabulary, where the end token has the
-    # largest id; in the condition vocabulary it does not (ids are alphabetical after the special
-    # tokens), so argmax reads the text's alphabetically last word and sees only the words
-    # before it: every "moderate <finding>" with a finding that sorts before "moderate" pooled to
-    # one feature. Checkpoints written before this field were trained that way and load as
-    # "argmax" (`ContrastiveModel.config_from_checkpoint`); new models use "eos".
+    # condition tokenizer's end-of-text token, which sees the whole text. "argmax" is open_clip's
+    # default for its BPE vocabulary, where the end token has the largest id; in the condition
+    # vocabulary it does not (ids are alphabetical after the special tokens), so argmax would read
+    # the text's alphabetically last word.
     text_pool: str = "eos"
-    # How the text tower's tokens attend: "causal" (open_clip's CLIP text tower, GPT-style: a
-    # token sees only the words before it) or "bidirectional" (every token sees the whole text, as
-    # in PubMedBERT, the text tower of BiomedCLIP, the paper's report encoder, section 4.1).
-    # Stage 2 cross-attends to every token's feature, and a condition names its finding last
-    # ("moderate right lower lung lesion"): under the causal mask the severity and zone tokens are
-    # the same for every finding, and only the finding's own token and those after it tell "lung
-    # lesion" from "consolidation". Checkpoints written before this field load as "causal"
-    # (`ContrastiveModel.config_from_checkpoint`); new models are bidirectional (measured: README,
-    # "A bidirectional text tower": the default's tail gap 0.142 -> 0.080).
+    # How the text tower's tokens attend: "causal" (open_clip's CLIP text tower: a token sees only
+    # the words before it) or "bidirectional" (every token sees the whole text, as in PubMedBERT,
+    # the text tower of BiomedCLIP, the paper's report encoder, section 4.1). Stage 2 cross-attends
+    # to every token (c_t of Eq. 16), and a condition names its finding last ("moderate right lower lung
+    # lesion"): under the causal mask the severity and zone tokens would be the same for every
+    # finding. Measured in docs/experiments.md.
     text_attention: str = "bidirectional"
 
 
 class ContrastiveModel(PretrainedModule):
-    """`encode_image` (E_CXR), `encode_text` (pooled), `text_tokens` (per-token, for cross-attention)."""
+    """The image-report contrastive model: E_CXR and the text encoder of the diffusion model.
+
+    `encode_image` is E_CXR (L_PC in stage 1, L_P in Algorithm 2), `encode_text` the pooled text
+    feature of the contrastive loss, `text_tokens` the per-token features the UNet cross-attends to.
+
+    Args (`ContrastiveConfig`):
+        backbone: "whatif-condition-clip" (open_clip's `CLIP` built from the fields below, with the
+            condition tokenizer) or "open_clip:local-dir:/path" (a pretrained open_clip model read
+            from disk, never downloaded; the size fields are then ignored).
+        image_size: E_CXR's input side; images are resized to it.
+        embed_dim: width of the joint embedding, where E_CXR features and L_P live.
+        vision_width, vision_layers, vision_patch_size, vision_head_width: the ViT image tower.
+        text_width, text_layers, text_heads: the text tower; text_width is the per-token feature
+            width, which the diffusion's cross_attention_dim must equal.
+        context_length: tokens per text, start and end tokens included.
+        text_pool: where the pooled text feature is read: "eos" (the end token) or "argmax".
+        text_attention: "bidirectional" (every token sees the whole text) or "causal".
+    """
 
     config_class = ContrastiveConfig
 
@@ -89,10 +100,6 @@ class ContrastiveModel(PretrainedModule):
                 no_causal_mask=c.text_attention == "bidirectional",
             ),
         )
-
-    @classmethod
-    def config_from_checkpoint(cls, data: dict) -> ContrastiveConfig:
-        return super().config_from_checkpoint({"text_pool": "argmax", "text_attention": "causal", **data})
 
     def _init_pretrained(self, name: str) -> None:
         """A pretrained open_clip model from a local directory (never a download)."""
@@ -159,40 +166,6 @@ class ContrastiveModel(PretrainedModule):
             return text.ln_final(x)
         # A Hugging Face text tower (BiomedCLIP's PubMedBERT): its last hidden states.
         return text.transformer(input_ids=tokens, attention_mask=(tokens != text.config.pad_token_id).long()).last_hidden_state
-
-    @property
-    def supports_masked_lm(self) -> bool:
-        """`masked_lm_loss` needs the condition vocabulary (its <unk> is the mask) and a tower whose
-        token embedding it can read backwards: the custom model, not a pretrained backbone."""
-        return isinstance(self.tokenizer, ConditionTokenizer) and hasattr(self.clip, "token_embedding")
-
-    def masked_lm_loss(self, texts: list[str], generator: torch.Generator, share: float = 0.15) -> torch.Tensor:
-        """Masked language modelling on the condition texts (BERT, Devlin et al. 2019, section 3.1):
-        `share` of the words are chosen; of those, 80% become <unk> (the closed vocabulary's unused
-        token, here the mask), 10% another word and 10% stay; each chosen position's per-token feature
-        must name its word, through the token embedding read backwards (tied, no new weights).
-
-        PubMedBERT, the paper's report encoder, learned its token features this way before any
-        image was paired with them; ours otherwise learn only from InfoNCE against E_CXR, which
-        pulls a report toward what E_CXR sees (README, "A bidirectional text tower").
-        """
-        if not self.supports_masked_lm:
-            raise ValueError("masked language modelling is built for the condition tokenizer and open_clip's own text tower")
-        tokens = self.tokenizer(texts)  # on the CPU, where `generator` draws
-        words = tokens >= FIRST_WORD_ID
-        if not words.any():  # only empty texts: nothing to predict
-            return self.clip.token_embedding.weight.sum() * 0
-        chosen = words & (torch.rand(tokens.shape, generator=generator) < share)
-        if not chosen.any():  # a batch of short texts can draw none: take one word
-            chosen.view(-1)[words.view(-1).nonzero()[0]] = True
-        r = torch.rand(tokens.shape, generator=generator)
-        random_words = torch.randint(FIRST_WORD_ID, self.tokenizer.vocab_size, tokens.shape, generator=generator)
-        corrupted = torch.where(chosen & (r < 0.8), torch.full_like(tokens, self.tokenizer.unk_id), tokens)
-        corrupted = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_words, corrupted)
-        device = self.clip.token_embedding.weight.device
-        chosen = chosen.to(device)
-        logits = self._token_features(corrupted.to(device))[chosen] @ self.clip.token_embedding.weight.t()
-        return F.cross_entropy(logits, tokens.to(device)[chosen])
 
     def contrastive_loss(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Symmetric InfoNCE of CLIP."""

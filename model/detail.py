@@ -16,7 +16,7 @@ finding now covers or removes (lung markings under an effusion, say), and keepin
 the old lung through the new fluid. `tau` is on the model's intensity scale [-1, 1]; 0 turns the
 restoration off and gives the paper's image.
 
-Not part of the paper's method; measured on validation phantoms in the README ("Fine detail").
+Not part of the paper's method; measured on validation phantoms in docs/experiments.md.
 """
 
 from __future__ import annotations

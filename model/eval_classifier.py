@@ -25,6 +25,16 @@ class EvalClassifierConfig(StrictConfig):
 
 
 class EvalClassifier(PretrainedModule):
+    """The judge: images (B, 1, R, R) on [-1, 1] -> one logit per label. Grades counterfactuals
+    (Table 2's classifier); never used in training the generator or in seed optimisation.
+
+    Args (`EvalClassifierConfig`):
+        num_labels: label count (CheXpert's 14, in `model.labels.CHEXPERT_LABELS` order).
+        growth_rate, block_config, num_init_features, bn_size: torchvision's DenseNet arguments
+            (DenseNet-121: 32, (6, 12, 24, 16), 64, 4).
+        image_size: inputs are resized to this side.
+    """
+
     config_class = EvalClassifierConfig
 
     def __init__(self, config: EvalClassifierConfig):

@@ -1,7 +1,7 @@
 """Findings head on the pathology channel z^n: multi-label logits over the label set.
 
 Paper Eq. 6 is written as one-hot cross-entropy; chest X-ray findings co-occur, so this head is
-trained with per-label binary cross-entropy (DESIGN.md, "sensible reading" 3).
+trained with per-label binary cross-entropy (docs/design.md, "The ambiguous points", 3).
 """
 
 from __future__ import annotations
@@ -23,6 +23,15 @@ class FindingsHeadConfig(StrictConfig):
 
 
 class FindingsHead(PretrainedModule):
+    """P(y | z^n) (Eq. 6): a small CNN on the pathology channel, one logit per label. Trained in
+    stage 1 for L_cls; the pipeline's guard reads it (`SeedOptConfig.guard`).
+
+    Args (`FindingsHeadConfig`):
+        num_labels: label count (CheXpert's 14, in `model.labels.CHEXPERT_LABELS` order).
+        width: the CNN's stage i has width * 2**min(i, 2) / 2 channels.
+        depth: stride-2 convolution stages.
+    """
+
     config_class = FindingsHeadConfig
 
     def __init__(self, config: FindingsHeadConfig):

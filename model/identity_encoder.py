@@ -28,6 +28,18 @@ class IdentityEncoderConfig(StrictConfig):
 
 
 class IdentityEncoder(PretrainedModule):
+    """E_ID: images (B, 1, R, R) on [-1, 1] -> L2-normalised embeddings; identity similarity is
+    their cosine (L_ID, Eq. 7, and the pipeline's quality report).
+
+    Args (`IdentityEncoderConfig`):
+        backbone: "small-cnn" (trained here on identity pairs) or "vgg16:/path/weights.safetensors"
+            (the paper's ImageNet VGG-16 features, frozen, read from disk; 512-d output, the size
+            fields below then unused).
+        width: channels of the first stage, doubled each stage (up to 8x).
+        depth: stride-2 stages.
+        embed_dim: output width.
+    """
+
     config_class = IdentityEncoderConfig
 
     def __init__(self, config: IdentityEncoderConfig):

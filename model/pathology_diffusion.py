@@ -4,7 +4,8 @@ A diffusers `UNet2DConditionModel` (1 channel in and out) cross-attends to per-t
 features. Training uses the DDPM forward process (Algorithm 1, lines 29-34); sampling is DDIM
 with classifier-free guidance, written out below so that seed optimisation can differentiate
 through it. `invert` runs the same deterministic DDIM backwards (clean z^n -> seed), so that a
-counterfactual can start from the input's own pathology channel instead of pure noise.
+counterfactual can start from the input's own pathology channel instead of pure noise (not in
+the paper; `SamplingConfig.start`).
 `clip_sample` is off: latents are not in [-1, 1]; they are standardised with `latent_shift` /
 `latent_scale`, measured on the training set.
 """
@@ -18,10 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from .modeling import PretrainedModule, StrictConfig
-
-# Where a counterfactual's DDIM sampling starts: the inversion of the input's z^n, or noise.
-SAMPLING_STARTS = ("inversion", "noise")
-
 
 @dataclasses.dataclass
 class DiffusionConfig(StrictConfig):
@@ -38,14 +35,24 @@ class DiffusionConfig(StrictConfig):
     beta_schedule: str = "scaled_linear"
     latent_shift: float = 0.0  # z^n standardisation, set from data before stage 2
     latent_scale: float = 1.0
-    # Not in the paper: 0 is its context, the report's tokens alone. N > 0 appends one token to
-    # the context, the sum of learned embeddings of the labels present (N labels, in the order
-    # of `model.labels.CHEXPERT_LABELS`), so that a rare finding whose words it shares with a
-    # common one ("lung lesion", "lung opacity") still has a token no other finding has.
-    num_labels: int = 0
 
 
 class PathologyDiffusion(PretrainedModule):
+    """The denoiser M of the pathology channel z^n (section 3.3) with its DDPM/DDIM schedules.
+
+    Args (`DiffusionConfig`):
+        latent_size: side of z^n (the VAE latent's side).
+        block_out_channels: the UNet's channels per level.
+        cross_attention_levels: which levels cross-attend to the text (one entry per level).
+        layers_per_block, attention_head_dim, norm_num_groups: the UNet's blocks.
+        cross_attention_dim: width of the text tokens attended to (= the contrastive model's
+            text_width).
+        num_train_timesteps, beta_start, beta_end, beta_schedule: the DDPM noise schedule
+            (Algorithm 1, lines 29-34); DDIM sampling uses the same betas.
+        latent_shift, latent_scale: z^n standardisation (model space = (z^n - shift) * scale),
+            measured on the training set before stage 2.
+    """
+
     config_class = DiffusionConfig
 
     def __init__(self, config: DiffusionConfig):
@@ -68,33 +75,12 @@ class PathologyDiffusion(PretrainedModule):
             beta_schedule=c.beta_schedule, clip_sample=False, prediction_type="epsilon",
         )
         self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
-        if c.num_labels < 0:
-            raise ValueError(f"num_labels must be 0 or more, got {c.num_labels}")
-        if c.num_labels:
-            # Unit-variance entries, the scale of the text tower's layer-normed tokens. Drawn
-            # without advancing the global generator, so that the components a preset builds
-            # after this one get the same initial weights with and without label tokens.
-            with torch.random.fork_rng(devices=[]):
-                self.label_embedding = torch.nn.Parameter(torch.randn(c.num_labels, c.cross_attention_dim))
 
     # --- conditioning -------------------------------------------------------------------------
-    def context(self, text_tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The cross-attention context for text tokens (B, L, D) and label vectors (B, N) in [0, 1].
-
-        With `num_labels` 0 it is the text tokens, as in the paper, and `labels` is not read.
-        Otherwise one token follows them: labels @ embeddings, a zero token for no labels (the
-        unconditional context of guidance, which drops the labels with the caption).
-        """
-        n = self.config.num_labels
-        if not n:
-            return text_tokens
-        b = text_tokens.shape[0]
-        if labels is None:
-            labels = text_tokens.new_zeros(b, n)
-        labels = labels.to(device=text_tokens.device, dtype=text_tokens.dtype)
-        if labels.shape != (b, n):
-            raise ValueError(f"labels must be ({b}, {n}) for text tokens {tuple(text_tokens.shape)}, got {tuple(labels.shape)}")
-        return torch.cat([text_tokens, (labels @ self.label_embedding)[:, None]], dim=1)
+    def context(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """The cross-attention context c_t for text tokens (B, L, D): the report's per-token
+        features, as in the paper (c_t of Eq. 16); "" gives the unconditional context of guidance."""
+        return text_tokens
 
     # --- latent standardisation -------------------------------------------------------------
     def to_model_space(self, z_path: torch.Tensor) -> torch.Tensor:
@@ -197,8 +183,8 @@ class PathologyDiffusion(PretrainedModule):
         Not in the paper. The deterministic DDIM update (eta = 0) read backwards, as in DDIM
         (Song et al., 2021, section 4.3) and null-text inversion (Mokady et al., 2023): at each
         step the noise is predicted at the current, less noisy latent, the usual approximation.
-        Sampling from this seed with the target text keeps what z^n carries of the patient
-        (measured in the README, "Where sampling starts") where a random seed replaces it.
+        Sampling from this seed with the target text keeps what z^n carries of the patient where
+        a random seed replaces it (measured in docs/experiments.md).
         """
         ts = self.timesteps(steps)[::-1]  # ascending: 1, ..., the first sampling step
         z = self.to_model_space(z_path)

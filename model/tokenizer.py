@@ -24,7 +24,6 @@ _WORDS = sorted(
 )
 VOCAB: tuple[str, ...] = (PAD, SOT, EOT, UNK, SEP, *_WORDS)
 _INDEX = {w: i for i, w in enumerate(VOCAB)}
-FIRST_WORD_ID = VOCAB.index(_WORDS[0])  # ids from here on are words; below, special tokens
 
 
 class ConditionTokenizer:
@@ -53,8 +52,3 @@ class ConditionTokenizer:
     @property
     def eot_id(self) -> int:
         return _INDEX[EOT]
-
-    @property
-    def unk_id(self) -> int:
-        """A canonical condition never holds <unk>: masked language modelling uses it as the mask."""
-        return _INDEX[UNK]

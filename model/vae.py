@@ -95,7 +95,18 @@ class LatentDistribution:
 
 
 class DisentangledVAE(PretrainedModule):
-    """Encoder E_VAE and decoder D_VAE. `encode(x)` -> distribution over z; `decode(f)` -> x_hat."""
+    """Encoder E_VAE and decoder D_VAE (section 3.1). `encode(x)` -> q(z|x); `decode(f)` -> x_hat.
+
+    Args (`VAEConfig`):
+        in_channels: image channels (1, grey radiographs).
+        latent_channels: n, the latent's channels; the last is the pathology channel z^n, the
+            others the identity channels z^{1:n-1}.
+        base_channels: width of the first stage.
+        channel_mult: one stage per entry, base_channels * entry wide; the encoder halves the
+            side after each stage but the last (the latent's side is R / 2**(len - 1)).
+        num_res_blocks: residual blocks per stage.
+        norm_groups: GroupNorm groups.
+    """
 
     config_class = VAEConfig
 
@@ -103,10 +114,6 @@ class DisentangledVAE(PretrainedModule):
         super().__init__(config)
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.config.channel_mult) - 1)
 
     def encode(self, x: torch.Tensor) -> LatentDistribution:
         mean, logvar = self.encoder(x).chunk(2, dim=1)

@@ -174,7 +174,6 @@ TERMINATION = re.compile(
     r"\b(?:but|however|although|though|except|aside from|apart from|which|otherwise|there is|there are|"
     r"there has been|with|has developed|developing)\b"
 )
-NORMAL_WORD = re.compile(r"\bnormal\b")
 
 # NegEx pseudo-triggers: "no change in the effusion" says the effusion is still there.
 PSEUDO_NEGATION = re.compile(

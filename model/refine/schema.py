@@ -33,10 +33,6 @@ class StructuredFinding(BaseModel):
     def _label(cls, value: str) -> str:
         return canonical_label(value)
 
-    @property
-    def severity_ordinal(self) -> int | None:
-        return SEVERITY_ORDINAL.get(self.severity) if self.severity else None
-
 
 class Refinement(BaseModel):
     """Findings in CheXpert order, the canonical condition text, and which backend made them."""

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 C = TypeVar("C", bound="StrictConfig")
 M = TypeVar("M", bound="PretrainedModule")
 
@@ -32,8 +32,11 @@ def read_config(path: Path, key: str, expected: str) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({exc.msg})") from None
     if meta.get(key) != expected:
         raise CheckpointError(f"{path} holds a {meta.get(key)!r}, expected {expected}")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(f"{path}: schema version {meta.get('schema_version')}, this library reads {SCHEMA_VERSION}")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        fix = ("load it with the whatif-cxr release that wrote it and save it again with this one, or retrain"
+               if isinstance(version, int) and version < SCHEMA_VERSION else "use a whatif-cxr release that reads it")
+        raise CheckpointError(f"{path}: schema version {version}, this library reads {SCHEMA_VERSION}; {fix}")
     return meta
 
 
@@ -42,11 +45,15 @@ class StrictConfig:
     """Base of component configs: an unknown key is an error, not silently ignored."""
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    def from_dict(cls: type[C], data: dict[str, Any], complete: bool = False) -> C:
+        """`data` -> the config; with `complete`, as a checkpoint stores it, every field must be there."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise CheckpointError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        missing = sorted(names - set(data)) if complete else []
+        if missing:
+            raise CheckpointError(f"{cls.__name__} lacks key(s) {', '.join(missing)}; a checkpoint spells out every one (re-save it or retrain)")
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
@@ -76,12 +83,6 @@ class PretrainedModule(nn.Module):
         save_file(state, str(directory / "model.safetensors"), metadata={"class": type(self).__name__})
 
     @classmethod
-    def config_from_checkpoint(cls, data: dict[str, Any]) -> StrictConfig:
-        """A saved config -> `config_class`; a class whose config gained a field that changes what
-        its weights mean fills in, for checkpoints written before it, the value they were trained with."""
-        return cls.config_class.from_dict(data)
-
-    @classmethod
     def from_pretrained(cls: type[M], directory: str | Path, map_location: str | torch.device = "cpu") -> M:
         directory = Path(directory)
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
@@ -89,7 +90,7 @@ class PretrainedModule(nn.Module):
             if not path.is_file():
                 raise CheckpointError(f"{cls.__name__}: {path} is missing")
         meta = read_config(cfg_path, "class", cls.__name__)
-        model = cls(cls.config_from_checkpoint(meta["config"]))
+        model = cls(cls.config_class.from_dict(meta["config"], complete=True))
         state = load_file(str(weights), device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

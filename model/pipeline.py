@@ -1,7 +1,10 @@
 """CounterfactualPipeline: radiograph + target finding(s) -> counterfactual radiograph.
 
-encode (VAE) -> refine the target text -> seed optimisation of the pathology diffusion
-(Algorithm 2) -> DDIM sample z^n* -> f = T({z^{1:n-1}, z^n*}) (Eq. 3) -> decode -> quality report.
+`__call__` runs nine public steps, each callable alone for diagnostics: 1. `check_inputs`,
+2. `encode` (z = E_VAE(x), Algorithm 2 line 4), 3. `condition` (the refined target -> c_t),
+4. `starting_seed` (z_T^n, line 1, or the DDIM inversion of the input's z^n), 5. `optimize_seed`
+(Algorithm 2, lines 2-13), 6. `sample` (DDIM -> z^n*), 7. `compose` (f = T({z^{1:n-1}, z^n*}),
+Eq. 3, decoded), 8. `guard` (the findings head's verdict on the optimised seed), 9. `quality`.
 A checkpoint is one directory: `config.json`, one sub-directory per network, `centroids.safetensors`
 (E_CXR reference centroids per label) and `MODEL_CARD.md`.
 """
@@ -20,17 +23,17 @@ from safetensors.torch import load_file, save_file
 
 from .causal_transformer import CausalTransformer
 from .contrastive import ContrastiveModel
-from .detail import MAX_DETAIL, restore_detail
+from .detail import restore_detail
 from .eval_classifier import EvalClassifier
 from .findings_head import FindingsHead
 from .identity_encoder import IdentityEncoder
 from .labels import CHEXPERT_LABELS, NO_FINDING
 from .modeling import SCHEMA_VERSION, CheckpointError, read_config
-from .pathology_diffusion import SAMPLING_STARTS, PathologyDiffusion
+from .pathology_diffusion import PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input
 from .presets import Preset, get_preset
-from .seed_optimization import SeedOptConfig
-from .seed_optimization import keep_optimized, prototype_loss
+from .sampling import SamplingConfig
+from .seed_optimization import SeedOptConfig, SeedOptResult, keep_optimized
 from .seed_optimization import optimize_seed as run_seed_optimization
 from .vae import DisentangledVAE
 
@@ -82,7 +85,56 @@ class CounterfactualOutput:
         return np.round(self.image * 255.0).astype(np.uint8)
 
 
+@dataclasses.dataclass
+class EncodedImage:
+    """Step 2's output: the input on the model's grid and its latent."""
+
+    x: torch.Tensor  # (1, 1, R, R) on [-1, 1], the preprocessed input
+    z_id: torch.Tensor  # (1, n-1, h, w), identity channels z^{1:n-1} (the encoder's mean)
+    z_path: torch.Tensor  # (1, 1, h, w), the input's pathology channel z^n
+    recon: torch.Tensor  # (1, 1, R, R), D_VAE(T(z)): the input's reconstruction
+
+
+@dataclasses.dataclass
+class Conditioning:
+    """Step 3's output: what the denoiser is conditioned on."""
+
+    text: str  # the canonical condition text
+    labels: list[str]  # the target labels present (["No Finding"] for a normal target)
+    cond: torch.Tensor  # (1, L, D) the conditional context c_t
+    uncond: torch.Tensor  # (1, L, D) the unconditional context of classifier-free guidance
+
+
+@dataclasses.dataclass
+class GuardVerdict:
+    """Step 8's output: the findings head's mean probability of the target labels on z^n sampled
+    from the optimised seed and from the starting seed, and whether the optimised one stays."""
+
+    keep: bool
+    optimized_score: float
+    initial_score: float
+
+    @property
+    def note(self) -> str:
+        return (f"seed optimisation undone: the findings head scored the target {self.optimized_score:.2f} "
+                f"on the optimised seed against {self.initial_score:.2f} on the starting seed")
+
+
 class CounterfactualPipeline:
+    """Radiograph + target finding(s) -> counterfactual radiograph (`__call__`).
+
+    Args:
+        components: the seven networks by name (`COMPONENTS`): the VAE (E_VAE, D_VAE), the causal
+            transformer T, the findings head on z^n, the pathology diffusion M, the contrastive
+            model (E_CXR and the text encoder), the identity encoder E_ID and the evaluation
+            classifier. They are put in eval mode and frozen.
+        centroids: E_CXR reference centroids mu_z per label (Eq. 17), for Algorithm 2 without
+            user references.
+        config: the checkpoint's `config.json`: preprocessing (the resolution), `sampling`
+            (`SamplingConfig` fields, all of them), `seed_optimization` (`SeedOptConfig` fields,
+            all of them), `ood` (the training reconstruction error's mean and SD), provenance.
+    """
+
     def __init__(self, components: dict[str, torch.nn.Module], centroids: dict[str, torch.Tensor], config: dict):
         missing = sorted(set(COMPONENTS) - set(components))
         if missing:
@@ -99,13 +151,28 @@ class CounterfactualPipeline:
         self.centroids = centroids
         self.config = config
         self.resolution = int(config["preprocessing"]["resolution"])
+        # a bad sampling or seed_optimization section is an error at load, not at the first call
+        self._settings(SamplingConfig, "sampling")
+        self._settings(SeedOptConfig, "seed_optimization")
         self._refiner = None
 
+    def _settings(self, cls, key: str):
+        try:
+            return cls.from_dict(self.config[key], complete=True)
+        except KeyError:
+            raise CheckpointError(f"the pipeline config has no {key!r} section; re-save the checkpoint or retrain") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the pipeline config's {key}: {exc}") from None
+
     @property
-    def sampling(self) -> dict:
-        """The checkpoint's sampling defaults; checkpoints older than the `start` key start from the
-        inversion, and those older than the `detail` key keep the paper's image (no detail restored)."""
-        return {"start": "inversion", "detail": 0.0, **self.config["sampling"]}
+    def sampling(self) -> SamplingConfig:
+        """The checkpoint's sampling settings (`config["sampling"]`), which a call may override."""
+        return self._settings(SamplingConfig, "sampling")
+
+    @property
+    def seed_optimization(self) -> SeedOptConfig:
+        """The checkpoint's seed-optimisation settings (`config["seed_optimization"]`)."""
+        return self._settings(SeedOptConfig, "seed_optimization")
 
     @property
     def components(self) -> dict[str, torch.nn.Module]:
@@ -126,8 +193,8 @@ class CounterfactualPipeline:
             "preprocessing": {"resolution": p.resolution, "channels": 1, "range": [-1.0, 1.0], "white": "attenuating"},
             "components": {name: name for name in COMPONENTS},
             "text_encoder": {"kind": "project contrastive model, text tower", "tokenizer": "condition-vocabulary"},
-            "sampling": dict(p.sampling),
-            "seed_optimization": dataclasses.asdict(SeedOptConfig(**p.seed_optimization)),
+            "sampling": p.sampling.to_dict(),
+            "seed_optimization": p.seed_optimization.to_dict(),
             "ood": {"recon_mse_mean": 0.0, "recon_mse_std": 1.0},
             "training": {"state": "untrained", "seed": seed},
             "notice": SYNTHETIC_NOTICE,
@@ -191,12 +258,11 @@ class CounterfactualPipeline:
         labels = [f.label for f in findings if f.status == "present" and f.label != NO_FINDING] or [NO_FINDING]
         return condition, labels
 
-    def conditioning(self, condition: str, labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The denoiser's (conditional, unconditional) contexts for a condition text and its labels."""
-        vector = torch.zeros(1, len(CHEXPERT_LABELS))
-        vector[0, label_indices(labels)] = 1.0
+    def conditioning(self, condition: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's (conditional, unconditional) contexts for a condition text: c_t of Eq. 16,
+        and the empty text's for classifier-free guidance."""
         with torch.no_grad():
-            cond = self.diffusion.context(self.contrastive.text_tokens([condition]), vector)
+            cond = self.diffusion.context(self.contrastive.text_tokens([condition]))
             uncond = self.diffusion.context(self.contrastive.text_tokens([""]))
         return cond, uncond
 
@@ -213,8 +279,10 @@ class CounterfactualPipeline:
             notes.append("some target labels have no reference centroid; the others were used")
         return torch.stack(found).mean(0, keepdim=True)
 
-    def _render(self, z_id: torch.Tensor, cond, uncond, guidance: float, first_t: int):
-        """Seeds (model space) -> images, differentiably, by seed-optimisation method."""
+    def renderer(self, z_id: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, first_t: int):
+        """`render(z, method, steps)`: seeds (model space) -> images in identity `z_id`, differentiably,
+        by seed-optimisation method (Algorithm 2, lines 6-9; `SeedOptConfig.method`). `first_t` is
+        the first DDIM timestep, where the "x0" method predicts."""
 
         def render(z: torch.Tensor, method: str, steps: int) -> torch.Tensor:
             if method == "x0":
@@ -250,125 +318,167 @@ class CounterfactualPipeline:
             seed: the initial-noise seed; same seed, same output. With start "inversion" and no seed
                 optimisation the output does not depend on it.
             optimize_seed: run the long-tail seed optimisation (Algorithm 2).
-            steps, guidance: DDIM steps and classifier-free guidance (checkpoint defaults).
+            steps, guidance, start, detail: `SamplingConfig` fields; None takes the checkpoint's.
             references: optional reference images of the target (else checkpoint centroids).
             progress: called as progress(stage, step, total, current L_P or None).
-            seed_opt: seed-optimisation settings (checkpoint defaults).
-            start: where DDIM sampling starts (checkpoint default, else "inversion"):
-                "inversion", the DDIM inversion of the input's own z^n, which keeps what z^n holds
-                of the patient; "noise", a Gaussian seed from `seed`, as in the paper. With
-                several seeds optimised at once, the first is the inversion, the others noise.
-            detail: restore the input's fine detail that the autoencoder loses, faded out where the
-                counterfactual changes the image by more than about this much on [-1, 1]
-                (`model.detail`); 0 gives the paper's decoded image. Checkpoint default.
+            seed_opt: seed-optimisation settings (None: the checkpoint's).
         """
-        steps = int(self.sampling["steps"] if steps is None else steps)
-        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
-        if not 1 <= steps <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {steps}")
-        if not 0.0 <= guidance <= 30.0:
-            raise ValueError(f"guidance must be between 0 and 30, got {guidance}")
-        start = str(self.sampling["start"] if start is None else start)
-        if start not in SAMPLING_STARTS:
-            raise ValueError(f"start must be one of {', '.join(SAMPLING_STARTS)}, got {start!r}")
-        detail = float(self.sampling["detail"] if detail is None else detail)
-        if not 0.0 <= detail <= MAX_DETAIL:
-            raise ValueError(f"detail must be between 0 and {MAX_DETAIL}, got {detail}")
-        seed_opt = seed_opt or SeedOptConfig(**self.config["seed_optimization"])
+        report = progress or (lambda *a: None)
         notes: list[str] = []
         timings: dict[str, float] = {}
-        report = progress or (lambda *a: None)
 
+        # 1. check inputs: the call's settings over the checkpoint's
+        sampling, seed_opt = self.check_inputs(steps, guidance, start, detail, seed_opt)
+
+        # 2. encode the input, 3. condition on the target (one "encode" stage for timings and progress)
         t = time.perf_counter()
-        x = to_model_input(image, self.resolution, notes)
-        if not torch.isfinite(x).all():
-            raise ImageInputError("image contains NaN or infinite values")
-        condition, labels = self.condition_for(target)
-        with torch.no_grad():
-            dist = self.vae.encode(x)
-            z_id, z_path_input = self.vae.split(dist.mean)
-            recon = self.vae.decode(self.transformer(dist.mean))
-            cond, uncond = self.conditioning(condition, labels)
+        encoded = self.encode(image, notes)
+        conditioning = self.condition(target)
         timings["encode"] = time.perf_counter() - t
         report("encode", 1, 1, None)
 
-        g = torch.Generator().manual_seed(int(seed))
-        latent = self.diffusion.config.latent_size
-        z_T = torch.randn((seed_opt.batch_seeds if optimize_seed else 1, 1, latent, latent), generator=g)
-        if start == "inversion":
-            t = time.perf_counter()
-            with torch.no_grad():
-                z_T[0] = self.diffusion.invert(z_path_input, uncond, steps)[0]
+        # 4. the starting seed(s)
+        t = time.perf_counter()
+        z_T = self.starting_seed(encoded, conditioning, sampling, seed, seed_opt.batch_seeds if optimize_seed else 1)
+        if sampling.start == "inversion":
             timings["inversion"] = time.perf_counter() - t
             report("inversion", 1, 1, None)
-        history: list[float] = []
         z_start = z_T[:1].clone()  # the seed a request without seed optimisation samples from
+
+        # 5. seed optimisation (Algorithm 2)
+        history: list[float] = []
         if optimize_seed:
             t = time.perf_counter()
-            centroid = self.centroid_for(labels, references, notes)
-            render = self._render(z_id, cond, uncond, guidance, self.diffusion.timesteps(steps)[0])
-            with torch.enable_grad():  # Algorithm 2 needs gradients also when the caller is in no_grad
-                res = run_seed_optimization(
-                    z_T, render, centroid, self.contrastive.encode_image, seed_opt,
-                    callback=lambda i, n, lp: report("seed_optimization", i, n, lp),
-                    classify=lambda images: self.target_loss(images, labels),
-                )
-            z_T, history = res.seed, res.history
+            result = self.optimize_seed(z_T, encoded, conditioning, sampling, seed_opt, references, notes, report)
+            z_T, history = result.seed, result.history
             timings["seed_optimization"] = time.perf_counter() - t  # its iterations: len(history) - 1
 
+        # 6. sample z^n*: the guard also needs the starting seed's sample, drawn in the same batch
         guarded = optimize_seed and seed_opt.guard and not torch.equal(z_T, z_start)
-        keep: bool | None = None
         t = time.perf_counter()
-        with torch.no_grad():
-            seeds = torch.cat([z_T, z_start]) if guarded else z_T
-            z_path = self.diffusion.sample(seeds, cond, uncond, steps, guidance, callback=lambda i, n: report("sampling", i, n, None))
+        z_path = self.sample(torch.cat([z_T, z_start]) if guarded else z_T, conditioning, sampling, report)
         timings["sampling"] = time.perf_counter() - t
+
+        # 7. compose and decode
         t = time.perf_counter()
         with torch.no_grad():
-            x_cf = self.compose(z_id, z_path, x, recon, detail)
+            x_cf = self.compose(encoded.z_id, z_path, encoded.x, encoded.recon, sampling.detail)
         timings["decode"] = time.perf_counter() - t
         report("decode", 1, 1, None)
+
+        # 8. guard: keep the optimised sample (first) or the starting seed's (second)
+        keep: bool | None = None
         if guarded:
-            # SeedOptConfig.guard (not in the paper): judge the optimised sample (first) against the
-            # starting seed's (second) and keep the starting one where the optimisation did not help.
-            with torch.no_grad():
-                if seed_opt.guard_by == "head":
-                    optimized, initial = (float(v) for v in self.target_score(z_path, labels))
-                    why = f"the findings head scored the target {optimized:.2f} on the optimised seed against {initial:.2f} on the starting seed"
-                else:  # "lp": Eq. 18 on the images returned, higher score = lower L_P
-                    lp = prototype_loss(self.contrastive.encode_image(x_cf), centroid)
-                    optimized, initial = -float(lp[0]), -float(lp[1])
-                    why = f"L_P of the final image was {-optimized:.3f} on the optimised seed against {-initial:.3f} on the starting seed"
-            keep = keep_optimized(optimized, initial)
+            verdict = self.guard(z_path, conditioning.labels)
+            keep = verdict.keep
             if not keep:
-                notes.append(f"seed optimisation undone: {why}")
+                notes.append(verdict.note)
             x_cf = x_cf[0:1] if keep else x_cf[1:2]
 
+        # 9. quality report
         t = time.perf_counter()
-        quality = self._quality(x, x_cf, recon, labels, notes)
+        quality = self.quality(encoded, x_cf, conditioning.labels, notes)
         timings["quality"] = time.perf_counter() - t
         img = ((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy()
-        inp = ((x[0, 0] + 1) / 2).numpy()
-        return CounterfactualOutput(img, inp, img - inp, condition, int(seed), optimize_seed, history, timings, quality, keep)
+        inp = ((encoded.x[0, 0] + 1) / 2).numpy()
+        return CounterfactualOutput(img, inp, img - inp, conditioning.text, int(seed), optimize_seed, history, timings, quality, keep)
+
+    # --- the steps --------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        steps: int | None = None,
+        guidance: float | None = None,
+        start: str | None = None,
+        detail: float | None = None,
+        seed_opt: SeedOptConfig | None = None,
+    ) -> tuple[SamplingConfig, SeedOptConfig]:
+        """1. The call's settings, each None taken from the checkpoint, validated (ValueError)."""
+        overrides = {k: v for k, v in {"steps": steps, "guidance": guidance, "start": start, "detail": detail}.items() if v is not None}
+        sampling = dataclasses.replace(self.sampling, **overrides)
+        if seed_opt is not None and not isinstance(seed_opt, SeedOptConfig):
+            raise TypeError(f"seed_opt must be a SeedOptConfig, got {type(seed_opt).__name__}")
+        return sampling, seed_opt or self.seed_optimization
+
+    def encode(self, image, notes: list[str] | None = None) -> EncodedImage:
+        """2. Preprocess `image` (`model.preprocess`; what was done is added to `notes`) and encode
+        it: z = E_VAE(x) (Algorithm 2, line 4), split into z^{1:n-1} and z^n, and the
+        reconstruction D_VAE(T(z)) that detail restoration and the OOD score compare against."""
+        x = to_model_input(image, self.resolution, notes)
+        if not torch.isfinite(x).all():
+            raise ImageInputError("image contains NaN or infinite values")
+        with torch.no_grad():
+            dist = self.vae.encode(x)
+            z_id, z_path = self.vae.split(dist.mean)
+            recon = self.vae.decode(self.transformer(dist.mean))
+        return EncodedImage(x, z_id, z_path, recon)
+
+    def condition(self, target) -> Conditioning:
+        """3. The target (free text, refined, or structured findings) -> the canonical condition
+        text, its labels and the denoiser's conditional and unconditional contexts."""
+        text, labels = self.condition_for(target)
+        cond, uncond = self.conditioning(text)
+        return Conditioning(text, labels, cond, uncond)
+
+    def starting_seed(self, encoded: EncodedImage, conditioning: Conditioning, sampling: SamplingConfig, seed: int, batch: int = 1) -> torch.Tensor:
+        """4. `batch` seeds z_T^n ~ N(0, I) from `seed` (Algorithm 2, line 1), (batch, 1, h, w) in
+        model space; with start "inversion" the first is the DDIM inversion of the input's z^n."""
+        g = torch.Generator().manual_seed(int(seed))
+        latent = self.diffusion.config.latent_size
+        z_T = torch.randn((batch, 1, latent, latent), generator=g)
+        if sampling.start == "inversion":
+            with torch.no_grad():
+                z_T[0] = self.diffusion.invert(encoded.z_path, conditioning.uncond, sampling.steps)[0]
+        return z_T
+
+    def optimize_seed(
+        self,
+        z_T: torch.Tensor,
+        encoded: EncodedImage,
+        conditioning: Conditioning,
+        sampling: SamplingConfig,
+        seed_opt: SeedOptConfig,
+        references: Sequence | None = None,
+        notes: list[str] | None = None,
+        progress: Progress | None = None,
+    ) -> SeedOptResult:
+        """5. Algorithm 2: the centroid mu_z of `references` or the checkpoint's (lines 2-3), then
+        seeds `z_T` moved to lower L_P (lines 5-13); the best seed is returned."""
+        report = progress or (lambda *a: None)
+        centroid = self.centroid_for(conditioning.labels, references, notes if notes is not None else [])
+        render = self.renderer(encoded.z_id, conditioning.cond, conditioning.uncond, sampling.guidance, self.diffusion.timesteps(sampling.steps)[0])
+        with torch.enable_grad():  # Algorithm 2 needs gradients also when the caller is in no_grad
+            return run_seed_optimization(
+                z_T, render, centroid, self.contrastive.encode_image, seed_opt,
+                callback=lambda i, n, lp: report("seed_optimization", i, n, lp),
+            )
+
+    def sample(self, seeds: torch.Tensor, conditioning: Conditioning, sampling: SamplingConfig, progress: Progress | None = None) -> torch.Tensor:
+        """6. DDIM with classifier-free guidance from `seeds` (B, 1, h, w) to z^n (B, 1, h, w)."""
+        report = progress or (lambda *a: None)
+        with torch.no_grad():
+            return self.diffusion.sample(
+                seeds, conditioning.cond, conditioning.uncond, sampling.steps, sampling.guidance,
+                callback=lambda i, n: report("sampling", i, n, None),
+            )
 
     def compose(self, z_id: torch.Tensor, z_path: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, detail: float) -> torch.Tensor:
-        """The images of pathology channels `z_path` (B, 1, h, w) in the input's identity `z_id`:
+        """7. The images of pathology channels `z_path` (B, 1, h, w) in the input's identity `z_id`:
         f = T({z^{1:n-1}, z^n}) (Eq. 3), decoded, with the input `x`'s fine detail restored
         (`model.detail`; `recon` is x's reconstruction). (B, 1, R, R) on [-1, 1]."""
         x_cf = self.vae.decode(self.transformer(self.vae.join(z_id.expand(len(z_path), -1, -1, -1), z_path))).clamp(-1, 1)
         return restore_detail(x_cf, x, recon, detail)
 
-    def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
-        """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""
-        return torch.sigmoid(self.findings_head(z_path))[:, label_indices(labels)].mean(dim=1)
+    def guard(self, z_path: torch.Tensor, labels: Sequence[str]) -> GuardVerdict:
+        """8. `SeedOptConfig.guard` (not in the paper): the findings head's verdict on z^n sampled
+        from the optimised seed (`z_path[0]`) against the starting seed's (`z_path[1]`)."""
+        with torch.no_grad():
+            optimized, initial = (float(v) for v in self.target_score(z_path, labels))
+        return GuardVerdict(keep_optimized(optimized, initial), optimized, initial)
 
-    def target_loss(self, images: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
-        """SeedOptConfig.cls_weight's term: the findings head's binary cross-entropy for `labels`
-        present, on each image re-encoded to z^n, (B,); differentiable in the images."""
-        logits = self.findings_head(self.vae.split(self.vae.encode(images).mean)[1])[:, label_indices(labels)]
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none").mean(dim=1)
-
-    def _quality(self, x, x_cf, recon, labels, notes) -> QualityReport:
+    def quality(self, encoded: EncodedImage, x_cf: torch.Tensor, labels: Sequence[str], notes: list[str] | None = None) -> QualityReport:
+        """9. The evaluation classifier on the counterfactual and the input, identity similarity
+        (E_ID), and the input's OOD score; `notes` are carried into the report."""
+        x, recon = encoded.x, encoded.recon
         with torch.no_grad():
             p_cf = torch.sigmoid(self.eval_classifier(x_cf))[0]
             p_in = torch.sigmoid(self.eval_classifier(x))[0]
@@ -381,15 +491,19 @@ class CounterfactualPipeline:
             input_probability={CHEXPERT_LABELS[i]: float(p_in[i]) for i in idx},
             identity_similarity=sim,
             ood_score=(mse - ood["recon_mse_mean"]) / max(ood["recon_mse_std"], 1e-8),
-            notes=notes,
+            notes=list(notes or []),
         )
+
+    def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+        """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""
+        return torch.sigmoid(self.findings_head(z_path))[:, label_indices(labels)].mean(dim=1)
 
 
 def default_model_card(config: dict) -> str:
-    state = config.get("training", {}).get("state", "unknown")
-    return f"""# whatif-cxr checkpoint ({config.get('preset')})
+    state = config["training"]["state"]
+    return f"""# whatif-cxr checkpoint ({config['preset']})
 
-State: {state}. Preset `{config.get('preset')}`, {config['preprocessing']['resolution']}x{config['preprocessing']['resolution']} grey radiographs.
+State: {state}. Preset `{config['preset']}`, {config['preprocessing']['resolution']}x{config['preprocessing']['resolution']} grey radiographs.
 
 Intended use: demonstration and testing of the whatif-cxr software. Every image it makes is
 synthetic. **Not for clinical use.** An untrained checkpoint produces noise-like images; it exists

@@ -1,51 +1,40 @@
 """Seed optimisation: the paper's long-tail module (Algorithm 2), with the fast variants.
 
 L_P (Eq. 18) = || mu_z - E_CXR(I_G) ||^2, mu_z the centroid of the E_CXR features of m
-reference images of the target finding(s). The seed z_T of the pathology diffusion is updated
-by gradient steps to lower L_P; the UNet, T, the decoder and E_CXR stay frozen (section 3.2).
+reference images of the target finding(s) (Algorithm 2, lines 2-3). The seed z_T of the
+pathology diffusion is updated by gradient steps to lower L_P (lines 5-13); the UNet, T, the
+decoder and E_CXR stay frozen (section 3.2).
 
 How I_G is obtained from z_T while optimising (`method`):
   "x0"       one guided UNet call at the first DDIM timestep and the scheduler's proper
-             x0-prediction (DESIGN.md sensible reading 4; InitNO's single-call loss).
-             Algorithm 2 line 7 writes z_0 <- z_T - e_hat, which is this estimate without the
-             alpha terms; the proper one is used.
+             x0-prediction (InitNO's single-call loss). Algorithm 2 line 7 writes
+             z_0 <- z_T - e_hat, which is this estimate without the alpha terms.
   "shortcut" `shortcut_steps` DDIM steps; only the first UNet call keeps its graph, the DDIM
              arithmetic of the rest stays differentiable (SDO's gradient shortcut).
   "full"     the gradient through every UNet call of `shortcut_steps` DDIM steps.
-How the seed moves (`optimizer`):
-  "adam"       Adam (Algorithm 2, line 12 names no optimiser). Adam divides each element's step by that
-               element's own gradient scale, so every element of the seed moves by about lr at
-               each step, whatever its share of the gradient.
+How the seed moves (`optimizer`; line 12 names no optimiser):
+  "adam"       Adam. It divides each element's step by that element's own gradient scale, so
+               every element of the seed moves by about lr at each step, whatever its share of
+               the gradient.
   "normalized" gradient descent with each seed's step scaled to an RMS of lr: the same step
                length, along the gradient itself, so the seed changes where L_P asks for it (not
-               in the paper). On 8 validation identities x 12 targets of the phantom-128 default,
-               at lr 0.01 it lowered the mean target AUROC by 0.003 where Adam lowered it by 0.025
-               (README, "Seed optimisation"); phantom-128 uses it at lr 0.005.
+               in the paper; measured in docs/experiments.md).
 Options that apply to all: `batch_seeds` seeds optimised as one batch, the best kept;
 `norm_weight` * (mean(z_T^2) - 1)^2 keeps the seed in N(0, I)'s typical set (ReNO);
 early stop when the best L_P has not improved by `min_delta` (relative) in `patience` steps
 (section 4.1: "stops if L_P does not significantly decrease in the last five epochs").
 The final image always comes from full DDIM sampling of the best seed.
 
-`guard` (not in the paper): L_P measures closeness to the references in E_CXR's feature space, and
-where E_CXR tells a finding poorly from its neighbours (a tail finding on the phantom, README "Seed
-optimisation") a seed that lowers L_P can draw the finding less. With the guard on, the pipeline
-samples z^n from both the optimised seed and the seed it started from and keeps the optimised one
-only if the findings head (the model's own classifier on z^n, trained in stage 1 for L_cls) scores
-the target at least as high on it (`keep_optimized`). It never consults the evaluation classifier,
-which scores the results. One more DDIM sampling per request. `guard_by="lp"` judges by L_P
-(Eq. 18) itself, measured on the two final images (fully sampled, decoded, detail restored)
-instead of on Algorithm 2's one-step estimate: the paper's own objective on what the user gets.
-The findings head reads the phantom's tail findings at chance (AUROC 0.53-0.61 for
-consolidation, fracture, lung lesion and pneumonia on encoded true counterfactuals of the
-default), where E_CXR trained with `--contrastive-pairs` separates some of them. Measured
-(README, "E_CXR trained on the phantom's pairs"): with that E_CXR it closed the validation gap to
-0.030 but lost 0.028 of tail AUROC on the evaluation identities, so phantom-128 keeps "head".
+`guard` (not in the paper): L_P measures closeness to the references in E_CXR's feature space,
+and where E_CXR tells a finding poorly from its neighbours a seed that lowers L_P can draw the
+finding less. With the guard on, the pipeline samples z^n from both the optimised seed and the
+seed it started from and keeps the optimised one only if the findings head (the model's own
+classifier on z^n, trained in stage 1 for L_cls, Eq. 6) scores the target at least as high on it
+(`keep_optimized`). It never consults the evaluation classifier, which scores the results. One
+more DDIM sampling per request.
 
-`cls_weight` (not in the paper): adds cls_weight * the findings head's binary cross-entropy for
-the target on the rendered image (re-encoded to z^n) to L_P, so the seed is also pulled toward
-what the model itself reads as the finding, not only toward the references' E_CXR centroid. The
-best seed and the early stop then follow that sum. 0 is Algorithm 2 as written.
+`SeedOptConfig()` is the recommended setting (the phantom-128 default's); the paper's literal
+Algorithm 2 is in `model/presets/paper-256.json`.
 """
 
 from __future__ import annotations
@@ -56,31 +45,43 @@ from collections.abc import Callable
 
 import torch
 
+from .modeling import StrictConfig
+
 
 @dataclasses.dataclass
-class SeedOptConfig:
+class SeedOptConfig(StrictConfig):
+    """Settings of Algorithm 2 as run by the pipeline; the defaults are the recommended ones.
+
+    Args:
+        method: how I_G is rendered from z_T while optimising: x0 | shortcut | full.
+        optimizer: how the seed moves: normalized (RMS step lr along the gradient) | adam.
+        max_iters: N, Algorithm 2's iterations (line 5).
+        lr: the step size of line 12.
+        batch_seeds: seeds optimised as one batch; the one with the lowest L_P is kept.
+        norm_weight: weight of (mean(z_T^2) - 1)^2, which keeps the seed Gaussian-like (0: none).
+        patience: stop when the best L_P has not improved for this many iterations ...
+        min_delta: ... by at least this relative amount.
+        shortcut_steps: DDIM steps of the "shortcut" and "full" methods.
+        guard: keep the optimised seed only if the findings head scores its sample at least as
+            high as the starting seed's (one more DDIM sampling).
+    """
+
     method: str = "x0"  # x0 | shortcut | full
-    optimizer: str = "adam"  # adam | normalized
+    optimizer: str = "normalized"  # normalized | adam
     max_iters: int = 20
-    lr: float = 0.1
+    lr: float = 0.005
     batch_seeds: int = 1
     norm_weight: float = 0.1
     patience: int = 5
     min_delta: float = 0.01  # relative improvement that counts
     shortcut_steps: int = 4
-    guard: bool = False  # keep the optimised seed only if the judge below prefers its sample
-    guard_by: str = "head"  # the guard's judge: head (findings head on z^n) | lp (L_P of the final image)
-    cls_weight: float = 0.0  # weight of the findings-head term added to L_P (0: the paper)
+    guard: bool = True  # keep the optimised seed only if the findings head prefers its sample
 
     def __post_init__(self):
         if self.method not in ("x0", "shortcut", "full"):
             raise ValueError(f"unknown seed optimisation method {self.method!r}; use x0, shortcut or full")
         if self.optimizer not in ("adam", "normalized"):
             raise ValueError(f"unknown seed optimiser {self.optimizer!r}; use adam or normalized")
-        if self.guard_by not in ("head", "lp"):
-            raise ValueError(f"unknown guard judge {self.guard_by!r}; use head or lp")
-        if not self.cls_weight >= 0:
-            raise ValueError(f"cls_weight must be at least 0, got {self.cls_weight}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.max_iters < 1 or self.batch_seeds < 1:
@@ -108,7 +109,7 @@ class NormalizedGradientDescent(torch.optim.Optimizer):
 @dataclasses.dataclass
 class SeedOptResult:
     seed: torch.Tensor  # (1, 1, h, w): the best seed, model space
-    history: list[float]  # best-so-far L_P (+ the cls_weight term) of the kept seed after each iteration (first: before any update)
+    history: list[float]  # best-so-far L_P of the kept seed after each iteration (first: before any update)
     iterations: int
     seconds: float
 
@@ -119,9 +120,9 @@ def prototype_loss(features: torch.Tensor, centroid: torch.Tensor) -> torch.Tens
 
 
 def keep_optimized(optimized_score: float, initial_score: float) -> bool:
-    """The guard's rule: the optimised seed stays unless its sample scores below the starting
-    seed's (the target's findings-head probability, or -L_P with `guard_by="lp"`; ties keep it:
-    L_P, the paper's objective, preferred it while optimising)."""
+    """The guard's rule: the optimised seed stays unless its sample's findings-head probability of
+    the target is below the starting seed's (ties keep it: L_P, the paper's objective, preferred it
+    while optimising)."""
     return optimized_score >= initial_score
 
 
@@ -132,16 +133,10 @@ def optimize_seed(
     encode: Callable[[torch.Tensor], torch.Tensor],
     config: SeedOptConfig,
     callback: Callable[[int, int, float], None] | None = None,
-    classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SeedOptResult:
-    """Optimise seeds `z_T` (B, 1, h, w) so that `encode(render(z_T))` nears `centroid`.
-
-    `render(z, method, steps)` maps seeds to images differentiably by the chosen method;
-    `classify(images)`, per-seed loss of the target under the findings head, is added to L_P with
-    `config.cls_weight` when that is above 0.
-    """
-    if config.cls_weight > 0 and classify is None:
-        raise ValueError("cls_weight > 0 needs a classify function")
+    """Optimise seeds `z_T` (B, 1, h, w) so that `encode(render(z_T))` nears `centroid`
+    (Algorithm 2, lines 5-13). `render(z, method, steps)` maps seeds to images differentiably by
+    the chosen method (lines 6-9)."""
     t0 = time.perf_counter()
     z = z_T.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=config.lr) if config.optimizer == "adam" else NormalizedGradientDescent([z], lr=config.lr)
@@ -153,9 +148,7 @@ def optimize_seed(
     for it in range(config.max_iters + 1):
         images = render(z, config.method, config.shortcut_steps)
         feats = encode(images)
-        lp = prototype_loss(feats, centroid)  # one value per seed
-        if config.cls_weight > 0:
-            lp = lp + config.cls_weight * classify(images)
+        lp = prototype_loss(feats, centroid)  # line 11, one value per seed
         with torch.no_grad():
             improved = lp.detach().cpu() < best_loss
             best_loss = torch.where(improved, lp.detach().cpu(), best_loss)

@@ -12,13 +12,12 @@ from importlib import resources
 
 from ..causal_transformer import TransformerConfig
 from ..contrastive import ContrastiveConfig
-from ..detail import MAX_DETAIL
 from ..eval_classifier import EvalClassifierConfig
 from ..findings_head import FindingsHeadConfig
 from ..identity_encoder import IdentityEncoderConfig
-from ..labels import CHEXPERT_LABELS
 from ..modeling import CheckpointError
-from ..pathology_diffusion import SAMPLING_STARTS, DiffusionConfig
+from ..pathology_diffusion import DiffusionConfig
+from ..sampling import SamplingConfig
 from ..seed_optimization import SeedOptConfig
 from ..vae import VAEConfig
 
@@ -31,7 +30,6 @@ COMPONENT_CONFIGS = {
     "identity_encoder": IdentityEncoderConfig,
     "eval_classifier": EvalClassifierConfig,
 }
-DEFAULT_PRESET = "phantom-128"
 
 
 @dataclasses.dataclass
@@ -40,16 +38,16 @@ class Preset:
     description: str
     resolution: int
     components: dict  # name -> config instance
-    sampling: dict
-    seed_optimization: dict = dataclasses.field(default_factory=dict)  # SeedOptConfig fields that differ from its defaults
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    seed_optimization: SeedOptConfig = dataclasses.field(default_factory=SeedOptConfig)
 
     def to_dict(self) -> dict:
         return {
             "description": self.description,
             "resolution": self.resolution,
             **{k: v.to_dict() for k, v in self.components.items()},
-            "sampling": self.sampling,
-            "seed_optimization": self.seed_optimization,
+            "sampling": self.sampling.to_dict(),
+            "seed_optimization": self.seed_optimization.to_dict(),
         }
 
 
@@ -72,19 +70,13 @@ def preset_from_dict(name: str, data: dict) -> Preset:
         raise CheckpointError(f"preset {name!r}: transformer latent_channels must equal vae latent_channels")
     if diff.cross_attention_dim != components["contrastive"].text_width:
         raise CheckpointError(f"preset {name!r}: diffusion cross_attention_dim must equal contrastive text_width")
-    if diff.num_labels not in (0, len(CHEXPERT_LABELS)):
-        raise CheckpointError(f"preset {name!r}: diffusion num_labels is 0 (text alone) or {len(CHEXPERT_LABELS)} (a token for the labels), got {diff.num_labels}")
-    sampling = {"steps": 50, "guidance": 3.0, "start": "inversion", "detail": 0.0, **data.get("sampling", {})}
-    if (set(sampling) != {"steps", "guidance", "start", "detail"} or sampling["start"] not in SAMPLING_STARTS
-            or not 0.0 <= sampling["detail"] <= MAX_DETAIL):
-        raise CheckpointError(f"preset {name!r}: sampling takes steps, guidance, start ({' or '.join(SAMPLING_STARTS)}) "
-                              f"and detail (0 to {MAX_DETAIL}); got {sampling}")
-    seed_opt = dict(data.get("seed_optimization", {}))
-    try:
-        SeedOptConfig(**seed_opt)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"preset {name!r}: seed_optimization: {exc}") from None
-    return Preset(name, data.get("description", ""), res, components, sampling, seed_opt)
+    settings = {}
+    for key, cls in (("sampling", SamplingConfig), ("seed_optimization", SeedOptConfig)):
+        try:
+            settings[key] = cls.from_dict(data.get(key, {}))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"preset {name!r}: {key}: {exc}") from None
+    return Preset(name, data.get("description", ""), res, components, settings["sampling"], settings["seed_optimization"])
 
 
 def get_preset(name: str) -> Preset:

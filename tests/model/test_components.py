@@ -2,13 +2,16 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from model.modeling import CheckpointError
+from model.modeling import SCHEMA_VERSION, CheckpointError
 from model.pipeline import COMPONENTS, CounterfactualPipeline
 from model.presets import available_presets, get_preset, preset_from_dict
+from model.sampling import SamplingConfig
+from model.seed_optimization import SeedOptConfig
 
 TINY = get_preset("tiny")
 
@@ -53,17 +56,17 @@ def test_shapes_and_save_load_round_trip(name, tmp_path):
     assert tuple(y.shape) == expected
     module.save_pretrained(tmp_path / name)
     meta = json.loads((tmp_path / name / "config.json").read_text())
-    assert meta["schema_version"] == 1 and meta["class"] == type(module).__name__
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["class"] == type(module).__name__
     again = type(module).from_pretrained(tmp_path / name)
     with torch.no_grad():
         assert torch.equal(_run(name, again, x), y)
 
 
-def test_text_pooling_reads_the_whole_condition(tmp_path):
+def test_text_pooling_reads_the_whole_condition():
     """The pooled text feature is read at the end token, which sees every word: two conditions
-    that differ only in their last word differ. open_clip's "argmax" pooling read the
-    alphabetically last word here ("moderate"), which the causal text tower of the checkpoints
-    written before the fix let see only the words before it: the same feature for both."""
+    that differ only in their last word differ. open_clip's "argmax" pooling reads the
+    alphabetically last word here ("moderate"), which a causal text tower lets see only the words
+    before it: the same feature for both."""
     torch.manual_seed(0)
     module = COMPONENTS["contrastive"](dataclasses.replace(TINY.components["contrastive"], text_attention="causal")).eval()
     assert module.config.text_pool == "eos"
@@ -71,17 +74,9 @@ def test_text_pooling_reads_the_whole_condition(tmp_path):
     with torch.no_grad():
         eos = module.encode_text(texts)
         assert not torch.allclose(eos[0], eos[1], atol=1e-4)
-        module.clip.text_pool_type = "argmax"  # what checkpoints before the fix did
+        module.clip.text_pool_type = "argmax"
         assert torch.allclose(*module.encode_text(texts), atol=1e-6)
-    # A checkpoint written before the field existed was trained with argmax and loads as such.
-    module.clip.text_pool_type = "eos"
-    module.save_pretrained(tmp_path / "c")
-    meta = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert meta["config"].pop("text_pool") == "eos"
-    (tmp_path / "c" / "config.json").write_text(json.dumps(meta))
-    legacy = type(module).from_pretrained(tmp_path / "c")
-    assert legacy.config.text_pool == "argmax" and legacy.clip.text_pool_type == "argmax"
-    # New models are bidirectional: the argmax word sees the finding after it too.
+    # Bidirectional (the default): the argmax word sees the finding after it too.
     both = COMPONENTS["contrastive"](TINY.components["contrastive"]).eval()
     assert both.config.text_attention == "bidirectional"
     both.clip.text_pool_type = "argmax"
@@ -94,7 +89,7 @@ def test_text_pooling_reads_the_whole_condition(tmp_path):
 def test_bidirectional_text_tower_lets_the_zone_see_the_finding(tmp_path):
     """Stage 2 cross-attends to every token's feature. Under the causal mask, the tokens before
     the finding's name ("moderate right lower") are the same whatever the finding; bidirectional,
-    they differ. Checkpoints written before the field load causal."""
+    they differ."""
     torch.manual_seed(0)
     texts = ["moderate right lower lung lesion", "moderate right lower consolidation"]
     config = TINY.components["contrastive"]
@@ -108,61 +103,14 @@ def test_bidirectional_text_tower_lets_the_zone_see_the_finding(tmp_path):
     assert (b[0, before] - b[1, before]).abs().amax() > 1e-3
     both.save_pretrained(tmp_path / "b")
     assert type(both).from_pretrained(tmp_path / "b").config.text_attention == "bidirectional"
+    # A saved config spells out every field: one without text_attention is refused, not guessed.
     meta = json.loads((tmp_path / "b" / "config.json").read_text())
     meta["config"].pop("text_attention")
     (tmp_path / "b" / "config.json").write_text(json.dumps(meta))
-    legacy = type(both).from_pretrained(tmp_path / "b")
-    assert legacy.config.text_attention == "causal"
-    with torch.no_grad():
-        assert torch.equal(legacy.text_tokens(texts)[0, before], legacy.text_tokens(texts)[1, before])
+    with pytest.raises(CheckpointError, match="ContrastiveConfig lacks key.*text_attention"):
+        type(both).from_pretrained(tmp_path / "b")
     with pytest.raises(ValueError, match="text_attention"):
         type(both)(dataclasses.replace(config, text_attention="left"))
-
-
-def test_masked_lm_corrupts_words_only_bert_style_and_ties_its_decoder(monkeypatch):
-    """BERT's recipe on the condition texts: a share of the words is chosen, of which 80% become
-    the mask (<unk>), 10% another word and 10% stay; special tokens are never touched; the
-    prediction reads the token embedding backwards, so the checkpoint gains no weights."""
-    from model.tokenizer import FIRST_WORD_ID, VOCAB
-
-    torch.manual_seed(0)
-    model = COMPONENTS["contrastive"](TINY.components["contrastive"])
-    keys = set(model.state_dict())
-    texts = ["moderate right lower lung lesion; mild cardiomegaly"] * 400
-    seen = {}
-    real = model._token_features
-
-    def spy(tokens):
-        seen["corrupted"] = tokens
-        return real(tokens)
-
-    monkeypatch.setattr(model, "_token_features", spy)
-    loss = model.masked_lm_loss(texts, torch.Generator().manual_seed(0), share=0.5)
-    original, corrupted = model.tokenizer(texts), seen["corrupted"]
-    words = original >= FIRST_WORD_ID
-    assert torch.equal(corrupted[~words], original[~words])  # <sot>, ";", <eot>, padding
-    changed = corrupted != original
-    masked = (corrupted == model.tokenizer.unk_id).sum().item()
-    replaced = (changed & (corrupted != model.tokenizer.unk_id)).sum().item()
-    chosen = words.sum().item() * 0.5
-    assert 0.75 * chosen < masked < 0.85 * chosen  # 80% of the chosen words
-    assert 0.03 * chosen < replaced < 0.1 * chosen  # 10%, less those that drew their own word
-    assert (corrupted[changed & (corrupted != model.tokenizer.unk_id)] >= FIRST_WORD_ID).all()
-    assert VOCAB[model.tokenizer.unk_id] == "<unk>" and loss.ndim == 0 and torch.isfinite(loss)
-    assert model.masked_lm_loss(["", ""], torch.Generator()).item() == 0  # nothing to predict
-    # A draw that chooses no word still predicts one (an empty choice would give NaN).
-    assert model.masked_lm_loss(["mild edema"], torch.Generator(), share=0.0).item() > 0
-    loss.backward()
-    assert model.clip.token_embedding.weight.grad.abs().sum() > 0
-    assert set(model.state_dict()) == keys
-    # It learns: a few steps on one text lower the loss on fresh masks of it.
-    opt = torch.optim.Adam(model.text_parameters(), lr=3e-3)
-    first = model.masked_lm_loss(texts[:32], torch.Generator().manual_seed(1)).item()
-    for i in range(30):
-        opt.zero_grad()
-        model.masked_lm_loss(texts[:32], torch.Generator().manual_seed(2 + i)).backward()
-        opt.step()
-    assert model.masked_lm_loss(texts[:32], torch.Generator().manual_seed(1)).item() < 0.5 * first
 
 
 def test_vae_latent_is_quarter_resolution_and_splits():
@@ -219,45 +167,20 @@ def test_weighted_diffusion_loss_is_eq16_when_uniform_and_weighs_the_marked_pixe
         loss(torch.ones((2, 1, 8, 8)))
 
 
-def test_label_token_is_one_more_context_token_and_leaves_the_preset_initialisation_alone(tmp_path):
-    cfg = TINY.components["diffusion"]
-    torch.manual_seed(0)
-    plain = COMPONENTS["diffusion"](cfg).eval()
-    after_plain = torch.rand(3)
-    torch.manual_seed(0)
-    labelled = COMPONENTS["diffusion"](dataclasses.replace(cfg, num_labels=14)).eval()
-    # The label embeddings do not draw from the global generator: the UNet and whatever a preset
-    # builds next get the weights they get without them.
-    assert torch.equal(torch.rand(3), after_plain)
-    assert all(torch.equal(a, b) for a, b in zip(plain.unet.state_dict().values(), labelled.unet.state_dict().values()))
-    assert set(labelled.state_dict()) - set(plain.state_dict()) == {"label_embedding"}
+def test_diffusion_context_is_the_text_tokens():
+    d = COMPONENTS["diffusion"](TINY.components["diffusion"])
     tokens = torch.randn((2, 24, 32), generator=torch.Generator().manual_seed(1))
-    labels = torch.zeros(2, 14)
-    labels[0, 4] = 1.0
-    labels[1, [2, 6]] = 1.0
-    assert plain.context(tokens, labels) is tokens  # the paper's context: labels are not read
-    ctx = labelled.context(tokens, labels)
-    assert ctx.shape == (2, 25, 32) and torch.equal(ctx[:, :24], tokens)
-    e = labelled.label_embedding.detach()
-    assert torch.allclose(ctx[0, 24], e[4]) and torch.allclose(ctx[1, 24], e[2] + e[6])
-    assert 0.5 < float(e.std()) < 2.0  # the scale of the text tower's layer-normed tokens
-    assert torch.equal(labelled.context(tokens)[:, 24], torch.zeros(2, 32))  # unconditional: no labels
-    # L_G's gradient reaches the embeddings of the labels present, and only theirs.
-    z = torch.randn((2, 1, 16, 16), generator=torch.Generator().manual_seed(2))
-    labelled.training_loss(z, labelled.context(tokens, labels), torch.Generator().manual_seed(3)).backward()
-    moved = labelled.label_embedding.grad.abs().sum(1) > 0
-    assert moved.nonzero().flatten().tolist() == [2, 4, 6]
-    with pytest.raises(ValueError, match=r"labels must be \(2, 14\)"):
-        labelled.context(tokens, torch.zeros(2, 13))
-    with pytest.raises(ValueError, match="num_labels must be 0 or more"):
-        COMPONENTS["diffusion"](dataclasses.replace(cfg, num_labels=-1))
-    labelled.save_pretrained(tmp_path / "d")
-    again = type(labelled).from_pretrained(tmp_path / "d")
-    assert again.config.num_labels == 14 and torch.equal(again.label_embedding, labelled.label_embedding)
-    data = TINY.to_dict()
-    data["diffusion"]["num_labels"] = 5
-    with pytest.raises(CheckpointError, match="num_labels is 0 .* or 14"):
-        preset_from_dict("x", data)
+    assert d.context(tokens) is tokens  # c_t of Eq. 16: the report's per-token features
+
+
+def test_a_schema_1_checkpoint_is_refused_with_the_fix(tmp_path):
+    torch.manual_seed(0)
+    COMPONENTS["findings_head"](TINY.components["findings_head"]).save_pretrained(tmp_path / "h")
+    meta = json.loads((tmp_path / "h" / "config.json").read_text())
+    meta["schema_version"] = 1
+    (tmp_path / "h" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="schema version 1, this library reads 2; .*save it again .*retrain"):
+        COMPONENTS["findings_head"].from_pretrained(tmp_path / "h")
 
 
 def test_presets_registry_and_strict_keys():
@@ -276,12 +199,13 @@ def test_presets_registry_and_strict_keys():
     data["resolution"] = 128
     with pytest.raises(CheckpointError, match="latent"):
         preset_from_dict("x", data)
-    assert get_preset("tiny").sampling["start"] == "inversion"
-    assert get_preset("tiny").sampling["detail"] == 0.0 and get_preset("phantom-128").sampling["detail"] == 0.3
-    for bad in ({"start": "reference"}, {"stepz": 4}, {"detail": -0.1}, {"detail": 3.0}):
+    assert get_preset("tiny").sampling.start == "inversion"
+    assert get_preset("tiny").sampling.detail == 0.0 and get_preset("phantom-128").sampling.detail == 0.3
+    for bad, why in (({"start": "reference"}, "start must be one of"), ({"stepz": 4}, "unknown SamplingConfig key"),
+                     ({"detail": -0.1}, "detail must be"), ({"detail": 3.0}, "detail must be"), ({"steps": 0}, "steps must be")):
         data = get_preset("tiny").to_dict()
         data["sampling"].update(bad)
-        with pytest.raises(CheckpointError, match="sampling takes steps, guidance, start"):
+        with pytest.raises(CheckpointError, match=f"preset 'x': sampling: .*{why}"):
             preset_from_dict("x", data)
     data = get_preset("tiny").to_dict()
     data["seed_optimization"] = {"method": "adam"}
@@ -289,6 +213,25 @@ def test_presets_registry_and_strict_keys():
         preset_from_dict("x", data)
     data["seed_optimization"] = {"lr": 0.01}
     assert CounterfactualPipeline.from_preset(preset_from_dict("x", data)).config["seed_optimization"]["lr"] == 0.01
+
+
+def test_the_defaults_are_the_recommended_settings_and_presets_spell_out_theirs():
+    # One home for defaults: the dataclasses' are phantom-128's, the embedded default's preset.
+    p = get_preset("phantom-128")
+    assert p.sampling == SamplingConfig() and p.seed_optimization == SeedOptConfig()
+    assert SamplingConfig() == SamplingConfig(steps=20, guidance=8.0, start="inversion", detail=0.3)
+    assert (SeedOptConfig().optimizer, SeedOptConfig().lr, SeedOptConfig().guard) == ("normalized", 0.005, True)
+    # tiny keeps Algorithm 2's optimiser for the tests; the paper preset is Algorithm 2 as written.
+    tiny = get_preset("tiny")
+    assert (tiny.seed_optimization.optimizer, tiny.seed_optimization.lr, tiny.seed_optimization.guard) == ("adam", 0.1, False)
+    assert tiny.sampling == SamplingConfig(steps=10, guidance=3.0, start="inversion", detail=0.0)
+    paper = get_preset("paper-256")
+    assert paper.seed_optimization == SeedOptConfig(optimizer="adam", lr=0.1, norm_weight=0.0, guard=False)
+    assert paper.sampling.start == "noise" and paper.sampling.detail == 0.0
+    for name in available_presets():
+        data = json.loads((Path(__file__).parents[2] / "model" / "presets" / f"{name}.json").read_text())
+        assert set(data["sampling"]) == {f.name for f in dataclasses.fields(SamplingConfig)}, name
+        assert set(data["seed_optimization"]) == {f.name for f in dataclasses.fields(SeedOptConfig)}, name
 
 
 def test_paper_preset_matches_the_paper():

@@ -12,6 +12,7 @@ from model.modeling import CheckpointError
 from model.pipeline import CounterfactualPipeline
 from model.preprocess import ImageInputError, load_image_file, to_model_input, to_unit_grey
 from model.refine import NoFindingRecognised
+from model.presets import get_preset
 from model.seed_optimization import SeedOptConfig, optimize_seed
 from training.centroids import compute_centroids
 from training.phantom.renderer import render
@@ -37,7 +38,13 @@ def xray():
     return render(3, [], 0, 96).image
 
 
-FAST = SeedOptConfig(max_iters=4)
+# The tiny checkpoint's own settings (Algorithm 2's Adam, no guard), with test-sized changes.
+TINY_OPT = get_preset("tiny").seed_optimization
+FAST = dataclasses.replace(TINY_OPT, max_iters=4)
+
+
+def tiny_opt(**changes) -> SeedOptConfig:
+    return dataclasses.replace(TINY_OPT, **changes)
 
 
 def test_output_contract(pipe, xray):
@@ -99,7 +106,7 @@ def test_gradient_reaches_the_seed(pipe, xray, method):
     z_id, _ = pipe.vae.split(pipe.vae.encode(x).mean.detach())
     cond = pipe.contrastive.text_tokens(["mild edema"])
     uncond = pipe.contrastive.text_tokens([""])
-    render_fn = pipe._render(z_id, cond, uncond, 3.0, pipe.diffusion.timesteps(4)[0])
+    render_fn = pipe.renderer(z_id, cond, uncond, 3.0, pipe.diffusion.timesteps(4)[0])
     z = torch.randn(1, 1, 16, 16, requires_grad=True)
     loss = pipe.contrastive.encode_image(render_fn(z, method, 2)).sum()
     loss.backward()
@@ -108,13 +115,13 @@ def test_gradient_reaches_the_seed(pipe, xray, method):
 
 @pytest.mark.parametrize("method", ["x0", "shortcut"])
 def test_seed_optimisation_lowers_lp(pipe, xray, method):
-    out = pipe(xray, "large right pneumothorax", seed=1, steps=4, seed_opt=SeedOptConfig(method=method, max_iters=8, patience=8))
+    out = pipe(xray, "large right pneumothorax", seed=1, steps=4, seed_opt=tiny_opt(method=method, max_iters=8, patience=8))
     assert out.lp_history[-1] < out.lp_history[0]
     assert all(b <= a for a, b in zip(out.lp_history, out.lp_history[1:]))  # best-so-far never rises
 
 
 def test_seed_optimisation_lowers_lp_with_normalized_steps(pipe, xray):
-    cfg = SeedOptConfig(optimizer="normalized", max_iters=8, patience=8)
+    cfg = tiny_opt(optimizer="normalized", lr=0.1, max_iters=8, patience=8)
     out = pipe(xray, "large right pneumothorax", seed=1, steps=4, seed_opt=cfg)
     assert out.lp_history[-1] < out.lp_history[0]
 
@@ -149,7 +156,7 @@ def test_early_stop_when_lp_stops_falling():
     centroid = torch.zeros(1, 4)
     res = optimize_seed(
         torch.zeros(1, 1, 2, 2), lambda z, m, s: z, centroid, lambda img: torch.zeros(img.shape[0], 4) + 1.0,
-        SeedOptConfig(max_iters=50, patience=3),
+        tiny_opt(max_iters=50, patience=3),
     )
     assert res.iterations == 3 and len(res.history) == 4
 
@@ -157,7 +164,7 @@ def test_early_stop_when_lp_stops_falling():
 @pytest.mark.parametrize("optimized_wins", [True, False])
 def test_guard_keeps_the_optimised_seed_only_if_the_findings_head_agrees(pipe, xray, monkeypatch, optimized_wins):
     kw = dict(seed=1, steps=3, start="noise")
-    cfg = SeedOptConfig(max_iters=4, patience=4)
+    cfg = tiny_opt(max_iters=4, patience=4)
     plain = pipe(xray, "mild edema", optimize_seed=False, **kw)
     optimised = pipe(xray, "mild edema", seed_opt=cfg, **kw)
     assert not np.allclose(plain.image, optimised.image, atol=1e-3)  # the seed did move
@@ -179,29 +186,6 @@ def test_guard_keeps_the_optimised_seed_only_if_the_findings_head_agrees(pipe, x
     assert undone == ([] if optimized_wins else ["seed optimisation undone: the findings head scored the target 0.20 on the optimised seed against 0.80 on the starting seed"])
 
 
-def test_guard_by_lp_keeps_the_sample_whose_final_image_is_nearer_the_references(pipe, xray):
-    kw = dict(seed=1, steps=3, start="noise")
-    cfg = SeedOptConfig(max_iters=4, patience=4)
-    plain = pipe(xray, "mild edema", optimize_seed=False, **kw)
-    optimised = pipe(xray, "mild edema", seed_opt=cfg, **kw)
-    guarded = pipe(xray, "mild edema", seed_opt=dataclasses.replace(cfg, guard=True, guard_by="lp"), **kw)
-    # L_P (Eq. 18) of each returned image against the target's centroid: the guard keeps the lower.
-    centroid = pipe.centroid_for(["Edema"], None, [])
-    with torch.no_grad():
-        lp_opt, lp_plain = (float(((pipe.contrastive.encode_image(torch.from_numpy(o.image)[None, None] * 2 - 1) - centroid) ** 2).sum()) for o in (optimised, plain))
-    assert lp_opt != pytest.approx(lp_plain, rel=1e-4)  # the two samples differ, so the verdict means something
-    assert guarded.seed_kept is (lp_opt <= lp_plain)
-    assert np.allclose(guarded.image, (optimised if guarded.seed_kept else plain).image, atol=1e-4)
-    undone = [n for n in guarded.quality.notes if n.startswith("seed optimisation undone: L_P of the final image")]
-    assert len(undone) == (0 if guarded.seed_kept else 1)
-    # Under the caller's no_grad (as in an evaluation loop) Algorithm 2 still gets its gradients.
-    with torch.no_grad():
-        again = pipe(xray, "mild edema", seed_opt=dataclasses.replace(cfg, guard=True, guard_by="lp"), **kw)
-    assert again.lp_history == guarded.lp_history and np.allclose(again.image, guarded.image, atol=1e-5)
-    with pytest.raises(ValueError, match="unknown guard judge"):
-        SeedOptConfig(guard_by="eval_classifier")
-
-
 def test_target_score_reads_the_findings_head_on_the_target_labels(pipe):
     z = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
@@ -211,36 +195,38 @@ def test_target_score_reads_the_findings_head_on_the_target_labels(pipe):
     assert torch.allclose(got, p[:, idx].mean(dim=1))
 
 
-def test_findings_head_term_pulls_the_seed_and_is_checked():
-    # L_P is flat here (encode is constant), so only the cls_weight term can move the seed.
-    flat = lambda img: torch.zeros(img.shape[0], 4)  # noqa: E731
-    classify = lambda img: ((img - 3.0) ** 2).mean(dim=(1, 2, 3))  # noqa: E731
-    cfg = SeedOptConfig(max_iters=30, patience=30, lr=0.5, cls_weight=2.0)
-    res = optimize_seed(torch.zeros(1, 1, 2, 2), lambda z, m, s: z, torch.zeros(1, 4), flat, cfg, classify=classify)
-    assert res.history[0] == pytest.approx(2.0 * 9.0) and res.history[-1] < 0.1 * res.history[0]
-    assert (res.seed > 2.0).all()
-    off = optimize_seed(torch.zeros(1, 1, 2, 2), lambda z, m, s: z, torch.zeros(1, 4), flat, dataclasses.replace(cfg, cls_weight=0.0), classify=classify)
-    assert torch.equal(off.seed, torch.zeros(1, 1, 2, 2))  # weight 0: Algorithm 2 as written
-    with pytest.raises(ValueError, match="needs a classify"):
-        optimize_seed(torch.zeros(1, 1, 2, 2), lambda z, m, s: z, torch.zeros(1, 4), flat, cfg)
-    with pytest.raises(ValueError, match="cls_weight must be at least 0"):
-        SeedOptConfig(cls_weight=-1.0)
-
-
-def test_target_loss_is_the_findings_heads_cross_entropy_on_the_reencoded_image(pipe, xray):
-    images = to_model_input(xray, 64).repeat(2, 1, 1, 1).requires_grad_(True)
-    loss = pipe.target_loss(images, ["Edema", "Fracture"])
-    logits = pipe.findings_head(pipe.vae.split(pipe.vae.encode(images).mean)[1])
-    idx = [pipe.config["labels"].index("Edema"), pipe.config["labels"].index("Fracture")]
-    assert torch.allclose(loss, -torch.nn.functional.logsigmoid(logits[:, idx]).mean(dim=1), atol=1e-6)
-    loss.sum().backward()
-    assert images.grad is not None and images.grad.abs().sum() > 0
-    out = pipe(xray, "mild edema", seed=1, steps=3, seed_opt=SeedOptConfig(max_iters=3, patience=3, cls_weight=1.0))
-    assert len(out.lp_history) >= 2 and all(b <= a for a, b in zip(out.lp_history, out.lp_history[1:]))
+def test_the_public_steps_make_what_the_call_makes(pipe, xray):
+    out = pipe(xray, "moderate cardiomegaly", seed=4, steps=3, seed_opt=FAST)
+    # 1. check inputs: the call's settings over the checkpoint's
+    sampling, seed_opt = pipe.check_inputs(steps=3, seed_opt=FAST)
+    assert sampling == dataclasses.replace(pipe.sampling, steps=3) and seed_opt is FAST
+    assert pipe.check_inputs()[1] == pipe.seed_optimization == TINY_OPT
+    with pytest.raises(ValueError, match="guidance must be between 0 and 30"):
+        pipe.check_inputs(guidance=31.0)
+    with pytest.raises(TypeError, match="SeedOptConfig"):
+        pipe.check_inputs(seed_opt={"lr": 0.1})
+    # 2.-9.
+    encoded = pipe.encode(xray)
+    conditioning = pipe.condition("moderate cardiomegaly")
+    assert conditioning.text == out.condition and conditioning.labels == ["Cardiomegaly"]
+    z_T = pipe.starting_seed(encoded, conditioning, sampling, seed=4, batch=seed_opt.batch_seeds)
+    result = pipe.optimize_seed(z_T, encoded, conditioning, sampling, seed_opt)
+    assert result.history == out.lp_history
+    with torch.no_grad():  # Algorithm 2 gets its gradients under the caller's no_grad too
+        assert pipe.optimize_seed(z_T, encoded, conditioning, sampling, seed_opt).history == result.history
+    z_path = pipe.sample(result.seed, conditioning, sampling)
+    with torch.no_grad():
+        x_cf = pipe.compose(encoded.z_id, z_path, encoded.x, encoded.recon, sampling.detail)
+    assert np.array_equal(((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy(), out.image)
+    verdict = pipe.guard(pipe.sample(torch.cat([result.seed, z_T[:1]]), conditioning, sampling), conditioning.labels)
+    assert verdict.keep == (verdict.optimized_score >= verdict.initial_score)
+    quality = pipe.quality(encoded, x_cf, conditioning.labels)
+    assert quality.target_probability == out.quality.target_probability
+    assert quality.identity_similarity == out.quality.identity_similarity
 
 
 def test_batched_seeds_keep_the_best(pipe, xray):
-    out = pipe(xray, "mild cardiomegaly", seed=1, steps=3, seed_opt=SeedOptConfig(max_iters=3, batch_seeds=3))
+    out = pipe(xray, "mild cardiomegaly", seed=1, steps=3, seed_opt=tiny_opt(max_iters=3, batch_seeds=3))
     assert out.image.shape == (64, 64)
 
 
@@ -294,6 +280,19 @@ def test_wrong_or_incomplete_checkpoints(checkpoint, tmp_path):
     (odd / "vae" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="unknown VAEConfig key"):
         CounterfactualPipeline.from_pretrained(odd)
+    # The pipeline config spells out every sampling and seed-optimisation setting; schema 1 is refused.
+    for change, message in (
+        (lambda c: c["sampling"].pop("detail"), "sampling: SamplingConfig lacks key.*detail"),
+        (lambda c: c["seed_optimization"].update(guard_by="head"), "seed_optimization: unknown SeedOptConfig key.*guard_by"),
+        (lambda c: c.update(schema_version=1), "schema version 1, this library reads 2; .*retrain"),
+    ):
+        old = tmp_path / f"old{len(message)}"
+        shutil.copytree(checkpoint, old)
+        cfg = json.loads((old / "config.json").read_text())
+        change(cfg)
+        (old / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match=message):
+            CounterfactualPipeline.from_pretrained(old)
 
 
 def test_dicom_monochrome1_and_16_bit_png(tmp_path):

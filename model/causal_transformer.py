@@ -65,7 +65,9 @@ class CausalTransformer(PretrainedModule):
     def _patchify(self, z):
         b, n, h, w = z.shape
         p = self.config.patch_size
-        return z.reshape(b, n, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), n * p * p)
+        return (
+            z.reshape(b, n, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), n * p * p)
+        )
 
     def _unpatchify(self, t, shape):
         b, n, h, w = shape

@@ -91,12 +91,21 @@ class ContrastiveModel(PretrainedModule):
         self.clip = CLIP(
             embed_dim=c.embed_dim,
             vision_cfg=dict(
-                image_size=c.image_size, layers=c.vision_layers, width=c.vision_width,
-                patch_size=c.vision_patch_size, head_width=c.vision_head_width, mlp_ratio=2.0,
+                image_size=c.image_size,
+                layers=c.vision_layers,
+                width=c.vision_width,
+                patch_size=c.vision_patch_size,
+                head_width=c.vision_head_width,
+                mlp_ratio=2.0,
             ),
             text_cfg=dict(
-                context_length=c.context_length, vocab_size=self.tokenizer.vocab_size, width=c.text_width,
-                heads=c.text_heads, layers=c.text_layers, pool_type=c.text_pool, eos_id=self.tokenizer.eot_id,
+                context_length=c.context_length,
+                vocab_size=self.tokenizer.vocab_size,
+                width=c.text_width,
+                heads=c.text_heads,
+                layers=c.text_layers,
+                pool_type=c.text_pool,
+                eos_id=self.tokenizer.eot_id,
                 no_causal_mask=c.text_attention == "bidirectional",
             ),
         )
@@ -116,8 +125,12 @@ class ContrastiveModel(PretrainedModule):
         self.tokenizer = open_clip.get_tokenizer(name)
         size = self.clip.visual.image_size
         self.config.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        self.image_mean = torch.tensor(self.clip.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
-        self.image_std = torch.tensor(self.clip.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+        self.image_mean = torch.tensor(self.clip.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(
+            1, 3, 1, 1
+        )
+        self.image_std = torch.tensor(self.clip.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(
+            1, 3, 1, 1
+        )
 
     @property
     def text_width(self) -> int:
@@ -125,7 +138,9 @@ class ContrastiveModel(PretrainedModule):
 
     def _rgb(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.config.image_size:
-            x = F.interpolate(x, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True
+            )
         x = x.expand(-1, 3, -1, -1)  # grey -> the three channels the ViT stem expects
         if self.image_mean is not None:  # a pretrained model wants its own normalisation
             x = ((x + 1) / 2 - self.image_mean.to(x)) / self.image_std.to(x)
@@ -138,7 +153,11 @@ class ContrastiveModel(PretrainedModule):
     def named_text_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """The text tower's parameters with their names: all but the image tower (`visual`) and the
         shared temperature, for open_clip's CLIP (token_embedding, transformer, ...) and CustomTextCLIP (text.*)."""
-        return [(name, p) for name, p in self.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
+        return [
+            (name, p)
+            for name, p in self.clip.named_parameters()
+            if not name.startswith("visual.") and name != "logit_scale"
+        ]
 
     def text_parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, p in self.named_text_parameters()]
@@ -165,7 +184,9 @@ class ContrastiveModel(PretrainedModule):
             x = text.transformer(x, attn_mask=text.attn_mask)
             return text.ln_final(x)
         # A Hugging Face text tower (BiomedCLIP's PubMedBERT): its last hidden states.
-        return text.transformer(input_ids=tokens, attention_mask=(tokens != text.config.pad_token_id).long()).last_hidden_state
+        return text.transformer(
+            input_ids=tokens, attention_mask=(tokens != text.config.pad_token_id).long()
+        ).last_hidden_state
 
     def contrastive_loss(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Symmetric InfoNCE of CLIP."""

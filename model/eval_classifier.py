@@ -42,8 +42,11 @@ class EvalClassifier(PretrainedModule):
         from torchvision.models import DenseNet
 
         net = DenseNet(
-            growth_rate=config.growth_rate, block_config=tuple(config.block_config),
-            num_init_features=config.num_init_features, bn_size=config.bn_size, num_classes=config.num_labels,
+            growth_rate=config.growth_rate,
+            block_config=tuple(config.block_config),
+            num_init_features=config.num_init_features,
+            bn_size=config.bn_size,
+            num_classes=config.num_labels,
         )
         # One grey channel, as torchxrayvision's DenseNet.
         net.features.conv0 = nn.Conv2d(1, config.num_init_features, 7, stride=2, padding=3, bias=False)

@@ -55,8 +55,12 @@ class IdentityEncoder(PretrainedModule):
         for i in range(config.depth):
             cout = config.width * 2 ** min(i, 3)
             layers += [
-                nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             ]
             cin = cout
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -69,7 +73,9 @@ class IdentityEncoder(PretrainedModule):
         from torchvision.models import vgg16
 
         if not Path(path).is_file():
-            raise FileNotFoundError(f"VGG-16 weights {path} not found (a safetensors file with torchvision's key names)")
+            raise FileNotFoundError(
+                f"VGG-16 weights {path} not found (a safetensors file with torchvision's key names)"
+            )
         state = {k.removeprefix("features."): v for k, v in load_file(path).items() if k.startswith("features.")}
         features = vgg16(weights=None).features
         features.load_state_dict(state)

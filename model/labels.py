@@ -63,7 +63,4 @@ def canonical_label(name: str) -> str:
     except KeyError:
         close = difflib.get_close_matches(key, list(_LABEL_BY_KEY), n=1, cutoff=0.75)
         hint = f" (did you mean {_LABEL_BY_KEY[close[0]]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown finding label {name!r}{hint}; known labels: {', '.join(CHEXPERT_LABELS)}"
-        ) from None
-
+        raise ValueError(f"unknown finding label {name!r}{hint}; known labels: {', '.join(CHEXPERT_LABELS)}") from None

@@ -34,8 +34,11 @@ def read_config(path: Path, key: str, expected: str) -> dict:
         raise CheckpointError(f"{path} holds a {meta.get(key)!r}, expected {expected}")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        fix = ("load it with the whatif-cxr release that wrote it and save it again with this one, or retrain"
-               if isinstance(version, int) and version < SCHEMA_VERSION else "use a whatif-cxr release that reads it")
+        fix = (
+            "load it with the whatif-cxr release that wrote it and save it again with this one, or retrain"
+            if isinstance(version, int) and version < SCHEMA_VERSION
+            else "use a whatif-cxr release that reads it"
+        )
         raise CheckpointError(f"{path}: schema version {version}, this library reads {SCHEMA_VERSION}; {fix}")
     return meta
 
@@ -50,10 +53,15 @@ class StrictConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise CheckpointError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+            raise CheckpointError(
+                f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
         missing = sorted(names - set(data)) if complete else []
         if missing:
-            raise CheckpointError(f"{cls.__name__} lacks key(s) {', '.join(missing)}; a checkpoint spells out every one (re-save it or retrain)")
+            raise CheckpointError(
+                f"{cls.__name__} lacks key(s) {', '.join(missing)}; "
+                "a checkpoint spells out every one (re-save it or retrain)"
+            )
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name in data:

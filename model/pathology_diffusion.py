@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .modeling import PretrainedModule, StrictConfig
 
+
 @dataclasses.dataclass
 class DiffusionConfig(StrictConfig):
     latent_size: int = 64  # side of z^n
@@ -65,14 +66,24 @@ class PathologyDiffusion(PretrainedModule):
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in c.cross_attention_levels)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(c.cross_attention_levels))
         self.unet = UNet2DConditionModel(
-            sample_size=c.latent_size, in_channels=1, out_channels=1, layers_per_block=c.layers_per_block,
-            block_out_channels=tuple(c.block_out_channels), down_block_types=down, up_block_types=up,
-            cross_attention_dim=c.cross_attention_dim, attention_head_dim=c.attention_head_dim,
+            sample_size=c.latent_size,
+            in_channels=1,
+            out_channels=1,
+            layers_per_block=c.layers_per_block,
+            block_out_channels=tuple(c.block_out_channels),
+            down_block_types=down,
+            up_block_types=up,
+            cross_attention_dim=c.cross_attention_dim,
+            attention_head_dim=c.attention_head_dim,
             norm_num_groups=c.norm_num_groups,
         )
         self.train_scheduler = DDPMScheduler(
-            num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
-            beta_schedule=c.beta_schedule, clip_sample=False, prediction_type="epsilon",
+            num_train_timesteps=c.num_train_timesteps,
+            beta_start=c.beta_start,
+            beta_end=c.beta_end,
+            beta_schedule=c.beta_schedule,
+            clip_sample=False,
+            prediction_type="epsilon",
         )
         self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
 
@@ -105,13 +116,22 @@ class PathologyDiffusion(PretrainedModule):
         """
         z0 = self.to_model_space(z_path)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        t = torch.randint(0, self.config.num_train_timesteps, (z0.shape[0],), generator=generator, device="cpu").to(z0.device)
+        t = torch.randint(0, self.config.num_train_timesteps, (z0.shape[0],), generator=generator, device="cpu").to(
+            z0.device
+        )
         zt = self.train_scheduler.add_noise(z0, noise, t)
         pred = self.unet(zt, t, encoder_hidden_states=cond).sample
         if weight is None:
             return F.mse_loss(pred, noise)
-        if weight.dim() != 4 or weight.shape[0] != z0.shape[0] or weight.shape[-2:] != z0.shape[-2:] or weight.shape[1] not in (1, z0.shape[1]):
-            raise ValueError(f"weight must be (B, 1 or C, h, w) matching z^n {tuple(z0.shape)}, got {tuple(weight.shape)}")
+        if (
+            weight.dim() != 4
+            or weight.shape[0] != z0.shape[0]
+            or weight.shape[-2:] != z0.shape[-2:]
+            or weight.shape[1] not in (1, z0.shape[1])
+        ):
+            raise ValueError(
+                f"weight must be (B, 1 or C, h, w) matching z^n {tuple(z0.shape)}, got {tuple(weight.shape)}"
+            )
         w = weight.to(pred.dtype).expand_as(pred)
         return (w * (pred - noise) ** 2).sum() / w.sum().clamp_min(1e-12)
 
@@ -121,7 +141,9 @@ class PathologyDiffusion(PretrainedModule):
         (set_alpha_to_one), which `ddim_step` with t_prev None computes."""
         from diffusers import DDIMScheduler
 
-        sched = DDIMScheduler.from_config(self.train_scheduler.config, clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+        sched = DDIMScheduler.from_config(
+            self.train_scheduler.config, clip_sample=False, set_alpha_to_one=True, steps_offset=1
+        )
         sched.set_timesteps(steps)
         return [int(t) for t in sched.timesteps]
 
@@ -151,8 +173,8 @@ class PathologyDiffusion(PretrainedModule):
         z_T: torch.Tensor,
         cond: torch.Tensor,
         uncond: torch.Tensor,
-        steps: int = 50,
-        guidance: float = 3.0,
+        steps: int,
+        guidance: float,
         grad_steps: int = 0,
         callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
@@ -176,7 +198,7 @@ class PathologyDiffusion(PretrainedModule):
                 callback(i + 1, len(ts))
         return self.from_model_space(z)
 
-    def invert(self, z_path: torch.Tensor, uncond: torch.Tensor, steps: int = 50) -> torch.Tensor:
+    def invert(self, z_path: torch.Tensor, uncond: torch.Tensor, steps: int) -> torch.Tensor:
         """DDIM inversion: z^n (data space) -> the seed z_T (model space) from which `sample` with
         the unconditional model (guidance 1) returns to about z^n.
 

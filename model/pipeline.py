@@ -116,8 +116,10 @@ class GuardVerdict:
 
     @property
     def note(self) -> str:
-        return (f"seed optimisation undone: the findings head scored the target {self.optimized_score:.2f} "
-                f"on the optimised seed against {self.initial_score:.2f} on the starting seed")
+        return (
+            f"seed optimisation undone: the findings head scored the target {self.optimized_score:.2f} "
+            f"on the optimised seed against {self.initial_score:.2f} on the starting seed"
+        )
 
 
 class CounterfactualPipeline:
@@ -160,7 +162,9 @@ class CounterfactualPipeline:
         try:
             return cls.from_dict(self.config[key], complete=True)
         except KeyError:
-            raise CheckpointError(f"the pipeline config has no {key!r} section; re-save the checkpoint or retrain") from None
+            raise CheckpointError(
+                f"the pipeline config has no {key!r} section; re-save the checkpoint or retrain"
+            ) from None
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"the pipeline config's {key}: {exc}") from None
 
@@ -229,7 +233,9 @@ class CounterfactualPipeline:
         if not cfg_path.is_file():
             raise CheckpointError(f"{directory} is not a whatif-cxr checkpoint: config.json is missing")
         config = read_config(cfg_path, "kind", "whatif-cxr-pipeline")
-        components = {name: COMPONENTS[name].from_pretrained(directory / sub) for name, sub in config["components"].items()}
+        components = {
+            name: COMPONENTS[name].from_pretrained(directory / sub) for name, sub in config["components"].items()
+        }
         cpath = directory / "centroids.safetensors"
         if not cpath.is_file():
             raise CheckpointError(f"{cpath} is missing")
@@ -253,7 +259,10 @@ class CounterfactualPipeline:
             refinement = self.refiner.request(target)
             findings = refinement.findings
         else:
-            findings = [f if isinstance(f, StructuredFinding) else StructuredFinding(**{"status": "present", **dict(f)}) for f in target]
+            findings = [
+                f if isinstance(f, StructuredFinding) else StructuredFinding(**{"status": "present", **dict(f)})
+                for f in target
+            ]
         condition = condition_text(findings)
         labels = [f.label for f in findings if f.status == "present" and f.label != NO_FINDING] or [NO_FINDING]
         return condition, labels
@@ -274,7 +283,9 @@ class CounterfactualPipeline:
                 return self.contrastive.encode_image(refs).mean(0, keepdim=True)
         found = [self.centroids[label] for label in labels if label in self.centroids]
         if not found:
-            raise CheckpointError(f"the checkpoint has no reference centroid for {', '.join(labels)}; pass reference images")
+            raise CheckpointError(
+                f"the checkpoint has no reference centroid for {', '.join(labels)}; pass reference images"
+            )
         if len(found) < len(labels):
             notes.append("some target labels have no reference centroid; the others were used")
         return torch.stack(found).mean(0, keepdim=True)
@@ -289,7 +300,9 @@ class CounterfactualPipeline:
                 e = self.diffusion.eps(z, first_t, cond, uncond, guidance)
                 z0 = self.diffusion.from_model_space(self.diffusion.predict_x0(z, first_t, e))
             else:
-                z0 = self.diffusion.sample(z, cond, uncond, steps, guidance, grad_steps=1 if method == "shortcut" else steps)
+                z0 = self.diffusion.sample(
+                    z, cond, uncond, steps, guidance, grad_steps=1 if method == "shortcut" else steps
+                )
             f = self.transformer(self.vae.join(z_id.expand(z.shape[0], -1, -1, -1), z0))
             return self.vae.decode(f)
 
@@ -381,7 +394,9 @@ class CounterfactualPipeline:
         timings["quality"] = time.perf_counter() - t
         img = ((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy()
         inp = ((encoded.x[0, 0] + 1) / 2).numpy()
-        return CounterfactualOutput(img, inp, img - inp, conditioning.text, int(seed), optimize_seed, history, timings, quality, keep)
+        return CounterfactualOutput(
+            img, inp, img - inp, conditioning.text, int(seed), optimize_seed, history, timings, quality, keep
+        )
 
     # --- the steps --------------------------------------------------------------------------
     def check_inputs(
@@ -393,7 +408,11 @@ class CounterfactualPipeline:
         seed_opt: SeedOptConfig | None = None,
     ) -> tuple[SamplingConfig, SeedOptConfig]:
         """1. The call's settings, each None taken from the checkpoint, validated (ValueError)."""
-        overrides = {k: v for k, v in {"steps": steps, "guidance": guidance, "start": start, "detail": detail}.items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in {"steps": steps, "guidance": guidance, "start": start, "detail": detail}.items()
+            if v is not None
+        }
         sampling = dataclasses.replace(self.sampling, **overrides)
         if seed_opt is not None and not isinstance(seed_opt, SeedOptConfig):
             raise TypeError(f"seed_opt must be a SeedOptConfig, got {type(seed_opt).__name__}")
@@ -419,7 +438,9 @@ class CounterfactualPipeline:
         cond, uncond = self.conditioning(text)
         return Conditioning(text, labels, cond, uncond)
 
-    def starting_seed(self, encoded: EncodedImage, conditioning: Conditioning, sampling: SamplingConfig, seed: int, batch: int = 1) -> torch.Tensor:
+    def starting_seed(
+        self, encoded: EncodedImage, conditioning: Conditioning, sampling: SamplingConfig, seed: int, batch: int = 1
+    ) -> torch.Tensor:
         """4. `batch` seeds z_T^n ~ N(0, I) from `seed` (Algorithm 2, line 1), (batch, 1, h, w) in
         model space; with start "inversion" the first is the DDIM inversion of the input's z^n."""
         g = torch.Generator().manual_seed(int(seed))
@@ -445,27 +466,51 @@ class CounterfactualPipeline:
         seeds `z_T` moved to lower L_P (lines 5-13); the best seed is returned."""
         report = progress or (lambda *a: None)
         centroid = self.centroid_for(conditioning.labels, references, notes if notes is not None else [])
-        render = self.renderer(encoded.z_id, conditioning.cond, conditioning.uncond, sampling.guidance, self.diffusion.timesteps(sampling.steps)[0])
+        render = self.renderer(
+            encoded.z_id,
+            conditioning.cond,
+            conditioning.uncond,
+            sampling.guidance,
+            self.diffusion.timesteps(sampling.steps)[0],
+        )
         with torch.enable_grad():  # Algorithm 2 needs gradients also when the caller is in no_grad
             return run_seed_optimization(
-                z_T, render, centroid, self.contrastive.encode_image, seed_opt,
+                z_T,
+                render,
+                centroid,
+                self.contrastive.encode_image,
+                seed_opt,
                 callback=lambda i, n, lp: report("seed_optimization", i, n, lp),
             )
 
-    def sample(self, seeds: torch.Tensor, conditioning: Conditioning, sampling: SamplingConfig, progress: Progress | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        seeds: torch.Tensor,
+        conditioning: Conditioning,
+        sampling: SamplingConfig,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
         """6. DDIM with classifier-free guidance from `seeds` (B, 1, h, w) to z^n (B, 1, h, w)."""
         report = progress or (lambda *a: None)
         with torch.no_grad():
             return self.diffusion.sample(
-                seeds, conditioning.cond, conditioning.uncond, sampling.steps, sampling.guidance,
+                seeds,
+                conditioning.cond,
+                conditioning.uncond,
+                sampling.steps,
+                sampling.guidance,
                 callback=lambda i, n: report("sampling", i, n, None),
             )
 
-    def compose(self, z_id: torch.Tensor, z_path: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, detail: float) -> torch.Tensor:
+    def compose(
+        self, z_id: torch.Tensor, z_path: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, detail: float
+    ) -> torch.Tensor:
         """7. The images of pathology channels `z_path` (B, 1, h, w) in the input's identity `z_id`:
         f = T({z^{1:n-1}, z^n}) (Eq. 3), decoded, with the input `x`'s fine detail restored
         (`model.detail`; `recon` is x's reconstruction). (B, 1, R, R) on [-1, 1]."""
-        x_cf = self.vae.decode(self.transformer(self.vae.join(z_id.expand(len(z_path), -1, -1, -1), z_path))).clamp(-1, 1)
+        x_cf = self.vae.decode(self.transformer(self.vae.join(z_id.expand(len(z_path), -1, -1, -1), z_path))).clamp(
+            -1, 1
+        )
         return restore_detail(x_cf, x, recon, detail)
 
     def guard(self, z_path: torch.Tensor, labels: Sequence[str]) -> GuardVerdict:
@@ -475,7 +520,9 @@ class CounterfactualPipeline:
             optimized, initial = (float(v) for v in self.target_score(z_path, labels))
         return GuardVerdict(keep_optimized(optimized, initial), optimized, initial)
 
-    def quality(self, encoded: EncodedImage, x_cf: torch.Tensor, labels: Sequence[str], notes: list[str] | None = None) -> QualityReport:
+    def quality(
+        self, encoded: EncodedImage, x_cf: torch.Tensor, labels: Sequence[str], notes: list[str] | None = None
+    ) -> QualityReport:
         """9. The evaluation classifier on the counterfactual and the input, identity similarity
         (E_ID), and the input's OOD score; `notes` are carried into the report."""
         x, recon = encoded.x, encoded.recon
@@ -500,10 +547,10 @@ class CounterfactualPipeline:
 
 
 def default_model_card(config: dict) -> str:
-    state = config["training"]["state"]
-    return f"""# whatif-cxr checkpoint ({config['preset']})
+    state, side = config["training"]["state"], config["preprocessing"]["resolution"]
+    return f"""# whatif-cxr checkpoint ({config["preset"]})
 
-State: {state}. Preset `{config['preset']}`, {config['preprocessing']['resolution']}x{config['preprocessing']['resolution']} grey radiographs.
+State: {state}. Preset `{config["preset"]}`, {side}x{side} grey radiographs.
 
 Intended use: demonstration and testing of the whatif-cxr software. Every image it makes is
 synthetic. **Not for clinical use.** An untrained checkpoint produces noise-like images; it exists

@@ -82,7 +82,9 @@ def to_model_input(image, resolution: int, notes: list[str] | None = None):
     h, w = grey.shape
     if h != w:
         side = max(h, w)
-        padded = np.full((side, side), float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))), np.float32)
+        padded = np.full(
+            (side, side), float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))), np.float32
+        )
         padded[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = grey
         grey = padded
         if notes is not None:
@@ -103,7 +105,9 @@ def load_image_file(path_or_bytes: str | Path | bytes) -> LoadedImage:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as exc:  # PIL raises many types for corrupt input
-        raise ImageInputError(f"corrupt or unsupported image: not a readable PNG, JPEG or DICOM file ({type(exc).__name__})") from None
+        raise ImageInputError(
+            f"corrupt or unsupported image: not a readable PNG, JPEG or DICOM file ({type(exc).__name__})"
+        ) from None
     fmt = (img.format or "").lower()
     if fmt not in ("png", "jpeg"):
         raise ImageInputError(f"unsupported image format {img.format!r}; use PNG, JPEG or DICOM")

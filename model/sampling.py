@@ -36,7 +36,12 @@ class SamplingConfig(StrictConfig):
     detail: float = 0.3  # 0 to MAX_DETAIL; 0: the paper's image
 
     def __post_init__(self):
-        self.steps, self.guidance, self.start, self.detail = int(self.steps), float(self.guidance), str(self.start), float(self.detail)
+        self.steps, self.guidance, self.start, self.detail = (
+            int(self.steps),
+            float(self.guidance),
+            str(self.start),
+            float(self.detail),
+        )
         if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
         if not 0.0 <= self.guidance <= 30.0:

@@ -139,7 +139,11 @@ def optimize_seed(
     the chosen method (lines 6-9)."""
     t0 = time.perf_counter()
     z = z_T.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=config.lr) if config.optimizer == "adam" else NormalizedGradientDescent([z], lr=config.lr)
+    opt = (
+        torch.optim.Adam([z], lr=config.lr)
+        if config.optimizer == "adam"
+        else NormalizedGradientDescent([z], lr=config.lr)
+    )
     best_loss = torch.full((z.shape[0],), float("inf"))
     best_seed = z.detach().clone()
     history: list[float] = []

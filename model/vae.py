@@ -33,8 +33,12 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
         self.block = nn.Sequential(
-            _norm(cin, groups), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-            _norm(cout, groups), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
+            _norm(cin, groups),
+            nn.SiLU(),
+            nn.Conv2d(cin, cout, 3, padding=1),
+            _norm(cout, groups),
+            nn.SiLU(),
+            nn.Conv2d(cout, cout, 3, padding=1),
         )
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 

@@ -65,7 +65,10 @@ def preset_from_dict(name: str, data: dict) -> Preset:
     vae, tr, diff = components["vae"], components["transformer"], components["diffusion"]
     latent = res // 2 ** (len(vae.channel_mult) - 1)
     if tr.latent_size != latent or diff.latent_size != latent:
-        raise CheckpointError(f"preset {name!r}: resolution {res} gives latent {latent}, transformer/diffusion say {tr.latent_size}/{diff.latent_size}")
+        raise CheckpointError(
+            f"preset {name!r}: resolution {res} gives latent {latent}, "
+            f"transformer/diffusion say {tr.latent_size}/{diff.latent_size}"
+        )
     if tr.latent_channels != vae.latent_channels:
         raise CheckpointError(f"preset {name!r}: transformer latent_channels must equal vae latent_channels")
     if diff.cross_attention_dim != components["contrastive"].text_width:
@@ -76,7 +79,9 @@ def preset_from_dict(name: str, data: dict) -> Preset:
             settings[key] = cls.from_dict(data.get(key, {}))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"preset {name!r}: {key}: {exc}") from None
-    return Preset(name, data.get("description", ""), res, components, settings["sampling"], settings["seed_optimization"])
+    return Preset(
+        name, data.get("description", ""), res, components, settings["sampling"], settings["seed_optimization"]
+    )
 
 
 def get_preset(name: str) -> Preset:

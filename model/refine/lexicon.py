@@ -78,7 +78,10 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"pleural other",  # the canonical label name itself
     ],
     # Not a broken device: "catheter fracture", "fractured lead".
-    "Fracture": [r"(?<!catheter )(?<!lead )(?<!wire )(?<!line )fracture(?!d (?:\w+ ){0,3}(?:leads?|wires?|xxxx|catheter))\w*", r"\bfx\b"],
+    "Fracture": [
+        r"(?<!catheter )(?<!lead )(?<!wire )(?<!line )fracture(?!d (?:\w+ ){0,3}(?:leads?|wires?|xxxx|catheter))\w*",
+        r"\bfx\b",
+    ],
     "Support Devices": [
         r"support devices?",  # the canonical label name itself
         r"\bpicc\b",
@@ -110,7 +113,10 @@ NORMAL_REGEX = re.compile(
 )
 
 SIDE_WORDS = [
-    (re.compile(r"\b(?:bilateral\w*|both|bibasilar|bibasal|biapical|bilaterally|right and left|left and right)\b"), "bilateral"),
+    (
+        re.compile(r"\b(?:bilateral\w*|both|bibasilar|bibasal|biapical|bilaterally|right and left|left and right)\b"),
+        "bilateral",
+    ),
     # "right atrium", "left ventricle": heart chambers, not sides of the chest.
     (re.compile(r"\b(?:right|rt)\b(?!(?: \w+)? (?:atri|ventric|heart))"), "right"),
     (re.compile(r"\b(?:left|lt)\b(?!(?: \w+)? (?:atri|ventric|heart))|lingula\w*"), "left"),
@@ -135,10 +141,20 @@ ZONE_BEFORE_FINDING = re.compile(r"\b(upper|mid|middle|lower) +$")
 SEVERITY_WORDS = [
     (re.compile(r"\b(?:nondisplaced|non-displaced|undisplaced)\b"), "mild"),
     (re.compile(r"\b(?:massive|large|larger|sizable|big|tension)\b"), "large"),
-    (re.compile(r"\b(?:severe|severely|marked|markedly|extensive|significant|significantly|dense|(?<!non-)(?<!non)(?<!mildly )(?<!minimally )(?<!moderately )displaced)\b"), "severe"),
+    (
+        re.compile(
+            r"\b(?:severe|severely|marked|markedly|extensive|significant|significantly|dense|(?<!non-)(?<!non)(?<!mildly )(?<!minimally )(?<!moderately )displaced)\b"
+        ),
+        "severe",
+    ),
     (re.compile(r"\b(?:moderate|moderately|moderate-sized|moderate-size)\b"), "moderate"),
     (re.compile(r"\b(?:small|smaller|tiny|trace)\b"), "small"),
-    (re.compile(r"\b(?:mild|mildly|minimal|minimally|slight|slightly|borderline|subtle|faint|minor|top[- ]normal|upper limits? of normal)\b"), "mild"),
+    (
+        re.compile(
+            r"\b(?:mild|mildly|minimal|minimally|slight|slightly|borderline|subtle|faint|minor|top[- ]normal|upper limits? of normal)\b"
+        ),
+        "mild",
+    ),
 ]
 
 # NegEx-style triggers (Chapman et al. 2001), extended with radiology phrasing.

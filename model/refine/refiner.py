@@ -67,7 +67,9 @@ class Refiner:
             except BackendError as exc:
                 fallback = f"openai backend failed: {exc}; used the rule backend"
         findings, understood = refine_findings(text)
-        result = Refinement(findings=findings, condition=condition_text(findings), backend="rules", fallback_reason=fallback)
+        result = Refinement(
+            findings=findings, condition=condition_text(findings), backend="rules", fallback_reason=fallback
+        )
         return result, understood
 
     def request(self, text: str) -> Refinement:

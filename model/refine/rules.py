@@ -82,7 +82,7 @@ def _status(sentence: str, start: int, end: int) -> str:
         for m in regex.finditer(sentence, cut):
             if m.end() > start:
                 break
-            if _words(before[m.end():]) <= SCOPE_WORDS and m.start() >= best_pos:
+            if _words(before[m.end() :]) <= SCOPE_WORDS and m.start() >= best_pos:
                 # The nearer trigger wins; at the same place uncertainty wins ("can not exclude").
                 if m.start() > best_pos or status == "uncertain":
                     best, best_pos = status, m.start()
@@ -140,9 +140,7 @@ def find_mentions(text: str) -> list[Mention]:
     out: list[Mention] = []
     for sentence in sentences(normalise(text)):
         spans = sorted(
-            (m.start(), m.end(), label)
-            for label, regex in FINDING_REGEX.items()
-            for m in regex.finditer(sentence)
+            (m.start(), m.end(), label) for label, regex in FINDING_REGEX.items() for m in regex.finditer(sentence)
         )
         for i, (start, end, label) in enumerate(spans):
             prev_end = max((e for s, e, _ in spans[:i] if e <= start), default=0)

@@ -50,8 +50,13 @@ def test_shapes_and_save_load_round_trip(name, tmp_path):
         y = _run(name, module, x)
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     expected = {
-        "vae": (2, 1, 64, 64), "transformer": (2, 4, 16, 16), "findings_head": (2, 14), "diffusion": (1, 1, 16, 16),
-        "contrastive": (2, 64), "identity_encoder": (2, 16), "eval_classifier": (2, 14),
+        "vae": (2, 1, 64, 64),
+        "transformer": (2, 4, 16, 16),
+        "findings_head": (2, 14),
+        "diffusion": (1, 1, 16, 16),
+        "contrastive": (2, 64),
+        "identity_encoder": (2, 16),
+        "eval_classifier": (2, 14),
     }[name]
     assert tuple(y.shape) == expected
     module.save_pretrained(tmp_path / name)
@@ -68,7 +73,9 @@ def test_text_pooling_reads_the_whole_condition():
     alphabetically last word here ("moderate"), which a causal text tower lets see only the words
     before it: the same feature for both."""
     torch.manual_seed(0)
-    module = COMPONENTS["contrastive"](dataclasses.replace(TINY.components["contrastive"], text_attention="causal")).eval()
+    module = COMPONENTS["contrastive"](
+        dataclasses.replace(TINY.components["contrastive"], text_attention="causal")
+    ).eval()
     assert module.config.text_pool == "eos"
     texts = ["moderate atelectasis", "moderate cardiomegaly"]
     with torch.no_grad():
@@ -136,7 +143,9 @@ def test_explicit_ddim_loop_matches_diffusers_scheduler():
     z_T, cond = torch.randn((1, 1, 16, 16), generator=g), torch.randn((1, 24, 32), generator=g)
     uncond = torch.zeros_like(cond)
     ours = d.sample(z_T, cond, uncond, steps=6, guidance=3.0)
-    sched = DDIMScheduler.from_config(d.train_scheduler.config, clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+    sched = DDIMScheduler.from_config(
+        d.train_scheduler.config, clip_sample=False, set_alpha_to_one=True, steps_offset=1
+    )
     sched.set_timesteps(6)
     z = z_T
     with torch.no_grad():
@@ -201,8 +210,13 @@ def test_presets_registry_and_strict_keys():
         preset_from_dict("x", data)
     assert get_preset("tiny").sampling.start == "inversion"
     assert get_preset("tiny").sampling.detail == 0.0 and get_preset("phantom-128").sampling.detail == 0.3
-    for bad, why in (({"start": "reference"}, "start must be one of"), ({"stepz": 4}, "unknown SamplingConfig key"),
-                     ({"detail": -0.1}, "detail must be"), ({"detail": 3.0}, "detail must be"), ({"steps": 0}, "steps must be")):
+    for bad, why in (
+        ({"start": "reference"}, "start must be one of"),
+        ({"stepz": 4}, "unknown SamplingConfig key"),
+        ({"detail": -0.1}, "detail must be"),
+        ({"detail": 3.0}, "detail must be"),
+        ({"steps": 0}, "steps must be"),
+    ):
         data = get_preset("tiny").to_dict()
         data["sampling"].update(bad)
         with pytest.raises(CheckpointError, match=f"preset 'x': sampling: .*{why}"):
@@ -223,7 +237,11 @@ def test_the_defaults_are_the_recommended_settings_and_presets_spell_out_theirs(
     assert (SeedOptConfig().optimizer, SeedOptConfig().lr, SeedOptConfig().guard) == ("normalized", 0.005, True)
     # tiny keeps Algorithm 2's optimiser for the tests; the paper preset is Algorithm 2 as written.
     tiny = get_preset("tiny")
-    assert (tiny.seed_optimization.optimizer, tiny.seed_optimization.lr, tiny.seed_optimization.guard) == ("adam", 0.1, False)
+    assert (tiny.seed_optimization.optimizer, tiny.seed_optimization.lr, tiny.seed_optimization.guard) == (
+        "adam",
+        0.1,
+        False,
+    )
     assert tiny.sampling == SamplingConfig(steps=10, guidance=3.0, start="inversion", detail=0.0)
     paper = get_preset("paper-256")
     assert paper.seed_optimization == SeedOptConfig(optimizer="adam", lr=0.1, norm_weight=0.0, guard=False)

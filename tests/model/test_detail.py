@@ -55,4 +55,7 @@ def test_pipeline_detail_setting(checkpoint, tmp_path):
     cfg = json.loads((tmp_path / "set" / "config.json").read_text())
     cfg["sampling"]["detail"] = 0.3
     (tmp_path / "set" / "config.json").write_text(json.dumps(cfg))
-    assert np.array_equal(CounterfactualPipeline.from_pretrained(tmp_path / "set")(xray, "moderate cardiomegaly", **kw).image, restored.image)
+    assert np.array_equal(
+        CounterfactualPipeline.from_pretrained(tmp_path / "set")(xray, "moderate cardiomegaly", **kw).image,
+        restored.image,
+    )

@@ -11,8 +11,8 @@ import torch
 from model.modeling import CheckpointError
 from model.pipeline import CounterfactualPipeline
 from model.preprocess import ImageInputError, load_image_file, to_model_input, to_unit_grey
-from model.refine import NoFindingRecognised
 from model.presets import get_preset
+from model.refine import NoFindingRecognised
 from model.seed_optimization import SeedOptConfig, optimize_seed
 from training.centroids import compute_centroids
 from training.phantom.renderer import render
@@ -49,7 +49,9 @@ def tiny_opt(**changes) -> SeedOptConfig:
 
 def test_output_contract(pipe, xray):
     stages = []
-    out = pipe(xray, "small left pleural effusion", seed=2, steps=4, seed_opt=FAST, progress=lambda *a: stages.append(a[0]))
+    out = pipe(
+        xray, "small left pleural effusion", seed=2, steps=4, seed_opt=FAST, progress=lambda *a: stages.append(a[0])
+    )
     assert out.image.shape == (64, 64) and out.image.dtype == np.float32
     assert 0.0 <= out.image.min() and out.image.max() <= 1.0
     assert np.allclose(out.difference, out.image - out.input_image)
@@ -68,7 +70,9 @@ def test_save_load_gives_identical_outputs_and_same_seed_same_image(pipe, checkp
     b = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST)
     assert np.array_equal(a.image, b.image)
     pipe.save_pretrained(tmp_path / "again")
-    c = CounterfactualPipeline.from_pretrained(tmp_path / "again")(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST)
+    c = CounterfactualPipeline.from_pretrained(tmp_path / "again")(
+        xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST
+    )
     assert np.array_equal(a.image, c.image)
     d = pipe(xray, "moderate cardiomegaly", seed=6, steps=3, seed_opt=FAST, start="noise")
     e = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST, start="noise")
@@ -100,7 +104,6 @@ def test_ddim_inversion_returns_to_the_latent(pipe):
 @pytest.mark.parametrize("method", ["x0", "shortcut", "full"])
 def test_gradient_reaches_the_seed(pipe, xray, method):
     x = torch.from_numpy(to_unit_grey(xray)).float()
-    from model.preprocess import to_model_input
 
     x = to_model_input(xray, 64)
     z_id, _ = pipe.vae.split(pipe.vae.encode(x).mean.detach())
@@ -115,7 +118,9 @@ def test_gradient_reaches_the_seed(pipe, xray, method):
 
 @pytest.mark.parametrize("method", ["x0", "shortcut"])
 def test_seed_optimisation_lowers_lp(pipe, xray, method):
-    out = pipe(xray, "large right pneumothorax", seed=1, steps=4, seed_opt=tiny_opt(method=method, max_iters=8, patience=8))
+    out = pipe(
+        xray, "large right pneumothorax", seed=1, steps=4, seed_opt=tiny_opt(method=method, max_iters=8, patience=8)
+    )
     assert out.lp_history[-1] < out.lp_history[0]
     assert all(b <= a for a, b in zip(out.lp_history, out.lp_history[1:]))  # best-so-far never rises
 
@@ -155,7 +160,10 @@ def test_seed_opt_config_rejects_unknown_optimizer():
 def test_early_stop_when_lp_stops_falling():
     centroid = torch.zeros(1, 4)
     res = optimize_seed(
-        torch.zeros(1, 1, 2, 2), lambda z, m, s: z, centroid, lambda img: torch.zeros(img.shape[0], 4) + 1.0,
+        torch.zeros(1, 1, 2, 2),
+        lambda z, m, s: z,
+        centroid,
+        lambda img: torch.zeros(img.shape[0], 4) + 1.0,
         tiny_opt(max_iters=50, patience=3),
     )
     assert res.iterations == 3 and len(res.history) == 4
@@ -183,7 +191,14 @@ def test_guard_keeps_the_optimised_seed_only_if_the_findings_head_agrees(pipe, x
     # both seeds are sampled in one batch, so the kept image matches its unguarded twin to float error
     assert np.allclose(guarded.image, (optimised if optimized_wins else plain).image, atol=1e-4)
     undone = [n for n in guarded.quality.notes if n.startswith("seed optimisation undone")]
-    assert undone == ([] if optimized_wins else ["seed optimisation undone: the findings head scored the target 0.20 on the optimised seed against 0.80 on the starting seed"])
+    assert undone == (
+        []
+        if optimized_wins
+        else [
+            "seed optimisation undone: the findings head scored the target 0.20 "
+            "on the optimised seed against 0.80 on the starting seed"
+        ]
+    )
 
 
 def test_target_score_reads_the_findings_head_on_the_target_labels(pipe):
@@ -283,7 +298,7 @@ def test_wrong_or_incomplete_checkpoints(checkpoint, tmp_path):
     # The pipeline config spells out every sampling and seed-optimisation setting; schema 1 is refused.
     for change, message in (
         (lambda c: c["sampling"].pop("detail"), "sampling: SamplingConfig lacks key.*detail"),
-        (lambda c: c["seed_optimization"].update(guard_by="head"), "seed_optimization: unknown SeedOptConfig key.*guard_by"),
+        (lambda c: c["seed_optimization"].update(judge="head"), "seed_optimization: unknown SeedOptConfig key.*judge"),
         (lambda c: c.update(schema_version=1), "schema version 1, this library reads 2; .*retrain"),
     ):
         old = tmp_path / f"old{len(message)}"

@@ -15,8 +15,11 @@ from model.contrastive import ContrastiveConfig, ContrastiveModel
 def export_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("biomedclip-like")
     cfg = {
-        "model_cfg": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-                      "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}},
+        "model_cfg": {
+            "embed_dim": 32,
+            "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        },
         "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
     }
     (d / "open_clip_config.json").write_text(json.dumps(cfg))
@@ -37,7 +40,9 @@ def test_local_open_clip_backbone_encodes_and_round_trips(export_dir, tmp_path):
     again = ContrastiveModel.from_pretrained(tmp_path / "c")
     with torch.no_grad():
         assert torch.equal(again.encode_image(x), feats)
-    assert json.loads((tmp_path / "c" / "config.json").read_text())["config"]["backbone"].startswith("open_clip:local-dir:")
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["config"]["backbone"].startswith(
+        "open_clip:local-dir:"
+    )
 
 
 def test_pretrained_backbone_is_never_downloaded(tmp_path):

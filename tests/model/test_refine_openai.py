@@ -10,7 +10,9 @@ import pytest
 from model.refine import Refiner
 from model.refine.refiner import RefinerSettings
 
-GOOD = {"findings": [{"label": "pleural effusion", "status": "present", "side": "left", "zones": [], "severity": "small"}]}
+GOOD = {
+    "findings": [{"label": "pleural effusion", "status": "present", "side": "left", "zones": [], "severity": "small"}]
+}
 
 
 class _Fake(BaseHTTPRequestHandler):
@@ -57,7 +59,9 @@ def server():
 
 
 def _refiner(url, **kw):
-    return Refiner(RefinerSettings(backend="openai", base_url=url, model="fake-model", api_key="sk-test", timeout_s=0.5, **kw))
+    return Refiner(
+        RefinerSettings(backend="openai", base_url=url, model="fake-model", api_key="sk-test", timeout_s=0.5, **kw)
+    )
 
 
 def test_valid_answer_is_used(server):
@@ -70,7 +74,10 @@ def test_valid_answer_is_used(server):
     assert call["body"]["model"] == "fake-model" and call["body"]["temperature"] == 0
 
 
-@pytest.mark.parametrize("mode, reason", [("not_json", "not chat JSON"), ("bad_schema", "schema"), ("http500", "HTTP 500"), ("slow", "timed out")])
+@pytest.mark.parametrize(
+    "mode, reason",
+    [("not_json", "not chat JSON"), ("bad_schema", "schema"), ("http500", "HTTP 500"), ("slow", "timed out")],
+)
 def test_failures_fall_back_to_rules_and_say_so(server, mode, reason):
     _Fake.mode = mode
     result = _refiner(server)("Small right pneumothorax.")

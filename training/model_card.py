@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .evaluate import sampling_text, seed_opt_text, summary, summary_lines
-from .train import STAGES
+from .options import STAGES, Hyper
 
 
 def _size_mb(directory: Path) -> float:
@@ -75,15 +75,10 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
     if all("sitting" in run for _, _, run in sittings):
         sittings.sort(key=lambda s: s[2]["sitting"])
     for name, k, run in sittings:
-        kl = f" --kl-weight {run['kl_weight']:g}" if name == "stage1" and run.get("kl_weight", 0.1) != 0.1 else ""
-        if run.get("paired_weight"):
-            kl += f" --paired-weight {run['paired_weight']:g} --paired-focus {run.get('paired_focus', 50.0):g}"
-        kl += "".join(f" --freeze {part}" for part in run.get("freeze", []))
-        if name == "classifier":  # runs recorded before the option trained without it
-            kl += f" --acquisition-augment {run.get('acquisition_augment', 0.0):g}"
+        flags = Hyper.flags(name, run)
         lines.append(
             f"whatif train {name} --preset {preset} --data {tr.get('data')} --out RUN --steps {run['to_step']} "
-            f"--batch-size {run['batch_size']}{kl}{' --resume' if name != 'stage0' or k else ''}"
+            f"--batch-size {run['batch_size']}{flags}{' --resume' if name != 'stage0' or k else ''}"
         )
     lines += ["```", ""]
     if eval_result is not None:

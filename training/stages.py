@@ -6,7 +6,7 @@ stage0: the image-report contrastive model (E_CXR and the text encoder), the ide
 stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE + lambda (1 - SSIM)),
         alpha KL, beta per-label BCE (Eq. 6 read as multi-label), and every 5th step the
         pathology swap with gamma L_ID + delta L_PC as DESIGN.md reads Eq. 8: identity kept from A,
-        pathology taken from B, both decoded through T. On phantom data, `Hyper.paired` > 0 adds a
+        pathology taken from B, both decoded through T. On phantom data, `Hyper.paired_weight` > 0 adds a
         term the paper cannot have: half of each batch is replaced by the true counterfactuals of
         the other half (same identity, class-balanced findings) and D(T({z_A^{1:n-1}, z_P^n})) must
         reproduce x_P pixel for pixel (and the symmetric swap), Eq. 4's loss on the swap itself,
@@ -29,40 +29,7 @@ from model.vae import ssim
 
 from .augment import AcquisitionAugment
 from .loop import TrainingError, batches, run_loop
-
-
-@dataclasses.dataclass
-class Hyper:
-    """Paper section 4.1 defaults; `lr` is lr_1 = lr_2."""
-
-    lr: float = 1e-4
-    alpha: float = 0.1  # KL
-    beta: float = 5.0  # classification
-    lam: float = 0.01  # SSIM term of L_recon
-    gamma: float = 1.0  # L_ID
-    delta: float = 2.5  # L_PC
-    swap_every: int = 5
-    caption_dropout: float = 0.1
-    # Not in the paper: weight of the paired counterfactual term on phantoms (0 = the paper's
-    # stage 1). Real data has no pixel-aligned counterfactuals; the phantom has them by design.
-    paired: float = 0.0
-    # With `paired`: how much more the pixels where the pair differs weigh in L_recon and the
-    # paired term. Findings cover 0.4-20% of a 128x128 phantom (a fracture 0.4%, a lung lesion
-    # 0.4%, atelectasis 1%), so an unweighted MSE hardly sees them; 50 makes a 1% finding weigh
-    # about as much as the rest of the image.
-    paired_focus: float = 50.0
-    # Not in the paper: probability of each acquisition augmentation (blur, noise, exposure) per
-    # image in the evaluation classifier's own stage (`training.augment`; 0 = none). A judge that
-    # has only seen one render's sharpness scores texture, not findings.
-    acquisition_augment: float = 0.8
-    # Stage 0's networks to leave as they are (of STAGE0_FREEZABLE): e.g. to train E_CXR further
-    # without touching an evaluation classifier that its own stage has trained since. "text" is the
-    # contrastive model's text tower alone: stage 2 cross-attends to its token features, so with it
-    # frozen the image tower (E_CXR, which seed optimisation's L_P reads) can train on without
-    # invalidating a trained stage 2. "image" is the converse, E_CXR alone: the text tower trains
-    # against a fixed E_CXR (as LiT locks one tower), so stage 1's L_PC, the reference centroids
-    # and seed optimisation's L_P keep the E_CXR they were made with.
-    freeze: tuple[str, ...] = ()
+from .options import Hyper
 
 
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -79,10 +46,6 @@ def _sync(optimizer: torch.optim.Optimizer, world: int) -> None:
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world
-
-
-STAGE0_PARTS = ("contrastive", "identity", "classifier")
-STAGE0_FREEZABLE = (*STAGE0_PARTS, "text", "image")
 
 
 def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
@@ -190,7 +153,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
     it = batches(data, batch_size, seed, rank, world)
     g = torch.Generator().manual_seed(seed)
 
-    paired = hp.paired > 0  # train() has checked that the data has counterfactual views
+    paired = hp.paired_weight > 0  # train() has checked that the data has counterfactual views
 
     def step(i):
         b = next(it)
@@ -213,7 +176,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         # KL per latent element (mean): with the sum, alpha = 0.1 would swamp a per-pixel MSE.
         l_kl = dist.kl() / z[0].numel()
         l_cls = F.binary_cross_entropy_with_logits(head(vae.split(z)[1]), y)  # Eq. 6, multi-label
-        loss = l_rec + hp.alpha * l_kl + hp.beta * l_cls
+        loss = l_rec + hp.kl_weight * l_kl + hp.beta * l_cls
         out_m = {"recon": float(l_rec.detach()), "kl": float(l_kl.detach()), "cls": float(l_cls.detach())}
         if paired:
             # Identity of one view, pathology of the other: the result is known, the other view.
@@ -221,7 +184,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
             swap = torch.cat([torch.arange(h, 2 * h), torch.arange(h)])
             x_sw = vae.decode(T(vae.join(z_id, z_n[swap])))
             l_pair = _mse(x_sw, x[swap], w) + hp.lam * (1 - ssim(x_sw, x[swap]))  # w is symmetric in the pair
-            loss = loss + hp.paired * l_pair
+            loss = loss + hp.paired_weight * l_pair
             out_m["paired"] = float(l_pair.detach())
         if (i + 1) % hp.swap_every == 0:
             # Algorithm 1 lines 7-13 as DESIGN.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).

@@ -13,9 +13,9 @@ from model.presets import get_preset
 
 from .centroids import compute_centroids
 from .loop import RunSpec, TrainingError, distributed, open_run
-from .stages import STAGE0_FREEZABLE, STAGE0_PARTS, Hyper, classifier_stage, stage0, stage1, stage2
+from .options import STAGES, Hyper
+from .stages import classifier_stage, stage0, stage1, stage2
 
-STAGES = ("stage0", "stage1", "stage2", "classifier")
 EVAL_CLASSIFIER_SEED_OFFSET = 7919  # the classifier's data: a master seed no other stage uses
 
 
@@ -88,23 +88,14 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
     if steps < 1 or batch_size < 2:
         raise TrainingError("--steps must be at least 1 and --batch-size at least 2 (contrastive losses need pairs)")
     hp = hp or Hyper()
+    problem = hp.problem(stage)
+    if problem:
+        raise TrainingError(problem)
     p = get_preset(preset)
     dataset = make_dataset(data, p.resolution)
     if len(dataset) < batch_size:
         raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
-    if hp.freeze:
-        unknown = sorted(set(hp.freeze) - set(STAGE0_FREEZABLE))
-        if unknown or stage != "stage0" or set(hp.freeze) >= set(STAGE0_PARTS):
-            raise TrainingError(
-                f"--freeze applies to stage0 only, names some of {', '.join(STAGE0_FREEZABLE)} and leaves one to train; "
-                f"got {', '.join(hp.freeze)} for {stage}"
-            )
-        for tower in ("text", "image"):
-            if {tower, "contrastive"} <= set(hp.freeze):
-                raise TrainingError(f"--freeze {tower} leaves the other tower to train; --freeze contrastive already freezes both towers")
-        if {"text", "image"} <= set(hp.freeze):
-            raise TrainingError("--freeze text --freeze image leaves the contrastive model nothing to train; use --freeze contrastive")
-    if hp.paired > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
+    if hp.paired_weight > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
     out = Path(out)
     torch.manual_seed(seed)
@@ -143,15 +134,7 @@ def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch
             # Sittings are numbered across stages: the order matters (stage 1's L_PC reads E_CXR, so a
             # stage-0 sitting after stage 1 is not the same run as one before it).
             done = [r.get("sitting", 0) for st in history.values() for r in st.get("runs", [])]
-            run = {"to_step": steps, "batch_size": batch_size, "lr": hp.lr, "sitting": max(done, default=0) + 1}
-            if name == "stage1":  # the only stage with a KL term and the paired term
-                run["kl_weight"] = hp.alpha
-                if hp.paired:
-                    run["paired_weight"], run["paired_focus"] = hp.paired, hp.paired_focus
-            if name == "classifier":
-                run["acquisition_augment"] = hp.acquisition_augment
-            if name == "stage0" and hp.freeze:
-                run["freeze"] = sorted(hp.freeze)
+            run = {"to_step": steps, "batch_size": batch_size, **hp.record(name), "sitting": max(done, default=0) + 1}
             runs = runs + [run]
             seconds = report[name]["seconds"]
             if resume and not report[name].get("earlier_seconds_counted", True):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def add_parser(sub) -> None:
+    from training.options import Hyper
+
     t = sub.add_parser("train", help="train a stage (or all) on phantom or real data")
     t.add_argument("stage", choices=["stage0", "stage1", "stage2", "classifier", "all"])
     t.add_argument("--preset", default="phantom-128")
@@ -11,12 +15,14 @@ def add_parser(sub) -> None:
     t.add_argument("--out", required=True, help="run directory (checkpoint/, state/, metrics/, curves/)")
     t.add_argument("--steps", type=int, default=1000, help="optimisation steps per stage")
     t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--kl-weight", type=float, default=None, help="stage1's alpha on the per-element KL (default: the paper's 0.1)")
-    t.add_argument("--paired-weight", type=float, default=0.0, help="stage1 on phantoms: weight of the paired true-counterfactual term (default 0: the paper's stage 1)")
-    t.add_argument("--paired-focus", type=float, default=50.0, help="with --paired-weight: extra weight of the pixels where a pair differs (its findings; default 50)")
-    t.add_argument("--acquisition-augment", type=float, default=0.8, help="classifier: probability of each of blur, noise and exposure per image (default 0.8; 0 = none)")
-    t.add_argument("--freeze", action="append", default=[], choices=["contrastive", "identity", "classifier", "text", "image"], help="stage0: leave this network as it is (repeatable), e.g. to train E_CXR on without touching a classifier trained since; text: the contrastive model's text tower only, which stage 2 is conditioned on; image: E_CXR only, which stage 1, the reference centroids and seed optimisation read")
+    # The options as Hyper declares them; a flag not given is left out, so the field's default holds.
+    for name, opt, default in Hyper.options():
+        flag, stages = "--" + name.replace("_", "-"), ", ".join(opt.stages)
+        if opt.choices:
+            t.add_argument(flag, action="append", choices=opt.choices, default=argparse.SUPPRESS, help=f"{stages}: {opt.help}")
+        else:
+            qualifies = f"; with --{opt.requires.replace('_', '-')}" if opt.requires else ""
+            t.add_argument(flag, type=type(default), default=argparse.SUPPRESS, help=f"{stages}{qualifies}: {opt.help} (default {default:g})")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=_train)
@@ -24,15 +30,11 @@ def add_parser(sub) -> None:
 
 def _train(args) -> int:
     from training.loop import TrainingError
-    from training.stages import Hyper
+    from training.options import Hyper
     from training.train import train
     from whatif.errors import UsageError
 
-    hp = Hyper(
-        lr=args.lr, paired=args.paired_weight, paired_focus=args.paired_focus, acquisition_augment=args.acquisition_augment, freeze=tuple(args.freeze),
-    )
-    if args.kl_weight is not None:
-        hp.alpha = args.kl_weight
+    hp = Hyper.from_options({name: getattr(args, name) for name, _, _ in Hyper.options() if hasattr(args, name)})
     try:
         report = train(args.stage, args.preset, args.data, args.out, args.steps, args.batch_size, args.resume, args.seed, hp)
     except TrainingError as exc:

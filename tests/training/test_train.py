@@ -154,9 +154,10 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert "not for clinical use" in card and "| stage1 |" in card and "--data phantom:24" in card
     assert "With seed optimisation: mean AUROC" in card and "Total training wall time" in card
     assert "Sampling: detail 0.0, guidance 2.0, start noise, steps 2." in card and "(target >= 0.85: " in card
-    # The classifier stage records its acquisition augmentation and the card's command repeats it.
+    # The classifier stage records its acquisition augmentation; the card's command leaves out
+    # what is at its default.
     assert pipe.config["training"]["stages"]["classifier"]["runs"][-1]["acquisition_augment"] == 0.8
-    assert "whatif train classifier --preset tiny --data phantom:24 --out RUN --steps 6 --batch-size 4 --acquisition-augment 0.8 --resume" in card
+    assert "whatif train classifier --preset tiny --data phantom:24 --out RUN --steps 6 --batch-size 4 --resume" in card
 
 
 def test_same_command_under_torchrun_two_processes(tmp_path):
@@ -218,29 +219,30 @@ def test_counterfactual_view_is_the_same_identity_with_balanced_findings():
 
 def test_paired_counterfactual_term_trains_and_is_recorded(tmp_path):
     from training.model_card import model_card
-    from training.stages import Hyper
+    from training.options import Hyper
 
     out = tmp_path / "paired"
-    train("stage1", "tiny", "phantom:24", out, steps=5, batch_size=4, hp=Hyper(paired=1.0))
+    train("stage1", "tiny", "phantom:24", out, steps=5, batch_size=4, hp=Hyper(paired_weight=1.0))
     rows = [json.loads(line) for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
     assert all(r["paired"] > 0 for r in rows)
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     assert pipe.config["training"]["stages"]["stage1"]["runs"][-1]["paired_weight"] == 1.0
-    assert "--paired-weight 1 --paired-focus 50 --resume" in model_card(pipe.config, None, out / "checkpoint", "")
+    assert "--kl-weight 0.1" not in model_card(pipe.config, None, out / "checkpoint", "")
+    assert "--steps 5 --batch-size 4 --paired-weight 1 --resume" in model_card(pipe.config, None, out / "checkpoint", "")
 
 
 def test_paired_term_needs_phantom_pairs(tmp_path):
-    from training.stages import Hyper
+    from training.options import Hyper
 
     gen = tmp_path / "gen"
     assert main(["phantom", "generate", "--n", "8", "--size", "64", "--out", str(gen), "--quiet"]) == 0
     with pytest.raises(TrainingError, match="paired"):
-        train("stage1", "tiny", str(gen), tmp_path / "r", steps=1, batch_size=4, hp=Hyper(paired=1.0))
+        train("stage1", "tiny", str(gen), tmp_path / "r", steps=1, batch_size=4, hp=Hyper(paired_weight=1.0))
 
 
 def test_stage0_freeze_keeps_a_classifier_trained_since(tmp_path):
     from training.model_card import model_card
-    from training.stages import Hyper
+    from training.options import Hyper
 
     out = tmp_path / "s0"
     train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
@@ -270,7 +272,7 @@ def test_stage0_freeze_keeps_a_classifier_trained_since(tmp_path):
 
 def test_stage0_freeze_text_trains_the_image_tower_only(tmp_path):
     from training.model_card import model_card
-    from training.stages import Hyper
+    from training.options import Hyper
 
     out = tmp_path / "s0"
     train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
@@ -297,7 +299,7 @@ def test_stage0_freeze_text_trains_the_image_tower_only(tmp_path):
 
 
 def test_stage0_freeze_image_trains_the_text_tower_only(tmp_path):
-    from training.stages import Hyper
+    from training.options import Hyper
 
     out = tmp_path / "s0"
     train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
@@ -321,7 +323,7 @@ def test_stage0_freeze_image_trains_the_text_tower_only(tmp_path):
     (("text", "image"), "leaves the contrastive model nothing to train"),
 ])
 def test_freezing_both_towers_twice_over_is_refused(tmp_path, freeze, message):
-    from training.stages import Hyper
+    from training.options import Hyper
 
     with pytest.raises(TrainingError, match=message):
         train("stage0", "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=freeze))
@@ -330,7 +332,7 @@ def test_freezing_both_towers_twice_over_is_refused(tmp_path, freeze, message):
 
 @pytest.mark.parametrize("stage,freeze", [("stage1", ("classifier",)), ("stage0", ("contrastive", "identity", "classifier")), ("stage0", ("vae",))])
 def test_bad_freeze_is_refused_before_training(tmp_path, stage, freeze):
-    from training.stages import Hyper
+    from training.options import Hyper
 
     with pytest.raises(TrainingError, match="--freeze applies to stage0 only"):
         train(stage, "tiny", "phantom:24", tmp_path / "bad", steps=2, batch_size=4, hp=Hyper(freeze=freeze))
@@ -351,3 +353,34 @@ def test_curves_keep_metrics_that_later_sittings_stop_logging(tmp_path):
     plot_curves(one, tmp_path / "one.png", "stage0")
     # One panel per metric, 3.2 inches each: the frozen sitting's missing classifier keeps its panel.
     assert Image.open(tmp_path / "both.png").width == pytest.approx(2 * Image.open(tmp_path / "one.png").width, rel=0.02)
+
+
+def test_each_option_is_declared_once_and_read_by_the_checks_the_history_and_the_card(tmp_path, capsys):
+    from training.options import Hyper
+
+    # The history's keys and values are the ones older checkpoints hold.
+    paired = Hyper(kl_weight=0.001, paired_weight=1.0, paired_focus=0.0)
+    assert Hyper().record("stage1") == {"lr": 1e-4, "kl_weight": 0.1}
+    assert paired.record("stage1") == {"lr": 1e-4, "kl_weight": 0.001, "paired_weight": 1.0, "paired_focus": 0.0}
+    assert Hyper().record("classifier") == {"lr": 1e-4, "acquisition_augment": 0.8}
+    assert Hyper(freeze=("identity", "classifier")).record("stage0") == {"lr": 1e-4, "freeze": ["classifier", "identity"]}
+    assert Hyper(kl_weight=0.001).record("stage2") == {"lr": 1e-4}
+    # The card's command repeats what differs from the defaults; a sitting recorded before
+    # acquisition augmentation existed trained without it.
+    assert Hyper.flags("stage1", paired.record("stage1")) == " --kl-weight 0.001 --paired-weight 1 --paired-focus 0"
+    assert Hyper.flags("classifier", {"to_step": 1000}) == " --acquisition-augment 0"
+    assert Hyper.flags("stage0", {"lr": 1e-3, "freeze": ["classifier", "identity"]}) == " --lr 0.001 --freeze classifier --freeze identity"
+    # Checked before anything trains.
+    assert Hyper(kl_weight=0.001).problem("stage2") == "--kl-weight applies to stage1 only, not stage2"
+    assert Hyper(kl_weight=0.001).problem("all") is None and paired.problem("stage1") is None
+    assert Hyper(paired_focus=0.0).problem("stage1") == "--paired-focus qualifies --paired-weight; pass that too"
+    assert "is a probability, in [0, 1]" in Hyper(acquisition_augment=1.5).problem("classifier")
+    assert "is a weight, at least 0" in Hyper(kl_weight=-1.0).problem("stage1")
+    with pytest.raises(ValueError, match="unknown option text_lr"):
+        Hyper.from_options({"text_lr": 1e-4})
+    assert Hyper.from_options({"paired_weight": 1, "freeze": ["text"]}) == Hyper(paired_weight=1.0, freeze=("text",))
+    # The command line's flags are the fields'.
+    with pytest.raises(SystemExit):
+        main(["train", "stage2", "--preset", "tiny", "--data", "phantom:24", "--out", str(tmp_path / "r"), "--kl-weight", "0.001"])
+    assert "--kl-weight applies to stage1 only, not stage2" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

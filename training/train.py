@@ -1,9 +1,16 @@
-"""`whatif train stage0|stage1|stage2|all`: build the data, check everything, run the stages, save the checkpoint."""
+"""`whatif train`: one sitting (a stage, or all four) or a recipe of sittings.
+
+A sitting checks the request, builds the data, opens the run, runs each stage and, after each,
+records the sitting in the checkpoint's history and saves the checkpoint. A recipe
+(`recipes/*.toml`) lists sittings in order; `train_recipe` runs those the run has not done yet.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -82,69 +89,197 @@ def ood_statistics(pipe, data, n: int = 128) -> dict:
     return {"recon_mse_mean": float(t.mean()), "recon_mse_std": float(t.std().clamp_min(1e-6))}
 
 
-def train(stage: str, preset: str, data: str, out: str | Path, steps: int, batch_size: int, resume: bool = False, seed: int = 0, hp: Hyper | None = None) -> dict:
+def train(
+    stage: str, preset: str, data: str, out: str | Path, steps: int, batch_size: int,
+    resume: bool = False, seed: int = 0, hp: Hyper | None = None, recipe: str | None = None,
+) -> dict:
+    """One sitting: `stage` (or all four in order) to `steps` steps, in the run directory `out`.
+
+    `recipe`: the recipe this sitting is one of (`train_recipe`), recorded in the checkpoint.
+    """
+    hp = hp or Hyper()
+    todo = check_request(stage, steps, batch_size, hp)
+    resolution = get_preset(preset).resolution
+    dataset = build_data(data, resolution, batch_size, hp, todo)
+    out = Path(out)
+    torch.manual_seed(seed)
+    rank, world = distributed()
+    pipe = open_pipeline(out, RunSpec(preset, data, seed), resume, rank, world)
+    report = {}
+    t0 = time.perf_counter()
+    for name in todo:
+        report[name] = run_stage(name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world)
+        if rank == 0:
+            refresh_references(pipe, dataset)
+            record_sitting(pipe.config, name, report[name], data, seed, steps, batch_size, hp, resume, recipe)
+            pipe.save_pretrained(out / "checkpoint")
+    if rank == 0:
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def check_request(stage: str, steps: int, batch_size: int, hp: Hyper) -> tuple[str, ...]:
+    """The stages to run, after the checks that need no data."""
     if stage not in (*STAGES, "all"):
         raise TrainingError(f"unknown stage {stage!r}; use {', '.join(STAGES)} or all")
     if steps < 1 or batch_size < 2:
         raise TrainingError("--steps must be at least 1 and --batch-size at least 2 (contrastive losses need pairs)")
-    hp = hp or Hyper()
     problem = hp.problem(stage)
     if problem:
         raise TrainingError(problem)
-    p = get_preset(preset)
-    dataset = make_dataset(data, p.resolution)
+    return STAGES if stage == "all" else (stage,)
+
+
+def build_data(data: str, resolution: int, batch_size: int, hp: Hyper, todo: tuple[str, ...]):
+    """The run's dataset, checked against what the sitting asks of it."""
+    dataset = make_dataset(data, resolution)
     if len(dataset) < batch_size:
         raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
-    if hp.paired_weight > 0 and stage in ("stage1", "all") and not hasattr(dataset, "counterfactual_view"):
+    if hp.paired_weight > 0 and "stage1" in todo and not hasattr(dataset, "counterfactual_view"):
         raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
-    out = Path(out)
-    torch.manual_seed(seed)
-    rank, world = distributed()
-    # Rank 0 checks and claims the run directory; the others then build the same starting
-    # pipeline (same checkpoint, or the same seeded initialisation).
+    return dataset
+
+
+def open_pipeline(out: Path, spec: RunSpec, resume: bool, rank: int, world: int) -> CounterfactualPipeline:
+    """The pipeline to train: the run's checkpoint, or the preset's seeded initialisation.
+
+    Rank 0 checks and claims the run directory; the others then build the same starting pipeline.
+    """
     if rank == 0:
-        pipe = open_run(out, RunSpec(preset, data, seed), resume)
+        pipe = open_run(out, spec, resume)
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
         ckpt = out / "checkpoint"
-        pipe = CounterfactualPipeline.from_pretrained(ckpt) if (ckpt / "config.json").is_file() else CounterfactualPipeline.from_preset(preset, seed=seed)
-    todo = STAGES if stage == "all" else (stage,)
-    report = {}
+        pipe = CounterfactualPipeline.from_pretrained(ckpt) if (ckpt / "config.json").is_file() else CounterfactualPipeline.from_preset(spec.preset, seed=spec.seed)
+    return pipe
+
+
+def run_stage(name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world) -> dict:
+    """Train stage `name` to `steps` steps; its report (final losses, seconds)."""
+    if name == "stage0":
+        eval_data = make_dataset(data, resolution, EVAL_CLASSIFIER_SEED_OFFSET) if data.startswith("phantom:") else dataset
+        return stage0(pipe, dataset, eval_data, out, steps, batch_size, hp, resume, seed, rank, world)
+    if name == "stage1":
+        return stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+    if name == "stage2":
+        return stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+    return classifier_stage(pipe, classifier_data(data, resolution, dataset), out, steps, batch_size, hp, resume, seed, rank, world)
+
+
+def record_sitting(config: dict, name: str, report: dict, data: str, seed: int, steps: int, batch_size: int, hp: Hyper,
+                   resume: bool, recipe: str | None) -> None:
+    """Add this sitting of stage `name` to the checkpoint's history (config["training"])."""
+    training = config.setdefault("training", {})
+    history = training.setdefault("stages", {})
+    prev = history.get(name, {})
+    # Checkpoints from before sittings were recorded one by one hold one sitting's summary.
+    first = [{"to_step": prev["steps"], "batch_size": prev["batch_size"]}] if "steps" in prev else []
+    runs = (prev.get("runs") or first) if resume else []
+    # Sittings are numbered across stages: the order matters (stage 1's L_PC reads E_CXR, so a
+    # stage-0 sitting after stage 1 is not the same run as one before it).
+    done = [r.get("sitting", 0) for st in history.values() for r in st.get("runs", [])]
+    runs = runs + [{"to_step": steps, "batch_size": batch_size, **hp.record(name), "sitting": max(done, default=0) + 1}]
+    seconds = report["seconds"]
+    if resume and not report.get("earlier_seconds_counted", True):
+        seconds += float(prev.get("seconds", 0.0))  # the checkpoint's history has the earlier sittings' time
+    # A network frozen in this sitting keeps the last loss it trained to.
+    final = {**(prev.get("final", {}) if resume else {}), **report["final"]}
+    history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1), "final": final, "runs": runs}
+    training.update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
+    if recipe:
+        training["recipe"] = recipe
+    else:  # a sitting of its own: the run is no longer the recipe's
+        training.pop("recipe", None)
+
+
+def refresh_references(pipe, dataset) -> None:
+    """The reference centroids (Algorithm 2, lines 2-3) and the OOD statistics, of the networks as
+    a stage has left them."""
+    pipe.centroids = compute_centroids(pipe, m=10)
+    pipe.config["ood"] = ood_statistics(pipe, dataset)
+
+
+@dataclasses.dataclass
+class Sitting:
+    """One `whatif train` command of a recipe."""
+
+    stage: str
+    steps: int  # the step the stage trains to
+    batch_size: int
+    hp: Hyper
+    why: str = ""
+
+    def record(self) -> dict:
+        """As the checkpoint's history records the sitting (less its number)."""
+        return {"stage": self.stage, "to_step": self.steps, "batch_size": self.batch_size, **self.hp.record(self.stage)}
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A run as data (`recipes/*.toml`): preset, data, seed and the sittings in order, each with
+    at most one line of why; `shipped` says where shipped weights differ from a run of it."""
+
+    path: str
+    preset: str
+    data: str
+    seed: int
+    sittings: list[Sitting]
+    shipped: dict
+
+
+RECIPE_KEYS = {"preset", "data", "seed", "sitting", "shipped"}
+SITTING_KEYS = {"stage", "steps", "batch_size", "why"}
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TrainingError(f"--recipe {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainingError(f"--recipe {path}: {exc}") from None
+    unknown = sorted(set(raw) - RECIPE_KEYS)
+    if unknown or not {"preset", "data", "sitting"} <= set(raw):
+        raise TrainingError(f"--recipe {path}: takes preset, data, seed, [[sitting]] and [shipped]; got {', '.join(sorted(raw))}")
+    sittings = []
+    for k, s in enumerate(raw["sitting"], 1):
+        where = f"--recipe {path}, sitting {k}: "
+        if not {"stage", "steps", "batch_size"} <= set(s) or s["stage"] not in STAGES:
+            raise TrainingError(f"{where}needs stage (one of {', '.join(STAGES)}), steps and batch_size")
+        if "\n" in s.get("why", ""):
+            raise TrainingError(f"{where}why is one line")
+        try:
+            hp = Hyper.from_options({key: v for key, v in s.items() if key not in SITTING_KEYS}, where)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        sittings.append(Sitting(s["stage"], int(s["steps"]), int(s["batch_size"]), hp, s.get("why", "")))
+    return Recipe(str(path), raw["preset"], raw["data"], int(raw.get("seed", 0)), sittings, raw.get("shipped", {}))
+
+
+def recorded_sittings(out: Path) -> list[dict]:
+    """The sittings the run's checkpoint records, in the order they ran, as `Sitting.record` has them."""
+    config = out / "checkpoint" / "config.json"
+    if not config.is_file():
+        return []
+    stages = json.loads(config.read_text()).get("training", {}).get("stages", {})
+    runs = [{"stage": name, **run} for name, st in stages.items() for run in st.get("runs", [])]
+    return [{k: v for k, v in run.items() if k != "sitting"} for run in sorted(runs, key=lambda r: r.get("sitting", 0))]
+
+
+def train_recipe(path: str | Path, out: str | Path, data: str | None = None) -> dict:
+    """Run the recipe's sittings in `out`, skipping those its checkpoint records as done: a rerun
+    after an interruption continues (the interrupted sitting from its last saved state)."""
+    recipe = load_recipe(path)
+    out = Path(out)
+    done = recorded_sittings(out)
+    if done != [s.record() for s in recipe.sittings[: len(done)]]:
+        raise TrainingError(f"{out} holds sittings other than the first {len(done)} of {path}; choose another --out")
     t0 = time.perf_counter()
-    for name in todo:
-        if name == "stage0":
-            eval_data = make_dataset(data, p.resolution, EVAL_CLASSIFIER_SEED_OFFSET) if data.startswith("phantom:") else dataset
-            report[name] = stage0(pipe, dataset, eval_data, out, steps, batch_size, hp, resume, seed, rank, world)
-        elif name == "stage1":
-            report[name] = stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
-        elif name == "stage2":
-            report[name] = stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
-        else:
-            report[name] = classifier_stage(pipe, classifier_data(data, p.resolution, dataset), out, steps, batch_size, hp, resume, seed, rank, world)
-        if rank == 0:
-            pipe.centroids = compute_centroids(pipe, m=10)
-            pipe.config["ood"] = ood_statistics(pipe, dataset)
-            history = pipe.config.setdefault("training", {}).setdefault("stages", {})
-            # Each invocation of the stage (a resumed run may change the step target or stage 1's KL weight).
-            prev = history.get(name, {})
-            # Checkpoints from before runs were recorded per sitting hold one sitting's summary.
-            first = [{"to_step": prev["steps"], "batch_size": prev["batch_size"]}] if "steps" in prev else []
-            runs = (prev.get("runs") or first) if resume else []
-            # Sittings are numbered across stages: the order matters (stage 1's L_PC reads E_CXR, so a
-            # stage-0 sitting after stage 1 is not the same run as one before it).
-            done = [r.get("sitting", 0) for st in history.values() for r in st.get("runs", [])]
-            run = {"to_step": steps, "batch_size": batch_size, **hp.record(name), "sitting": max(done, default=0) + 1}
-            runs = runs + [run]
-            seconds = report[name]["seconds"]
-            if resume and not report[name].get("earlier_seconds_counted", True):
-                seconds += float(prev.get("seconds", 0.0))  # the checkpoint's history has the earlier sittings' time
-            # A network frozen in this sitting keeps the last loss it trained to.
-            final = {**(prev.get("final", {}) if resume else {}), **report[name]["final"]}
-            history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1), "final": final, "runs": runs}
-            pipe.config["training"].update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
-            pipe.save_pretrained(out / "checkpoint")
-    if rank == 0:
-        (out / "report.json").write_text(json.dumps({k: {**v, "final": v["final"]} for k, v in report.items()}, indent=2) + "\n")
-    report["seconds"] = time.perf_counter() - t0
-    return report
+    todo = recipe.sittings[len(done):]
+    for k, s in enumerate(todo, len(done) + 1):
+        print(f"sitting {k}/{len(recipe.sittings)}: {s.stage} to step {s.steps}" + (f" ({s.why})" if s.why else ""))
+        resume = (out / "run.json").is_file()
+        train(s.stage, recipe.preset, data or recipe.data, out, s.steps, s.batch_size, resume, recipe.seed, s.hp, recipe=str(path))
+    return {"skipped": len(done), "ran": len(todo), "seconds": time.perf_counter() - t0}

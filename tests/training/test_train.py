@@ -384,3 +384,99 @@ def test_each_option_is_declared_once_and_read_by_the_checks_the_history_and_the
         main(["train", "stage2", "--preset", "tiny", "--data", "phantom:24", "--out", str(tmp_path / "r"), "--kl-weight", "0.001"])
     assert "--kl-weight applies to stage1 only, not stage2" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+TINY_RECIPE = """
+preset = "tiny"
+data = "phantom:24"
+
+[[sitting]]
+stage = "stage0"
+steps = 2
+batch_size = 4
+why = "the encoders first"
+
+[[sitting]]
+stage = "stage1"
+steps = 2
+batch_size = 4
+kl_weight = 0.001
+why = "then stage 1"
+
+[[sitting]]
+stage = "stage1"
+steps = 3
+batch_size = 4
+kl_weight = 0.001
+paired_weight = 1
+"""
+
+
+def test_a_recipe_runs_its_sittings_and_a_rerun_skips_those_done(tmp_path, monkeypatch, capsys):
+    import training.train as train_module
+    from training.model_card import model_card
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    out = tmp_path / "run"
+    sittings, sitting, calls = [], train_module.train, iter(range(100))
+
+    def interrupted(stage, *args, **kwargs):
+        sittings.append((stage, args[3], args[5]))  # stage, steps, resume
+        if next(calls) == 1:
+            raise KeyboardInterrupt  # killed as the second sitting starts
+        return sitting(stage, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_recipe(recipe, out)
+    assert sittings == [("stage0", 2, False), ("stage1", 2, True)]
+    sittings.clear()
+    assert main(["train", "--recipe", str(recipe), "--out", str(out)]) == 0
+    assert sittings == [("stage1", 2, True), ("stage1", 3, True)]  # the first sitting is not run again
+    assert "2 sittings run, 1 done before" in capsys.readouterr().out
+    sittings.clear()
+    assert main(["train", "--recipe", str(recipe), "--out", str(out)]) == 0 and sittings == []
+    config = CounterfactualPipeline.from_pretrained(out / "checkpoint").config
+    assert config["training"]["recipe"] == str(recipe)
+    assert [r["kl_weight"] for r in config["training"]["stages"]["stage1"]["runs"]] == [0.001, 0.001]
+    assert config["training"]["stages"]["stage1"]["runs"][-1]["paired_weight"] == 1.0
+    card = model_card(config, None, out / "checkpoint", "")
+    assert f"Trained by `whatif train --recipe {recipe} --out RUN`" in card
+    assert "--steps 3 --batch-size 4 --kl-weight 0.001 --paired-weight 1 --resume" in card
+    # Another recipe's sittings are refused in this run; so are a stage and options beside --recipe.
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_RECIPE.replace("steps = 2\nbatch_size = 4\nkl_weight", "steps = 4\nbatch_size = 4\nkl_weight"))
+    with pytest.raises(SystemExit):
+        main(["train", "--recipe", str(other), "--out", str(out)])
+    assert "holds sittings other than the first 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "stage1", "--recipe", str(recipe), "--out", str(out), "--kl-weight", "0.1"])
+    assert "drop kl_weight, stage" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY_RECIPE.replace("kl_weight = 0.001\nwhy", "text_lr = 0.001\nwhy"))
+    with pytest.raises(TrainingError, match="sitting 2: unknown option text_lr"):
+        train_module.train_recipe(bad, tmp_path / "bad")
+
+
+def test_the_shipped_recipe_is_the_shipped_history_and_the_card_names_it():
+    from pathlib import Path
+
+    from training.model_card import _provenance
+    from training.train import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "recipes" / "phantom-128.toml")
+    assert (recipe.preset, recipe.data) == ("phantom-128", "phantom:50000")
+    assert all(s.why and len(s.why) < 120 for s in recipe.sittings)
+    # The Makefile's target is the recipe, one command.
+    assert "whatif train --recipe recipes/phantom-128.toml --out $(RUN)" in (root / "Makefile").read_text()
+    # Its sittings are the shipped checkpoint's, but for the classifier's first (two sittings there).
+    config = json.loads((root / "model" / "weights" / "default" / "config.json").read_text())
+    stages = config["training"]["stages"]
+    ran = sorted(((r["sitting"], name, r["to_step"]) for name, st in stages.items() for r in st["runs"]))
+    assert [(n, s) for _, n, s in ran if (n, s) != ("classifier", 1000)] == [(s.stage, s.steps) for s in recipe.sittings]
+    text = "\n".join(_provenance(config["training"], "phantom-128"))
+    assert "recipes/phantom-128.toml" in text and "e0167db" in text and "297e628" in text
+    assert "causal" in text and "argmax" in text and "concurrently" in text and "initial weights" in text
+    assert "\n".join(_provenance({"data": "phantom:24"}, "tiny")) == "The stage commands, in the order they ran:"

@@ -1,16 +1,53 @@
-"""MODEL_CARD.md for a trained checkpoint: data, commands, wall time, metrics, intended use.
+"""MODEL_CARD.md for a trained checkpoint: data, recipe, commands, wall time, metrics, intended use.
 
 Written from what the checkpoint itself records (`config.json` -> "training": the data spec,
-seed and, per stage, steps, batch size, seconds and final losses) and from a `whatif eval`
-result, so that the card cannot drift from the weights it sits beside.
+seed, the recipe it was trained by and, per stage, steps, batch size, seconds, final losses and
+each sitting's options) and from a `whatif eval` result, so that the card cannot drift from the
+weights it sits beside. Shipped weights trained before their recipe existed are described by the
+recipe's `[shipped]` table: the commits they came from and where they differ from a run of it.
 """
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from .evaluate import sampling_text, seed_opt_text, summary, summary_lines
 from .options import STAGES, Hyper
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _shipped_recipe(preset: str, data: str) -> tuple[str, dict] | None:
+    """The recipe (its path and `[shipped]` table) whose shipped weights are of this preset and data."""
+    for path in sorted(RECIPES.glob("*.toml")):
+        recipe = tomllib.loads(path.read_text())
+        if "shipped" in recipe and recipe.get("preset") == preset and recipe.get("data") == data:
+            return f"recipes/{path.name}", recipe["shipped"]
+    return None
+
+
+def _provenance(tr: dict, preset: str) -> list[str]:
+    """Where the weights came from: the recipe a run was trained by, or, for shipped weights trained
+    before their recipe existed, the commits and how they differ from a run of the recipe."""
+    if tr.get("recipe"):
+        return [f"Trained by `whatif train --recipe {tr['recipe']} --out RUN`; its sittings, in the order they ran:"]
+    shipped = _shipped_recipe(preset, tr.get("data"))
+    if shipped is None:
+        return ["The stage commands, in the order they ran:"]
+    recipe, table = shipped
+    return [
+        f"Recipe: `{recipe}` (`make train-default` runs `whatif train --recipe {recipe} --out RUN`).",
+        "",
+        f"These are the shipped weights ({table['weights']}), last changed at commit {table['weights_commit']}; "
+        f"{table['code_commit']} is the last",
+        "commit before the recipe. They were trained before it existed, sitting by sitting over several sessions",
+        "and code versions, with the commands below. Where they differ from a fresh run of the recipe:",
+        "",
+        *[f"- {line}" for line in table.get("differs", [])],
+        "",
+        "The stage commands, in the order they ran:",
+    ]
 
 
 def _size_mb(directory: Path) -> float:
@@ -58,10 +95,9 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         )
     lines += [
         "",
-        f"Total training wall time: {seconds / 3600:.2f} h."
-        + (f" How the sittings ran: {tr['note']}." if tr.get("note") else ""),
+        f"Total training wall time: {seconds / 3600:.2f} h.",
         "",
-        "Reproduce with `make train-default` (README, \"The embedded default model\"); the stage commands are",
+        *_provenance(tr, preset),
         "",
         "```",
     ]

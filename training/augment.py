@@ -2,13 +2,11 @@
 
 Not in the paper, whose classifier trains on real radiographs from many scanners, resamplings
 and exposures. A phantom renders every image at one sharpness and one noise level, and a
-classifier trained on that learns the render's texture along with the finding. Measured on the
-default checkpoint's classifier before this augmentation (held-out identities, the protocol of
-`whatif eval`, scored on the *true* counterfactuals): AUROC 0.967, and 0.759 after a Gaussian
-blur of sigma 1 pixel (pneumothorax 1.00 -> 0.53, lung lesion 0.98 -> 0.69) - less blur than the
-VAE's reconstruction, which still shows a lung lesion the classifier then scores p = 0.08. Such a
-judge measures sharpness, not the finding. These transformations are generic (no model of ours
-in the loop), so the classifier stays independent of the generator it judges.
+classifier trained on that learns the render's texture along with the finding: blur, less than
+the VAE's reconstructions lose, takes its score of the true counterfactuals down (measured:
+docs/experiments.md), so it would judge sharpness rather than the finding. These transformations
+are generic (no model of ours in the loop), so the classifier stays independent of the generator
+it judges.
 """
 
 from __future__ import annotations

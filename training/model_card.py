@@ -69,7 +69,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "## Data",
         "",
         f"`{tr.get('data', 'unknown')}` (master seed {tr.get('seed', 'unknown')}): phantom chest radiographs rendered on the",
-        f"fly at {res}x{res} by `training/phantom` (DESIGN.md \"Phantom\"), findings drawn with CheXpert-like",
+        f"fly at {res}x{res} by `training/phantom` (docs/phantom.md), findings drawn with CheXpert-like",
         "prevalence, reports written by the phantom's report generator and refined by the default rule",
         "refiner. The evaluation classifier is trained on phantoms no other stage sees (seed + 7919);",
         "the evaluation below uses identities none of the training saw.",

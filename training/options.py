@@ -72,10 +72,10 @@ class Hyper:
 
     lr: float = option(1e-4, stages=STAGES, check=_above_zero,
                        help="learning rate: stage 1's lr_1 = lr_2 (section 4.1); stages 0 and 2 and the classifier use 3x")
-    # alpha, the KL weight of Eq. 5, on the per-element KL (mean): with the sum, 0.1 would swamp a
-    # per-pixel MSE.
+    # alpha of Eq. 9-10, on L_KL (Eq. 5) taken per latent element (mean): with the sum, 0.1 would
+    # swamp a per-pixel MSE.
     kl_weight: float = option(0.1, stages=("stage1",), check=_at_least(0, "a weight"),
-                              help="alpha, the weight of the per-element KL (the paper's 0.1)")
+                              help="alpha, the weight of the per-element KL (Eq. 9-10)")
     # Not in the paper: the paired counterfactual term on phantoms (0 = the paper's stage 1). Real
     # data has no pixel-aligned counterfactuals; the phantom has them by design.
     paired_weight: float = option(0.0, stages=("stage1",), recorded="if set", check=_at_least(0, "a weight"),
@@ -99,11 +99,11 @@ class Hyper:
     freeze: tuple[str, ...] = option((), stages=("stage0",), recorded="if set", choices=STAGE0_FREEZABLE, check=_check_freeze,
                                      help="leave this network as it is (repeatable); text: the text tower only, which stage 2 "
                                           "is conditioned on; image: E_CXR only, which stage 1, the centroids and seed optimisation read")
-    beta: float = 5.0  # per-label BCE of the findings head (Eq. 6, read as multi-label)
+    beta: float = 5.0  # L_cls, the findings head's per-label BCE (Eq. 6, read as multi-label)
     lam: float = 0.01  # lambda, the SSIM term of L_recon (Eq. 4)
-    gamma: float = 1.0  # L_ID of the pathology swap (Eq. 8)
+    gamma: float = 1.0  # L_ID of the pathology swap (Eq. 7)
     delta: float = 2.5  # L_PC of the pathology swap (Eq. 8)
-    swap_every: int = 5  # the swap's period in steps (Algorithm 1, line 7)
+    swap_every: int = 5  # the swap's period in steps (Algorithm 1, line 6)
     caption_dropout: float = 0.1  # share of empty captions in stage 2, the unconditional model of guidance
 
     @classmethod

@@ -5,7 +5,7 @@ stage0: the image-report contrastive model (E_CXR and the text encoder), the ide
         on data no other stage sees (master seed + 7919).
 stage1: VAE + T + findings head (Algorithm 1, lines 1-23). L_recon (Eq. 4: MSE + lambda (1 - SSIM)),
         alpha KL, beta per-label BCE (Eq. 6 read as multi-label), and every 5th step the
-        pathology swap with gamma L_ID + delta L_PC as DESIGN.md reads Eq. 8: identity kept from A,
+        pathology swap with gamma L_ID + delta L_PC as docs/design.md reads Eq. 8: identity kept from A,
         pathology taken from B, both decoded through T. On phantom data, `Hyper.paired_weight` > 0 adds a
         term the paper cannot have: half of each batch is replaced by the true counterfactuals of
         the other half (same identity, class-balanced findings) and D(T({z_A^{1:n-1}, z_P^n})) must
@@ -187,7 +187,7 @@ def stage1(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
             loss = loss + hp.paired_weight * l_pair
             out_m["paired"] = float(l_pair.detach())
         if (i + 1) % hp.swap_every == 0:
-            # Algorithm 1 lines 7-13 as DESIGN.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).
+            # Algorithm 1 lines 7-13 as docs/design.md reads them: x'_A = D(T({z_A^{1:n-1}, z_B^n})).
             z_b = z.roll(1, dims=0)
             x_b = x.roll(1, dims=0)
             x_ab = vae.decode(T(vae.join(vae.split(z)[0], vae.split(z_b)[1])))

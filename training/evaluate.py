@@ -17,6 +17,7 @@ counterfactual is compared with it. Metrics, each with and without seed optimisa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from model.pipeline import CounterfactualPipeline
 from model.seed_optimization import SeedOptConfig
 from model.vae import ssim
 from training.phantom.findings import Finding
-from training.phantom.renderer import render
+from training.phantom.renderer import PhantomImage, render
 
 EVAL_IDENTITY_BASE = 2**31 + 10**7
 # `--validation`: identities past the evaluation's, for choosing settings (guidance, say) without
@@ -68,6 +69,42 @@ def eval_case(identity: int, k: int, target: str, res: int):
     return render(identity, [], k, res), true, _target_text(true.findings[0]), true.masks[target]
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalCase:
+    """One request of the evaluation protocol, with its ground truth (`eval_case`)."""
+
+    identity: int  # the phantom identity seed
+    k: int  # the identity's index: its render seed and the request's seed
+    target: str  # the label asked for (or "No Finding")
+    source: PhantomImage  # the input
+    truth: PhantomImage  # the true counterfactual: the same identity and render seed with the target
+    text: str  # the request as a user would type it
+    mask: np.ndarray  # the pixels the finding changes (bool, the image's grid)
+
+
+def identity_seed(k: int, validation: bool = False) -> int:
+    """The phantom identity of the k-th evaluation (or validation) case: past every training seed."""
+    return EVAL_IDENTITY_BASE + (VALIDATION_OFFSET if validation else 0) + k
+
+
+def cases(n: int, res: int, validation: bool = False, targets: tuple[str, ...] = TARGETS) -> Iterator[EvalCase]:
+    """The protocol's requests, identity by identity and, within one, target by target: what
+    `whatif eval` scores (`validation=False`) and what settings are chosen on (`validation=True`,
+    identities no report uses). Diagnostics read `validation_cases`."""
+    if validation and n > VALIDATION_OFFSET:
+        raise ValueError(f"at most {VALIDATION_OFFSET} validation identities, got {n}")
+    for k in range(n):
+        identity = identity_seed(k, validation)
+        for target in targets:
+            src, true, text, mask = eval_case(identity, k, target, res)
+            yield EvalCase(identity, k, target, src, true, text, mask)
+
+
+def validation_cases(n: int, res: int, targets: tuple[str, ...] = TARGETS) -> Iterator[EvalCase]:
+    """`cases` on the validation identities: the one place diagnostics and setting choices draw from."""
+    return cases(n, res, validation=True, targets=targets)
+
+
 def target_aurocs(probs: dict[str, list[np.ndarray]]) -> dict[str, float]:
     """Per target: the evaluation classifier's AUROC for its label, the images made for that target
     as positives and those made for every other target as negatives."""
@@ -95,40 +132,38 @@ def evaluate_counterfactuals(
         raise ValueError(f"--validation takes at most {VALIDATION_OFFSET} identities")
     res = pipe.resolution
     overrides = {k: v for k, v in (("start", start), ("guidance", guidance), ("detail", detail)) if v is not None}
-    sampling = {**pipe.sampling, **overrides}
+    sampling = {**pipe.sampling.to_dict(), **overrides}
     seed_opt = seed_opt or {}
-    seed_config = SeedOptConfig(**{**pipe.config["seed_optimization"], **seed_opt})
+    seed_config = dataclasses.replace(pipe.seed_optimization, **seed_opt)
     rows: dict[tuple[str, bool], dict[str, list]] = {}
     sheet: dict[tuple[int, str], np.ndarray] = {}
     truth_probs: dict[str, list[np.ndarray]] = {}
     total = len(TARGETS) * n * 2
     bar = tqdm(total=total, desc="eval", disable=not progress)
-    for k in range(n):
-        identity = EVAL_IDENTITY_BASE + (VALIDATION_OFFSET if validation else 0) + k
-        for target in TARGETS:
-            src, true, text, mask = eval_case(identity, k, target, res)
-            sheet.setdefault((k, "input"), src.image)
-            tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
-            with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
-                truth_probs.setdefault(target, []).append(torch.sigmoid(pipe.eval_classifier(tr))[0].numpy())
-            for opt in (False, True):
-                out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"], detail=sampling["detail"],
-                           seed_opt=seed_config)
-                cf = torch.from_numpy(out.image)[None, None] * 2 - 1
-                err = np.abs(out.image * 255.0 - true.image.astype(np.float32))
-                with torch.no_grad():
-                    probs = torch.sigmoid(pipe.eval_classifier(cf))[0].numpy()
-                r = rows.setdefault((target, opt), {"probs": [], "ssim": [], "mae": [], "mae_in": [], "mae_out": []})
-                r["probs"].append(probs)
-                r["ssim"].append(float(ssim(cf, tr)))
-                r["mae"].append(float(err.mean()))
-                r["mae_in"].append(float(err[mask].mean()) if mask.any() else float("nan"))
-                r["mae_out"].append(float(err[~mask].mean()))
-                if opt:
-                    sheet[(k, target)] = out.to_uint8()
-                    # 1 unless the guard (SeedOptConfig.guard) undid the optimisation
-                    r.setdefault("kept", []).append(1.0 if out.seed_kept is None else float(out.seed_kept))
-                bar.update(1)
+    for case in cases(n, res, validation):
+        k, target, src, true, text, mask = case.k, case.target, case.source, case.truth, case.text, case.mask
+        sheet.setdefault((k, "input"), src.image)
+        tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
+        with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
+            truth_probs.setdefault(target, []).append(torch.sigmoid(pipe.eval_classifier(tr))[0].numpy())
+        for opt in (False, True):
+            out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"], detail=sampling["detail"],
+                       seed_opt=seed_config)
+            cf = torch.from_numpy(out.image)[None, None] * 2 - 1
+            err = np.abs(out.image * 255.0 - true.image.astype(np.float32))
+            with torch.no_grad():
+                probs = torch.sigmoid(pipe.eval_classifier(cf))[0].numpy()
+            r = rows.setdefault((target, opt), {"probs": [], "ssim": [], "mae": [], "mae_in": [], "mae_out": []})
+            r["probs"].append(probs)
+            r["ssim"].append(float(ssim(cf, tr)))
+            r["mae"].append(float(err.mean()))
+            r["mae_in"].append(float(err[mask].mean()) if mask.any() else float("nan"))
+            r["mae_out"].append(float(err[~mask].mean()))
+            if opt:
+                sheet[(k, target)] = out.to_uint8()
+                # 1 unless the guard (SeedOptConfig.guard) undid the optimisation
+                r.setdefault("kept", []).append(1.0 if out.seed_kept is None else float(out.seed_kept))
+            bar.update(1)
     bar.close()
     table = {(target, "true"): {"auroc": a} for target, a in target_aurocs(truth_probs).items()}
     spread = {}
@@ -277,8 +312,7 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
         lines += ["", line]
     if result.get("seed_optimization", {}).get("guard"):
         kept = ", ".join(f"{target} {t[(target, True)]['kept']:.2f}" for target in TARGETS)
-        judge = {"head": "findings-head", "lp": "L_P"}[result["seed_optimization"].get("guard_by", "head")]
-        lines += ["", f"Share of requests whose optimised seed the {judge} guard kept: {kept}."]
+        lines += ["", f"Share of requests whose optimised seed the findings-head guard kept: {kept}."]
     lines += ["", f"![contact sheet]({out_png.name})", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines))

@@ -15,13 +15,14 @@ def test_seed_opt_overrides_parse_to_config_fields_before_any_work(capsys):
     import pytest
 
     from whatif.cli import main
+    from whatif.errors import UsageError
     from whatif.eval_cmd import parse_seed_opt
 
     assert parse_seed_opt(["optimizer=adam", "lr=0.005", "max_iters=5"]) == {"optimizer": "adam", "lr": 0.005, "max_iters": 5}
     assert parse_seed_opt([]) == {}
     assert parse_seed_opt(["guard=true"]) == {"guard": True} and parse_seed_opt(["guard=False"]) == {"guard": False}
     for bad, message in (("lr", "KEY=VALUE"), ("speed=3", "KEY=VALUE"), ("max_iters=2.5", "takes a int"), ("optimizer=sgd", "adam or normalized"), ("guard=maybe", "takes a bool")):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(UsageError, match=message):
             parse_seed_opt([bad])
     # On the command line: one clear line (exit 2) before the checkpoint is even looked for.
     with pytest.raises(SystemExit) as exc:
@@ -61,3 +62,17 @@ def test_identity_bootstrap_is_zero_when_every_identity_agrees_and_not_otherwise
     uneven[TARGETS[0]] = uneven[TARGETS[0]][:3]
     with pytest.raises(ValueError, match="one output per identity"):
         identity_bootstrap(uneven)
+
+
+def test_the_case_iterator_is_the_protocol_and_validation_shares_no_identity_with_it():
+    from training.evaluate import TARGETS, cases, eval_case, identity_seed, validation_cases
+
+    evaluation = list(cases(2, 64))
+    validation = list(validation_cases(2, 64))
+    assert [(c.k, c.target) for c in evaluation] == [(k, t) for k in range(2) for t in TARGETS]
+    assert {c.identity for c in evaluation}.isdisjoint({c.identity for c in validation})
+    first = validation[0]
+    src, true, text, mask = eval_case(identity_seed(0, validation=True), 0, first.target, 64)
+    assert (first.source.image == src.image).all() and (first.truth.image == true.image).all()
+    assert first.text == text and (first.mask == mask).all()
+    assert [c.target for c in cases(1, 64, targets=("Fracture",))] == ["Fracture"]

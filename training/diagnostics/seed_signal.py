@@ -2,8 +2,8 @@
 
 Seed optimisation (paper Algorithm 2, Eq. 18) moves the seed so that E_CXR of the generated image
 nears the centroid mu_z of m references of the target. It can only pull toward a finding that
-E_CXR separates from the patient's own anatomy. On the evaluation identities of `whatif eval`
-(never trained on), per target of the paper's Table 2 and "no finding":
+E_CXR separates from the patient's own anatomy. On the validation identities (never trained on,
+never reported), per target of the paper's Table 2 and "no finding":
 
   nearest centroid   the fraction of true counterfactuals whose E_CXR feature is nearest to their
                      own target's centroid (the checkpoint's centroids, 12 candidates; chance 0.08)
@@ -12,14 +12,11 @@ E_CXR separates from the patient's own anatomy. On the evaluation identities of 
                      1, the finding moves E_CXR less than the patient does, and L_P mostly pulls
                      toward the references' anatomy
 
-Fast (n=8: about 10 s on 2 cores).
-
-    .venv/bin/python benchmarks/seed_signal.py --checkpoint model/weights/default --n 8
+    whatif diagnose seed-signal --checkpoint model/weights/default --n 8
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -29,8 +26,12 @@ import torch
 from model.labels import NO_FINDING
 from model.pipeline import CounterfactualPipeline
 from model.preprocess import to_model_input
-from training.evaluate import EVAL_IDENTITY_BASE, TAIL, TARGETS, _finding
-from training.phantom.renderer import render
+from training.evaluate import TAIL, TARGETS, validation_cases
+
+from . import common_arguments
+
+QUESTION = "how well E_CXR, which seed optimisation's L_P reads, tells the findings apart"
+RUNTIME = "about 10 s for --n 8"
 
 
 @torch.no_grad()
@@ -38,10 +39,8 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     res = pipe.resolution
     centroids = torch.stack([pipe.centroids[t] for t in TARGETS])
     feats = {t: [] for t in TARGETS}
-    for k in range(n):
-        for t in TARGETS:
-            img = render(EVAL_IDENTITY_BASE + k, [] if t == NO_FINDING else [_finding(t)], k, res).image
-            feats[t].append(pipe.contrastive.encode_image(to_model_input(img, res))[0])
+    for case in validation_cases(n, res):  # the true counterfactual: the identity with the target (none for "no finding")
+        feats[case.target].append(pipe.contrastive.encode_image(to_model_input(case.truth.image, res))[0])
     clean = torch.stack(feats[NO_FINDING])
     spread = float((clean - clean.mean(0)).norm(dim=1).mean())
     table = {}
@@ -56,12 +55,12 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     return {"n": n, "table": table, "mean": mean, "tail_nearest_centroid": tail}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the embedded default model)")
-    ap.add_argument("--n", type=int, default=8, help="held-out identities per target")
+def add_arguments(ap) -> None:
+    common_arguments(ap, n=8)
     ap.add_argument("--json", default=None, help="also write the numbers here")
-    args = ap.parse_args()
+
+
+def run(args) -> None:
     result = measure(CounterfactualPipeline.from_pretrained(args.checkpoint), args.n)
     print(f"| target (n={args.n}) | nearest centroid | shift / spread |")
     print("| --- | ---: | ---: |")
@@ -70,7 +69,3 @@ def main() -> None:
     print(f"nearest centroid: tail {result['tail_nearest_centroid']:.2f}, mean {result['mean']['nearest_centroid']:.2f} (chance {1 / len(TARGETS):.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,28 +1,28 @@
 """What stage 2 is conditioned on: how far apart the text tower puts the targets' condition texts.
 
 The pathology diffusion cross-attends to the contrastive model's per-token text features. For
-each target of the paper's Table 2 and "no finding", the condition text `whatif eval` requests
-(through the refiner, as the pipeline does) is encoded twice:
+each target of the paper's Table 2 and "no finding", the request of the first validation case
+(as `whatif eval` words it), refined to its condition text as the pipeline does, is encoded twice:
 
   pooled   the contrastive feature (the end token through the projection), cosine between texts
   tokens   the per-token features that cross-attention reads, flattened and centred over the
            targets, cosine between texts: what tells the denoiser one request from another
 
 and the nearest other target is printed with its cosine. Two targets whose token features are
-near alike can only be told apart by the denoiser from small differences. Fast (a few seconds).
+near alike can only be told apart by the denoiser from small differences.
 
-    .venv/bin/python benchmarks/text_separation.py --checkpoint model/weights/default
+    whatif diagnose text-separation --checkpoint model/weights/default
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from model.labels import NO_FINDING
 from model.pipeline import CounterfactualPipeline
-from training.evaluate import TAIL, TARGETS, _finding, _target_text
+from training.evaluate import TAIL, TARGETS, validation_cases
+
+QUESTION = "how far apart the text tower puts the targets' condition texts, which stage 2 reads"
+RUNTIME = "a few seconds"
 
 
 def nearest(sim: torch.Tensor) -> list[tuple[int, float]]:
@@ -35,7 +35,7 @@ def nearest(sim: torch.Tensor) -> list[tuple[int, float]]:
 
 @torch.no_grad()
 def measure(pipe: CounterfactualPipeline) -> list[dict]:
-    texts = [pipe.condition_for("no finding" if t == NO_FINDING else _target_text(_finding(t)))[0] for t in TARGETS]
+    texts = [pipe.condition_for(case.text)[0] for case in validation_cases(1, pipe.resolution)]
     pooled = pipe.contrastive.encode_text(texts)
     tokens = pipe.contrastive.text_tokens(texts).flatten(1)
     tokens = torch.nn.functional.normalize(tokens - tokens.mean(0), dim=1)
@@ -45,17 +45,14 @@ def measure(pipe: CounterfactualPipeline) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the embedded model)")
-    args = ap.parse_args()
+def add_arguments(ap) -> None:
+    ap.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
+
+
+def run(args) -> None:
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     print("| target | condition text | nearest (pooled) | cosine | nearest (tokens) | cosine |")
     print("| --- | --- | --- | ---: | --- | ---: |")
     for r in measure(pipe):
         name = r["target"] + (" (tail)" if r["target"] in TAIL else "")
         print(f"| {name} | {r['text']} | {r['pooled'][0]} | {r['pooled'][1]:.3f} | {r['tokens'][0]} | {r['tokens'][1]:.3f} |")
-
-
-if __name__ == "__main__":
-    main()

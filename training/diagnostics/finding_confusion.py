@@ -11,19 +11,14 @@ eval`) scores three images:
 
 For each of them it prints the target AUROC (as `whatif eval`), and per target the judge's mean
 probability of every target's label: a row whose largest entry is off the diagonal is a request
-drawn as another finding. The oracle tells stage 1's share of a low AUROC from stage 2's: on the
-default at guidance 8 (16 validation identities), a lung lesion request scored p(consolidation)
-0.78 and p(lung lesion) 0.11 (0.69 and 0.22 with the previous default's causal text tower);
-stage 1 alone drew it as p(lung lesion) 0.48, p(consolidation) 0.28, the truth 0.97. `--out` writes the matrices as a heat map (docs/default-model-confusion.png).
+drawn as another finding. The oracle tells stage 1's share of a low AUROC from stage 2's (what it
+found on the default: docs/experiments.md). `--out` writes the matrices as a heat map.
 
-About 20 s per identity on 2 cores with one guidance (16 identities: 5 min):
-
-    .venv/bin/python benchmarks/finding_confusion.py --checkpoint model/weights/default --n 16 --out /tmp/confusion.png
+    whatif diagnose finding-confusion --checkpoint model/weights/default --n 16 --out /tmp/confusion.png
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +27,12 @@ from tqdm import tqdm
 
 from model.labels import CHEXPERT_LABELS
 from model.pipeline import CounterfactualPipeline
-from model.preprocess import to_model_input
-from training.evaluate import EVAL_IDENTITY_BASE, TARGETS, VALIDATION_OFFSET, auroc_summary, eval_case, target_aurocs
+from training.evaluate import TARGETS, auroc_summary, target_aurocs, validation_cases
+
+from . import common_arguments
+
+QUESTION = "which finding the generator draws for each request, and whether stage 1 or stage 2 lost it"
+RUNTIME = "about 20 s per identity and guidance"
 
 LABELS = [CHEXPERT_LABELS.index(t) for t in TARGETS]
 # Column heads, as radiologists abbreviate (two of the labels begin "Pneumo").
@@ -46,19 +45,15 @@ def measure(pipe: CounterfactualPipeline, n: int, guidances: list[float]) -> dic
     judge = lambda img: torch.sigmoid(pipe.eval_classifier(img))[0].numpy()  # noqa: E731
     sources = ["truth", "oracle", *(f"gen@{g:g}" for g in guidances)]
     probs = {s: {t: [] for t in TARGETS} for s in sources}
-    for k in tqdm(range(n), desc="identities"):
-        for target in TARGETS:
-            src, true, text, _ = eval_case(EVAL_IDENTITY_BASE + VALIDATION_OFFSET + k, k, target, pipe.resolution)
-            x, xt = to_model_input(src.image, pipe.resolution), to_model_input(true.image, pipe.resolution)
-            dist = pipe.vae.encode(x)
-            z_id = pipe.vae.split(dist.mean)[0]
-            recon = pipe.vae.decode(pipe.transformer(dist.mean))
-            z_true = pipe.vae.split(pipe.vae.encode(xt).mean)[1]
-            probs["truth"][target].append(judge(xt))
-            probs["oracle"][target].append(judge(pipe.compose(z_id, z_true, x, recon, pipe.sampling["detail"])))
-            for g in guidances:
-                out = pipe(src.image, text, seed=k, optimize_seed=False, guidance=g)
-                probs[f"gen@{g:g}"][target].append(judge(torch.from_numpy(out.image)[None, None] * 2 - 1))
+    for case in tqdm(validation_cases(n, pipe.resolution), total=n * len(TARGETS), desc="requests"):
+        k, target, src, true, text = case.k, case.target, case.source, case.truth, case.text
+        enc, enc_true = pipe.encode(src.image), pipe.encode(true.image)
+        probs["truth"][target].append(judge(enc_true.x))
+        oracle = pipe.compose(enc.z_id, enc_true.z_path, enc.x, enc.recon, pipe.sampling.detail)
+        probs["oracle"][target].append(judge(oracle))
+        for g in guidances:
+            out = pipe(src.image, text, seed=k, optimize_seed=False, guidance=g)
+            probs[f"gen@{g:g}"][target].append(judge(torch.from_numpy(out.image)[None, None] * 2 - 1))
     return probs
 
 
@@ -102,22 +97,16 @@ def heat_map(probs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
-    ap.add_argument("--n", type=int, default=8, help="validation identities (default 8)")
+def add_arguments(ap) -> None:
+    common_arguments(ap, n=8)
     ap.add_argument("--guidance", type=float, nargs="+", help="guidance scales to sample at (default: the checkpoint's)")
     ap.add_argument("--out", type=Path, help="also write the matrices as a PNG heat map")
-    args = ap.parse_args()
-    if args.n < 2:
-        raise SystemExit("--n must be at least 2 (an AUROC needs positives and negatives from several identities)")
+
+
+def run(args) -> None:
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
-    probs = measure(pipe, args.n, args.guidance or [pipe.sampling["guidance"]])
+    probs = measure(pipe, args.n, args.guidance or [pipe.sampling.guidance])
     print("\n\n".join(table(name, by_target) for name, by_target in probs.items()))
     if args.out:
         heat_map(probs, args.out)
         print(f"\nheat map: {args.out}")
-
-
-if __name__ == "__main__":
-    main()

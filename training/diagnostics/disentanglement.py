@@ -2,7 +2,7 @@
 
 Whatever the diffusion and the seed optimisation do, a counterfactual is D(T({z^{1:n-1}, z^n}))
 with the identity channels of the input. This measures the two things that bound it, on the
-evaluation identities of `whatif eval` (never trained on), per finding of the paper's Table 2:
+validation identities (never trained on, never reported), per finding of the paper's Table 2:
 
   recon SSIM     D(T(E(x))) against x, x = the identity with the finding
   p clean / true / recon   the evaluation classifier's p(finding) on the identity without the
@@ -18,15 +18,14 @@ evaluation identities of `whatif eval` (never trained on), per finding of the pa
                  below the oracle's means z^n still carries identity (texture, noise, anatomy)
 
 A finding the oracle swap does not carry cannot be carried by any generated z^n either.
-Fast (n=8: about 20 s on 2 cores). `--run DIR` reads the stage-1 weights of a training run in
-progress (DIR/state/stage1) over DIR/checkpoint, to follow a long run without stopping it.
+`--run DIR` reads the stage-1 weights of a training run in progress (DIR/state/stage1) over
+DIR/checkpoint, to follow a long run without stopping it.
 
-    .venv/bin/python benchmarks/disentanglement.py --checkpoint model/weights/default --n 8
+    whatif diagnose disentanglement --checkpoint model/weights/default --n 8
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -36,9 +35,12 @@ import torch
 from model.labels import CHEXPERT_LABELS, PAPER_TABLE2_LABELS
 from model.pipeline import CounterfactualPipeline
 from model.vae import ssim
-from training.evaluate import EVAL_IDENTITY_BASE, SEVERITY, TAIL, auroc
-from training.phantom.findings import Finding
-from training.phantom.renderer import render
+from training.evaluate import TAIL, auroc, validation_cases
+
+from . import common_arguments
+
+QUESTION = "stage 1's ceiling: what VAE + T carry of a finding before any diffusion (oracle and cross swaps)"
+RUNTIME = "about 20 s for --n 8"
 
 
 def load(checkpoint: str | None, run: str | None) -> CounterfactualPipeline:
@@ -61,16 +63,18 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     vae, T, clf = pipe.vae, pipe.transformer, pipe.eval_classifier
     res = pipe.resolution
     rows: dict[str, dict[str, list]] = {lab: {"recon": [], "swap": [], "p_before": [], "p_true": [], "p_recon": [], "probs": [], "cross": [], "cross_probs": []} for lab in PAPER_TABLE2_LABELS}
+    # Each case with its successor on the next identity, same finding: what a z^n made without
+    # this patient gives (the cross swap). One identity more than reported, for the last one's.
+    by_identity: dict[int, dict[str, np.ndarray]] = {}
+    for case in validation_cases(n + 1, res, targets=PAPER_TABLE2_LABELS):
+        by_identity.setdefault(case.k, {"clean": case.source.image})[case.target] = case.truth.image
     for k in range(n):
-        identity = EVAL_IDENTITY_BASE + k
-        clean = _t(render(identity, [], k, res).image)
+        clean = _t(by_identity[k]["clean"])
         z_clean = vae.encode(clean).mean
         for lab in PAPER_TABLE2_LABELS:
-            f = Finding(lab, severity=SEVERITY)
-            true = _t(render(identity, [f], k, res).image)
+            true = _t(by_identity[k][lab])
             z_true = vae.encode(true).mean
-            # The same finding on the next identity: what a z^n made without this patient gives.
-            z_other = vae.encode(_t(render(identity + 1, [f], k + 1, res).image)).mean
+            z_other = vae.encode(_t(by_identity[k + 1][lab])).mean
             cross = vae.decode(T(vae.join(vae.split(z_clean)[0], vae.split(z_other)[1]))).clamp(-1, 1)
             recon = vae.decode(T(z_true)).clamp(-1, 1)
             swap = vae.decode(T(vae.join(vae.split(z_clean)[0], vae.split(z_true)[1]))).clamp(-1, 1)
@@ -109,14 +113,13 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     return {"n": n, "table": table, "mean": mean, "tail_auroc": tail, "head_auroc": head}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the embedded default model)")
+def add_arguments(ap) -> None:
+    common_arguments(ap, n=8)
     ap.add_argument("--run", default=None, help="a training run directory: use its latest stage-1 state")
-    ap.add_argument("--n", type=int, default=8, help="held-out identities per finding")
     ap.add_argument("--json", default=None, help="also write the numbers here")
-    args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def run(args) -> None:
     result = measure(load(args.checkpoint, args.run), args.n)
     print(f"| finding (n={args.n}) | recon SSIM | oracle-swap SSIM | oracle-swap AUROC | cross-swap SSIM | cross-swap AUROC | p clean | p true | p recon | p swap |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -128,7 +131,3 @@ def main() -> None:
     print(f"oracle-swap AUROC: tail {result['tail_auroc']:.3f}, head {result['head_auroc']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -8,14 +8,10 @@ per identity). Prints, per TAU, the mean target AUROC (the evaluation classifier
 `whatif eval`), the mean SSIM to the true counterfactual, tail and head AUROC, and per target
 AUROC / SSIM.
 
-About 25 s per identity on 2 cores:
-
-    .venv/bin/python benchmarks/detail.py --checkpoint model/weights/default --n 8 --tau 0 0.05 0.1 0.2 0.3
+    whatif diagnose detail --checkpoint model/weights/default --n 8 --tau 0 0.05 0.1 0.2 0.3
 """
 
 from __future__ import annotations
-
-import argparse
 
 import numpy as np
 import torch
@@ -24,9 +20,13 @@ from tqdm import tqdm
 from model.detail import restore_detail
 from model.labels import NO_FINDING
 from model.pipeline import CounterfactualPipeline
-from model.preprocess import to_model_input
 from model.vae import ssim
-from training.evaluate import EVAL_IDENTITY_BASE, TARGETS, VALIDATION_OFFSET, auroc_summary, eval_case, target_aurocs
+from training.evaluate import TARGETS, auroc_summary, target_aurocs, validation_cases
+
+from . import common_arguments
+
+QUESTION = "how much of the input's fine detail to restore (sampling.detail): SSIM against AUROC per TAU"
+RUNTIME = "about 25 s per identity"
 
 
 @torch.no_grad()
@@ -34,24 +34,22 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
     res = pipe.resolution
     probs = {(tau, t): [] for tau in taus for t in TARGETS}
     sims = {(tau, t): [] for tau in taus for t in TARGETS}
-    for k in tqdm(range(n), desc="identities"):
-        identity = EVAL_IDENTITY_BASE + VALIDATION_OFFSET + k
-        for target in TARGETS:
-            src, true, text, _ = eval_case(identity, k, target, res)
-            out = pipe(src.image, text, seed=k, optimize_seed=False, detail=0.0)
-            x = to_model_input(src.image, res, [])
-            recon = pipe.vae.decode(pipe.transformer(pipe.vae.encode(x).mean))  # as the pipeline makes it
-            cf = torch.from_numpy(out.image)[None, None] * 2 - 1
-            tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
-            if target == NO_FINDING and taus[-1] > 0:  # the same as the pipeline's own restoration
-                direct = pipe(src.image, text, seed=k, optimize_seed=False, detail=taus[-1]).image
-                here = (restore_detail(cf, x, recon, taus[-1])[0, 0].numpy() + 1) / 2
-                if not np.allclose(direct, here, atol=1e-4):
-                    raise AssertionError("benchmark and pipeline disagree on the restored image")
-            for tau in taus:
-                y = restore_detail(cf, x, recon, tau)
-                probs[(tau, target)].append(torch.sigmoid(pipe.eval_classifier(y))[0].numpy())
-                sims[(tau, target)].append(float(ssim(y, tr)))
+    for case in tqdm(validation_cases(n, res), total=n * len(TARGETS), desc="requests"):
+        k, target, src, true, text = case.k, case.target, case.source, case.truth, case.text
+        out = pipe(src.image, text, seed=k, optimize_seed=False, detail=0.0)
+        enc = pipe.encode(src.image)
+        x, recon = enc.x, enc.recon
+        cf = torch.from_numpy(out.image)[None, None] * 2 - 1
+        tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
+        if target == NO_FINDING and taus[-1] > 0:  # the same as the pipeline's own restoration
+            direct = pipe(src.image, text, seed=k, optimize_seed=False, detail=taus[-1]).image
+            here = (restore_detail(cf, x, recon, taus[-1])[0, 0].numpy() + 1) / 2
+            if not np.allclose(direct, here, atol=1e-4):
+                raise AssertionError("benchmark and pipeline disagree on the restored image")
+        for tau in taus:
+            y = restore_detail(cf, x, recon, tau)
+            probs[(tau, target)].append(torch.sigmoid(pipe.eval_classifier(y))[0].numpy())
+            sims[(tau, target)].append(float(ssim(y, tr)))
     results = {}
     for tau in taus:
         a = target_aurocs({t: probs[(tau, t)] for t in TARGETS})
@@ -67,20 +65,14 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
     return results
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
-    ap.add_argument("--n", type=int, default=8, help="validation identities (default 8)")
+def add_arguments(ap) -> None:
+    common_arguments(ap, n=8)
     ap.add_argument("--tau", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3], help="detail settings to compare")
-    args = ap.parse_args()
-    if args.n < 2:
-        raise SystemExit("--n must be at least 2")
+
+
+def run(args) -> None:
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     taus = sorted(set(args.tau))
     for tau, r in measure(pipe, args.n, taus).items():
         per = " ".join(f"{t[:8]}={a:.2f}/{s:.2f}" for t, (a, s) in r["per_target"].items())
         print(f"detail {tau:<5g} AUROC {r['auroc']:.3f} SSIM {r['ssim']:.3f} tail {r['tail']:.3f} head {r['head']:.3f} | {per}")
-
-
-if __name__ == "__main__":
-    main()

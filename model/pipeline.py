@@ -29,6 +29,7 @@ from .findings_head import FindingsHead
 from .identity_encoder import IdentityEncoder
 from .labels import CHEXPERT_LABELS, NO_FINDING
 from .modeling import SCHEMA_VERSION, CheckpointError, read_config
+from .notice import SYNTHETIC_NOTICE
 from .pathology_diffusion import PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input
 from .presets import Preset, get_preset
@@ -46,7 +47,6 @@ COMPONENTS = {
     "identity_encoder": IdentityEncoder,
     "eval_classifier": EvalClassifier,
 }
-SYNTHETIC_NOTICE = "SYNTHETIC image made by whatif-cxr; not a patient image; not for clinical use"
 Progress = Callable[[str, int, int, float | None], None]
 
 

@@ -51,7 +51,8 @@ def _generate(args) -> int:
     from PIL import Image, PngImagePlugin
     from tqdm import tqdm
 
-    from model.pipeline import SYNTHETIC_NOTICE, CounterfactualPipeline
+    from model.notice import SYNTHETIC_NOTICE
+    from model.pipeline import CounterfactualPipeline
     from model.preprocess import load_image_file
 
     out = Path(args.out)

@@ -376,8 +376,8 @@ def test_each_option_is_declared_once_and_read_by_the_checks_the_history_and_the
     assert Hyper(paired_focus=0.0).problem("stage1") == "--paired-focus qualifies --paired-weight; pass that too"
     assert "is a probability, in [0, 1]" in Hyper(acquisition_augment=1.5).problem("classifier")
     assert "is a weight, at least 0" in Hyper(kl_weight=-1.0).problem("stage1")
-    with pytest.raises(ValueError, match="unknown option text_lr"):
-        Hyper.from_options({"text_lr": 1e-4})
+    with pytest.raises(ValueError, match="unknown option swap_every"):
+        Hyper.from_options({"swap_every": 10})
     assert Hyper.from_options({"paired_weight": 1, "freeze": ["text"]}) == Hyper(paired_weight=1.0, freeze=("text",))
     # The command line's flags are the fields'.
     with pytest.raises(SystemExit):
@@ -454,8 +454,8 @@ def test_a_recipe_runs_its_sittings_and_a_rerun_skips_those_done(tmp_path, monke
         main(["train", "stage1", "--recipe", str(recipe), "--out", str(out), "--kl-weight", "0.1"])
     assert "drop kl_weight, stage" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY_RECIPE.replace("kl_weight = 0.001\nwhy", "text_lr = 0.001\nwhy"))
-    with pytest.raises(TrainingError, match="sitting 2: unknown option text_lr"):
+    bad.write_text(TINY_RECIPE.replace("kl_weight = 0.001\nwhy", "swap_every = 10\nwhy"))
+    with pytest.raises(TrainingError, match="sitting 2: unknown option swap_every"):
         train_module.train_recipe(bad, tmp_path / "bad")
 
 

@@ -17,7 +17,7 @@ from training.phantom.findings import LABEL_SPECS, Finding, labels_vector, sort_
 from training.phantom.identity import STREAM_CASE, STREAM_FINDING, seed_rng
 from training.phantom.renderer import render
 
-from .phantom import _to_tensor
+from .pixels import phantom_tensor
 
 DRAWABLE = tuple(LABEL_SPECS)
 SECOND_FINDING = 0.3
@@ -48,6 +48,6 @@ class BalancedPhantomDataset(torch.utils.data.Dataset):
         identity, render_seed, found = self.findings(i)
         vec = labels_vector(found)
         return {
-            "image": _to_tensor(render(identity, found, render_seed, self.size).image, self.size),
+            "image": phantom_tensor(render(identity, found, render_seed, self.size).image, self.size),
             "labels": torch.tensor([float(vec[label]) for label in CHEXPERT_LABELS]),
         }

@@ -15,13 +15,9 @@ from training.phantom.cases import sample_case
 from training.phantom.findings import Finding, labels_vector
 from training.phantom.renderer import render
 
+from .pixels import phantom_tensor
+
 PAIR_SEED_OFFSET = 104729  # the paired findings' master seed: apart from the run's and the classifier's
-
-
-def _to_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
-    if pixels.shape[0] != size:
-        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
-    return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)[None]
 
 
 class PhantomDataset(torch.utils.data.Dataset):
@@ -46,7 +42,7 @@ class PhantomDataset(torch.utils.data.Dataset):
             self._text[i] = refine(case.report().text).condition
         drawn = case.render(self.size)
         return {
-            "image": _to_tensor(drawn.image, self.size),
+            "image": phantom_tensor(drawn.image, self.size),
             "labels": torch.tensor([float(case.labels[label]) for label in CHEXPERT_LABELS]),
             "text": self._text[i],
             "identity": case.identity_seed,
@@ -85,7 +81,7 @@ class PhantomDataset(torch.utils.data.Dataset):
     def render_findings(self, i: int, findings: list[Finding]) -> torch.Tensor:
         """Case `i`'s identity and render seed with `findings` (another case's, say) instead of its own."""
         case = self.case(i)
-        return _to_tensor(render(case.identity_seed, findings, case.render_seed, self.size).image, self.size)
+        return phantom_tensor(render(case.identity_seed, findings, case.render_seed, self.size).image, self.size)
 
 
 class PhantomDirDataset(torch.utils.data.Dataset):
@@ -111,7 +107,7 @@ class PhantomDirDataset(torch.utils.data.Dataset):
             self._text[i] = refine(row["report"]).condition
         pixels = np.asarray(Image.open(self.root / row["path"]).convert("L"))
         return {
-            "image": _to_tensor(pixels, self.size),
+            "image": phantom_tensor(pixels, self.size),
             "labels": torch.tensor([float(row["labels"][label]) for label in CHEXPERT_LABELS]),
             "text": self._text[i],
             "identity": int(row["identity_seed"]),

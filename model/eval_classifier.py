@@ -16,7 +16,7 @@ from .modeling import PretrainedModule, StrictConfig
 
 @dataclasses.dataclass
 class EvalClassifierConfig(StrictConfig):
-    num_labels: int = len(CHEXPERT_LABELS)
+    label_count: int = len(CHEXPERT_LABELS)
     growth_rate: int = 32  # DenseNet-121: 32
     block_config: tuple[int, ...] = (6, 12, 24, 16)  # DenseNet-121: (6, 12, 24, 16)
     num_init_features: int = 64  # DenseNet-121: 64
@@ -29,7 +29,7 @@ class EvalClassifier(PretrainedModule):
     (Table 2's classifier); never used in training the generator or in seed optimisation.
 
     Args (`EvalClassifierConfig`):
-        num_labels: label count (CheXpert's 14, in `model.labels.CHEXPERT_LABELS` order).
+        label_count: label count (CheXpert's 14, in `model.labels.CHEXPERT_LABELS` order).
         growth_rate, block_config, num_init_features, bn_size: torchvision's DenseNet arguments
             (DenseNet-121: 32, (6, 12, 24, 16), 64, 4).
         image_size: inputs are resized to this side.
@@ -46,7 +46,7 @@ class EvalClassifier(PretrainedModule):
             block_config=tuple(config.block_config),
             num_init_features=config.num_init_features,
             bn_size=config.bn_size,
-            num_classes=config.num_labels,
+            num_classes=config.label_count,
         )
         # One grey channel, as torchxrayvision's DenseNet.
         net.features.conv0 = nn.Conv2d(1, config.num_init_features, 7, stride=2, padding=3, bias=False)

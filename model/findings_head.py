@@ -17,7 +17,7 @@ from .modeling import PretrainedModule, StrictConfig
 
 @dataclasses.dataclass
 class FindingsHeadConfig(StrictConfig):
-    num_labels: int = len(CHEXPERT_LABELS)
+    label_count: int = len(CHEXPERT_LABELS)
     width: int = 64  # channels of the small CNN
     depth: int = 3  # stride-2 conv stages
 
@@ -27,7 +27,7 @@ class FindingsHead(PretrainedModule):
     stage 1 for L_cls; the pipeline's guard reads it (`SeedOptConfig.guard`).
 
     Args (`FindingsHeadConfig`):
-        num_labels: label count (CheXpert's 14, in `model.labels.CHEXPERT_LABELS` order).
+        label_count: label count (CheXpert's 14, in `model.labels.CHEXPERT_LABELS` order).
         width: the CNN's stage i has width * 2**min(i, 2) / 2 channels.
         depth: stride-2 convolution stages.
     """
@@ -43,7 +43,7 @@ class FindingsHead(PretrainedModule):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(min(8, cout), cout), nn.SiLU()]
             cin = cout
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(cin, config.num_labels)
+        self.classifier = nn.Linear(cin, config.label_count)
 
     def forward(self, z_path: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(z_path))

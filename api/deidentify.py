@@ -20,13 +20,36 @@ from pathlib import Path
 
 RECIPE = Path(__file__).parent / "data" / "deid.whatif"
 # Keywords that must not survive, whatever the recipe did.
-_IDENTIFYING = re.compile(r"Patient(?!Orientation|Position)|Institution|Physician|Operator|Issuer|Accession|Station|Serial|Address|Telephone|(?:^|[a-z])ID$|IDs$|Name$")
+_IDENTIFYING = re.compile(
+    r"Patient(?!Orientation|Position)|Institution|Physician|Operator|Issuer|Accession|Station|Serial|Address|Telephone|(?:^|[a-z])ID$|IDs$|Name$"
+)
 _DATE_TIME_VR = {"DA", "DT", "TM"}
 # Attributes the pixel decoding needs and that identify no one.
-_KEEP = {"Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel",
-         "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
-         "NumberOfFrames", "PixelData", "PlanarConfiguration", "Modality", "ViewPosition", "BodyPartExamined",
-         "ImagerPixelSpacing", "PixelSpacing", "BurnedInAnnotation", "VOILUTFunction", "PresentationLUTShape"}
+_KEEP = {
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "NumberOfFrames",
+    "PixelData",
+    "PlanarConfiguration",
+    "Modality",
+    "ViewPosition",
+    "BodyPartExamined",
+    "ImagerPixelSpacing",
+    "PixelSpacing",
+    "BurnedInAnnotation",
+    "VOILUTFunction",
+    "PresentationLUTShape",
+}
 
 
 class DeidentificationError(ValueError):
@@ -64,7 +87,9 @@ def _identifying(el) -> bool:
     kw = el.keyword or ""
     if kw in _KEEP:
         return False
-    return el.VR == "PN" or (el.VR in _DATE_TIME_VR and el.value not in (None, "")) or bool(kw and _IDENTIFYING.search(kw))
+    return (
+        el.VR == "PN" or (el.VR in _DATE_TIME_VR and el.value not in (None, "")) or bool(kw and _IDENTIFYING.search(kw))
+    )
 
 
 def _fail_closed(ds) -> None:

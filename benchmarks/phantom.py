@@ -47,8 +47,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gen_rate = rate(lambda: generate(args.n, args.size, 2024, tmp, workers=args.workers, progress=False))
     mean_findings = sum(len(c.findings) for c in cases) / len(cases)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; size {args.size}; "
-          f"n={args.n}, mean {mean_findings:.2f} findings per image; median of {args.repeats}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; size {args.size}; "
+        f"n={args.n}, mean {mean_findings:.2f} findings per image; median of {args.repeats}"
+    )
     print(f"render only           {render_rate:7.1f} img/s (1 core)")
     print(f"render+png+report     {case_rate:7.1f} img/s (1 core)   target >= 30")
     print(f"generate --workers {args.workers}  {gen_rate:7.1f} img/s total, {gen_rate / args.workers:.1f} per core")

@@ -91,7 +91,11 @@ def bench_preset(name: str, repeats: int) -> dict:
             ts.append(time.perf_counter() - t)
             lps.append(r.lp_history[-1] / r.lp_history[0])
             iters.append(len(r.lp_history) - 1)
-        out["variants"][vname] = {"seconds": statistics.median(ts), "final_lp_ratio": statistics.median(lps), "iterations": statistics.median(iters)}
+        out["variants"][vname] = {
+            "seconds": statistics.median(ts),
+            "final_lp_ratio": statistics.median(lps),
+            "iterations": statistics.median(iters),
+        }
     return out
 
 
@@ -112,7 +116,10 @@ def main() -> None:
             print(f"| end to end, {k} | {v:.2f} |")
         ratio = r["end_to_end"]["with seed optimisation (default)"] / r["end_to_end"]["without seed optimisation"]
         print(f"| ratio with / without | {ratio:.2f} |\n")
-        print("| seed-optimisation variant | end to end s | final L_P / initial | iterations |\n| --- | ---: | ---: | ---: |")
+        print(
+            "| seed-optimisation variant | end to end s | final L_P "
+            "/ initial | iterations |\n| --- | ---: | ---: | ---: |"
+        )
         for k, v in r["variants"].items():
             print(f"| {k} | {v['seconds']:.2f} | {v['final_lp_ratio']:.3f} | {v['iterations']:.0f} |")
         print()

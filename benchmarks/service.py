@@ -26,20 +26,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--checkpoint")
     ap.add_argument("--screenshot")
-    ap.add_argument("--untrained-tiny", action="store_true", help="time an untrained tiny model instead of the embedded default")
+    ap.add_argument(
+        "--untrained-tiny", action="store_true", help="time an untrained tiny model instead of the embedded default"
+    )
     args = ap.parse_args()
 
     import uvicorn
 
     from api.core.config import Settings
     from api.main import create_app
-    from model.pipeline import CounterfactualPipeline
+    from model.pipeline import CounterfactualPipeline, default_checkpoint_dir
     from training.centroids import compute_centroids
     from training.phantom.renderer import render
     from worker.celery_app import make_celery
     from worker.embedded import start_embedded_worker
-
-    from model.pipeline import default_checkpoint_dir
 
     tmp = tempfile.mkdtemp()
     checkpoint = args.checkpoint
@@ -48,11 +48,19 @@ def main() -> None:
         pipe.centroids = compute_centroids(pipe, m=4)
         checkpoint = f"{tmp}/tiny"
         pipe.save_pretrained(checkpoint)
-    settings = Settings(single_machine=True, auth_disabled=True, broker_url="memory://", result_backend="cache+memory://",
-                        blob_dir=f"{tmp}/blobs", checkpoint=checkpoint)
+    settings = Settings(
+        single_machine=True,
+        auth_disabled=True,
+        broker_url="memory://",
+        result_backend="cache+memory://",
+        blob_dir=f"{tmp}/blobs",
+        checkpoint=checkpoint,
+    )
     celery = make_celery(settings)
     start_embedded_worker(celery)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, celery), host="127.0.0.1", port=8799, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, celery), host="127.0.0.1", port=8799, log_level="warning")
+    )
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -63,8 +71,11 @@ def main() -> None:
             buf = io.BytesIO()
             Image.fromarray(render(3_000_000 + i, [], 0, 256).image).save(buf, format="PNG")
             t = time.perf_counter()
-            r = client.post("/counterfactual", files={"image": ("x.png", buf.getvalue(), "image/png")},
-                            data={"target": "moderate left pleural effusion", "seed": str(i)})
+            r = client.post(
+                "/counterfactual",
+                files={"image": ("x.png", buf.getvalue(), "image/png")},
+                data={"target": "moderate left pleural effusion", "seed": str(i)},
+            )
             job = r.json()["id"]
             while client.get(f"/jobs/{job}").json()["status"] not in ("succeeded", "failed"):
                 time.sleep(0.05)
@@ -73,21 +84,30 @@ def main() -> None:
         rg1 = _rg1_bytes()
         if rg1 is not None:
             t = time.perf_counter()
-            r = client.post("/counterfactual", files={"image": ("rg1.dcm", rg1, "application/dicom")},
-                            data={"target": "moderate left pleural effusion"})
+            r = client.post(
+                "/counterfactual",
+                files={"image": ("rg1.dcm", rg1, "application/dicom")},
+                data={"target": "moderate left pleural effusion"},
+            )
             job = r.json()["id"]
             while (body := client.get(f"/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
                 time.sleep(0.05)
             print(f"RG1 DICOM: {body['status']} in {time.perf_counter() - t:.2f} s (upload to result)")
-    print(f"checkpoint {checkpoint or '(embedded default)'}: first job (model load) {times[0]:.2f} s; "
-          f"upload to result median {statistics.median(times[1:]):.2f} s over {args.n} jobs (min {min(times[1:]):.2f}, max {max(times[1:]):.2f})")
+    print(
+        f"checkpoint {checkpoint or '(embedded default)'}: first job (model load) {times[0]:.2f} s; "
+        f"upload to result median {statistics.median(times[1:]):.2f} s over "
+        f"{args.n} jobs (min {min(times[1:]):.2f}, max {max(times[1:]):.2f})"
+    )
     if args.screenshot:
         from playwright.sync_api import sync_playwright
 
         src = f"{tmp}/xray.png"
         Image.fromarray(render(12, [], 0, 256).image).save(src)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium"),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
             page = browser.new_page(viewport={"width": 1100, "height": 1000})
             page.goto(base + "/")
             page.set_input_files("#image", src)

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from model.labels import CHEXPERT_LABELS, NO_FINDING, PAPER_TABLE2_LABELS
 from model.pipeline import CounterfactualPipeline
-from model.seed_optimization import SeedOptConfig
 from model.vae import ssim
 from training.phantom.findings import Finding
 from training.phantom.renderer import PhantomImage, render
@@ -147,8 +146,16 @@ def evaluate_counterfactuals(
         with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
             truth_probs.setdefault(target, []).append(torch.sigmoid(pipe.eval_classifier(tr))[0].numpy())
         for opt in (False, True):
-            out = pipe(src.image, text, seed=k, optimize_seed=opt, start=sampling["start"], guidance=sampling["guidance"], detail=sampling["detail"],
-                       seed_opt=seed_config)
+            out = pipe(
+                src.image,
+                text,
+                seed=k,
+                optimize_seed=opt,
+                start=sampling["start"],
+                guidance=sampling["guidance"],
+                detail=sampling["detail"],
+                seed_opt=seed_config,
+            )
             cf = torch.from_numpy(out.image)[None, None] * 2 - 1
             err = np.abs(out.image * 255.0 - true.image.astype(np.float32))
             with torch.no_grad():
@@ -182,9 +189,19 @@ def evaluate_counterfactuals(
                 "mae_out": float(np.mean(r["mae_out"])),
                 **({"kept": float(np.mean(r["kept"]))} if opt else {}),
             }
-    options = "".join(f" --{k} {v}" for k, v in overrides.items()) + "".join(f" --seed-opt {k}={v}" for k, v in seed_opt.items())
+    options = "".join(f" --{k} {v}" for k, v in overrides.items()) + "".join(
+        f" --seed-opt {k}={v}" for k, v in seed_opt.items()
+    )
     options += " --validation" if validation else ""  # for the reproducing command
-    return {"n": n, "table": table, "spread": spread, "sheet": sheet, "sampling": sampling, "seed_optimization": dataclasses.asdict(seed_config), "options": options}
+    return {
+        "n": n,
+        "table": table,
+        "spread": spread,
+        "sheet": sheet,
+        "sampling": sampling,
+        "seed_optimization": dataclasses.asdict(seed_config),
+        "options": options,
+    }
 
 
 def _auroc_summary(table: dict, setting) -> dict[str, float]:
@@ -227,7 +244,10 @@ def judge_summary(result: dict) -> dict[str, float]:
 def summary(result: dict) -> dict[bool, dict[str, float]]:
     """Per setting (without / with seed optimisation): mean AUROC, mean SSIM, tail and head AUROC."""
     t = result["table"]
-    return {opt: {**_auroc_summary(t, opt), "mean_ssim": float(np.mean([t[(x, opt)]["ssim"] for x in TARGETS]))} for opt in (False, True)}
+    return {
+        opt: {**_auroc_summary(t, opt), "mean_ssim": float(np.mean([t[(x, opt)]["ssim"] for x in TARGETS]))}
+        for opt in (False, True)
+    }
 
 
 def _settings_text(settings: dict) -> str:
@@ -268,7 +288,8 @@ def summary_lines(result: dict) -> list[str]:
         sd = result.get("spread", {}).get(opt)  # results from before it was kept have none
         if sd:
             lines[-1] += (
-                f" Standard deviation over resamples of the {result['n']} identities: mean AUROC {sd['mean_auroc']:.3f}, "
+                f" Standard deviation over resamples of the {result['n']} "
+                f"identities: mean AUROC {sd['mean_auroc']:.3f}, "
                 f"tail {sd['tail_auroc']:.3f}, head {sd['head_auroc']:.3f}, gap {sd['gap']:.3f}."
             )
     j = judge_summary(result)
@@ -299,13 +320,15 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
         "AUROC (true cf.) is the evaluation classifier on the true counterfactuals themselves: the",
         "score a perfect model would get from this judge.",
         "",
-        "| target | AUROC | AUROC (seed opt.) | AUROC (true cf.) | SSIM | SSIM (seed opt.) | MAE | MAE in mask | MAE outside | MAE (seed opt.) |",
+        "| target | AUROC | AUROC (seed opt.) | AUROC (true cf.) | SSIM | SSIM "
+        "(seed opt.) | MAE | MAE in mask | MAE outside | MAE (seed opt.) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in TARGETS:
         a, b = t[(target, False)], t[(target, True)]
         lines.append(
-            f"| {target}{' (tail)' if target in TAIL else ''} | {a['auroc']:.3f} | {b['auroc']:.3f} | {t[(target, 'true')]['auroc']:.3f} | {a['ssim']:.3f} | "
+            f"| {target}{' (tail)' if target in TAIL else ''} | {a['auroc']:.3f} | "
+            f"{b['auroc']:.3f} | {t[(target, 'true')]['auroc']:.3f} | {a['ssim']:.3f} | "
             f"{b['ssim']:.3f} | {a['mae']:.1f} | {a['mae_in']:.1f} | {a['mae_out']:.1f} | {b['mae']:.1f} |"
         )
     for line in summary_lines(result):
@@ -329,7 +352,9 @@ def write_report(result: dict, pipe: CounterfactualPipeline, checkpoint: str, ou
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(col if col == "input" else f"+ {col}", fontsize=8)
-    fig.suptitle("whatif-cxr counterfactuals (SYNTHETIC, held-out phantom identities; not for clinical use)", fontsize=9)
+    fig.suptitle(
+        "whatif-cxr counterfactuals (SYNTHETIC, held-out phantom identities; not for clinical use)", fontsize=9
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

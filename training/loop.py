@@ -108,7 +108,10 @@ def run_loop(
             metrics_path.write_text("".join(r + "\n" for r in kept))
     last: dict[str, float] = {}
     t0 = time.perf_counter()
-    with open(metrics_path, "a") as mfh, tqdm(total=steps, initial=start, desc=stage, unit="step", disable=rank != 0) as bar:
+    with (
+        open(metrics_path, "a") as mfh,
+        tqdm(total=steps, initial=start, desc=stage, unit="step", disable=rank != 0) as bar,
+    ):
         for step in range(start, steps):
             last = step_fn(step)
             if rank == 0:
@@ -118,11 +121,18 @@ def run_loop(
                 if (step + 1) % save_every == 0 or step + 1 == steps:
                     mfh.flush()
                     seconds = before + time.perf_counter() - t0
-                    save_state(state_dir, modules, optimizers, {"step": step + 1, "stage": stage, "seconds": round(seconds, 1)})
+                    save_state(
+                        state_dir, modules, optimizers, {"step": step + 1, "stage": stage, "seconds": round(seconds, 1)}
+                    )
     if rank == 0:
         plot_curves(metrics_path, out / "curves" / f"{stage}.png", stage)
     # Seconds over every run of this stage (resumed runs add up), not just this one.
-    return {"final": last, "seconds": before + time.perf_counter() - t0, "start_step": start, "earlier_seconds_counted": counted}
+    return {
+        "final": last,
+        "seconds": before + time.perf_counter() - t0,
+        "start_step": start,
+        "earlier_seconds_counted": counted,
+    }
 
 
 def _step_of(row: str) -> int | None:

@@ -68,7 +68,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "",
         "## Data",
         "",
-        f"`{tr.get('data', 'unknown')}` (master seed {tr.get('seed', 'unknown')}): phantom chest radiographs rendered on the",
+        f"`{tr.get('data', 'unknown')}` (master seed "
+        f"{tr.get('seed', 'unknown')}): phantom chest radiographs rendered on the",
         f"fly at {res}x{res} by `training/phantom` (docs/phantom.md), findings drawn with CheXpert-like",
         "prevalence, reports written by the phantom's report generator and refined by the default rule",
         "refiner. The evaluation classifier is trained on phantoms no other stage sees (seed + 7919);",
@@ -91,7 +92,8 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         st = stages[name]
         final = ", ".join(f"{k} {v:.4f}" for k, v in st.get("final", {}).items())
         lines.append(
-            f"| {name} | {what[name]} | {st['steps']} | {st['batch_size']} | {float(st['seconds']) / 60:.0f} min | {final} |"
+            f"| {name} | {what[name]} | {st['steps']} | {st['batch_size']} "
+            f"| {float(st['seconds']) / 60:.0f} min | {final} |"
         )
     lines += [
         "",
@@ -105,7 +107,9 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         (name, k, run)
         for name in STAGES
         if name in stages
-        for k, run in enumerate(stages[name].get("runs") or [{"to_step": stages[name]["steps"], "batch_size": stages[name]["batch_size"]}])
+        for k, run in enumerate(
+            stages[name].get("runs") or [{"to_step": stages[name]["steps"], "batch_size": stages[name]["batch_size"]}]
+        )
     ]
     # In the order they ran where every sitting is numbered; older histories are listed stage by stage.
     if all("sitting" in run for _, _, run in sittings):

@@ -53,7 +53,10 @@ def _probability(flag: str, v: float) -> str | None:
 
 def _check_freeze(flag: str, parts: tuple[str, ...]) -> str | None:
     if set(parts) - set(STAGE0_FREEZABLE) or set(parts) >= set(STAGE0_PARTS):
-        return f"{flag} applies to stage0 only, names some of {', '.join(STAGE0_FREEZABLE)} and leaves one to train; got {', '.join(parts)}"
+        return (
+            f"{flag} applies to stage0 only, names some of {', '.join(STAGE0_FREEZABLE)} "
+            f"and leaves one to train; got {', '.join(parts)}"
+        )
     for tower in ("text", "image"):
         if {tower, "contrastive"} <= set(parts):
             return f"{flag} {tower} leaves the other tower to train; {flag} contrastive already freezes both towers"
@@ -70,35 +73,64 @@ class Hyper:
     are the paper's constants, documented here and not offered on the command line.
     """
 
-    lr: float = option(1e-4, stages=STAGES, check=_above_zero,
-                       help="learning rate: stage 1's lr_1 = lr_2 (section 4.1); stages 0 and 2 and the classifier use 3x")
+    lr: float = option(
+        1e-4,
+        stages=STAGES,
+        check=_above_zero,
+        help="learning rate: stage 1's lr_1 = lr_2 (section 4.1); stages 0 and 2 and the classifier use 3x",
+    )
     # alpha of Eq. 9-10, on L_KL (Eq. 5) taken per latent element (mean): with the sum, 0.1 would
     # swamp a per-pixel MSE.
-    kl_weight: float = option(0.1, stages=("stage1",), check=_at_least(0, "a weight"),
-                              help="alpha, the weight of the per-element KL (Eq. 9-10)")
+    kl_weight: float = option(
+        0.1,
+        stages=("stage1",),
+        check=_at_least(0, "a weight"),
+        help="alpha, the weight of the per-element KL (Eq. 9-10)",
+    )
     # Not in the paper: the paired counterfactual term on phantoms (0 = the paper's stage 1). Real
     # data has no pixel-aligned counterfactuals; the phantom has them by design.
-    paired_weight: float = option(0.0, stages=("stage1",), recorded="if set", check=_at_least(0, "a weight"),
-                                  help="on phantoms: weight of the paired true-counterfactual term (0: the paper's stage 1)")
+    paired_weight: float = option(
+        0.0,
+        stages=("stage1",),
+        recorded="if set",
+        check=_at_least(0, "a weight"),
+        help="on phantoms: weight of the paired true-counterfactual term (0: the paper's stage 1)",
+    )
     # How much more the pixels where the pair differs weigh in L_recon and the paired term: a
     # finding covers a small share of the image, which an unweighted MSE hardly sees.
-    paired_focus: float = option(50.0, stages=("stage1",), requires="paired_weight", check=_at_least(0, "an extra weight"),
-                                 help="extra weight of the pixels where a pair differs (its findings)")
+    paired_focus: float = option(
+        50.0,
+        stages=("stage1",),
+        requires="paired_weight",
+        check=_at_least(0, "an extra weight"),
+        help="extra weight of the pixels where a pair differs (its findings)",
+    )
     # Not in the paper: probability of each acquisition augmentation (blur, noise, exposure) per
     # image in the evaluation classifier's own stage (`training.augment`). A judge that has only
     # seen one render's sharpness scores texture, not findings. Sittings recorded before the
     # option existed trained without it.
-    acquisition_augment: float = option(0.8, stages=("classifier",), before=0.0, check=_probability,
-                                        help="probability of each of blur, noise and exposure per image (0: none)")
+    acquisition_augment: float = option(
+        0.8,
+        stages=("classifier",),
+        before=0.0,
+        check=_probability,
+        help="probability of each of blur, noise and exposure per image (0: none)",
+    )
     # Stage 0's networks to leave as they are: e.g. to train E_CXR further without touching an
     # evaluation classifier its own stage has trained since. "text" is the contrastive model's
     # text tower alone: stage 2 cross-attends to its token features, so with it frozen E_CXR can
     # train on without invalidating a trained stage 2. "image" is the converse: the text tower
     # trains against a fixed E_CXR (as LiT locks one tower), so stage 1's L_PC, the reference
     # centroids and seed optimisation's L_P keep the E_CXR they were made with.
-    freeze: tuple[str, ...] = option((), stages=("stage0",), recorded="if set", choices=STAGE0_FREEZABLE, check=_check_freeze,
-                                     help="leave this network as it is (repeatable); text: the text tower only, which stage 2 "
-                                          "is conditioned on; image: E_CXR only, which stage 1, the centroids and seed optimisation read")
+    freeze: tuple[str, ...] = option(
+        (),
+        stages=("stage0",),
+        recorded="if set",
+        choices=STAGE0_FREEZABLE,
+        check=_check_freeze,
+        help="leave this network as it is (repeatable); text: the text tower only, which stage 2 "
+        "is conditioned on; image: E_CXR only, which stage 1, the centroids and seed optimisation read",
+    )
     beta: float = 5.0  # L_cls, the findings head's per-label BCE (Eq. 6, read as multi-label)
     lam: float = 0.01  # lambda, the SSIM term of L_recon (Eq. 4)
     gamma: float = 1.0  # L_ID of the pathology swap (Eq. 7)

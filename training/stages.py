@@ -56,7 +56,9 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     # stage 0's old copy over weights another stage has trained since.
     train_parts = {k: m for k, m in parts.items() if k not in hp.freeze}
     if not train_parts:
-        raise TrainingError("stage0 has nothing to train: the identity encoder is pretrained and the other two are frozen")
+        raise TrainingError(
+            "stage0 has nothing to train: the identity encoder is pretrained and the other two are frozen"
+        )
     for name, m in parts.items():
         if name in train_parts:
             m.train().requires_grad_(True)
@@ -74,7 +76,10 @@ def stage0(pipe, data, eval_data, out, steps, batch_size, hp: Hyper, resume, see
     # saved state lacks (and likewise when both towers train again after it).
     alone = {"text": "contrastive_image", "image": "contrastive_text"}  # frozen tower -> the one that trains
     opt_name = {"contrastive": alone[t] for t in alone if t in hp.freeze}
-    opts = {opt_name.get(name, name): torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=hp.lr * 3) for name, m in train_parts.items()}
+    opts = {
+        opt_name.get(name, name): torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=hp.lr * 3)
+        for name, m in train_parts.items()
+    }
     clip, ident, clf = parts["contrastive"], parts["identity"], parts["classifier"]
     it = batches(data, batch_size, seed, rank, world)
     it_eval = batches(eval_data, batch_size, seed + 1, rank, world)

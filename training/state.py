@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def save_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer], meta: dict) -> None:
+def save_state(
+    directory: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer], meta: dict
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[str, list] = {}
@@ -21,7 +23,9 @@ def save_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers:
         sd = opt.state_dict()
         for idx, st in sd["state"].items():
             for k, v in st.items():
-                tensors[f"optim/{name}/{idx}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
+                tensors[f"optim/{name}/{idx}/{k}"] = (
+                    (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
+                )
         groups[name] = sd["param_groups"]
     tmp = directory / "state.safetensors.tmp"
     save_file(tensors, str(tmp))
@@ -29,14 +33,16 @@ def save_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers:
     (directory / "state.json").write_text(json.dumps({**meta, "param_groups": groups}, indent=2) + "\n")
 
 
-def load_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+def load_state(
+    directory: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+) -> dict:
     meta = json.loads((directory / "state.json").read_text())
     tensors = load_file(str(directory / "state.safetensors"))
     # A module the saved state lacks (left frozen in the last sitting) keeps the weights it has,
     # the run's checkpoint, and starts a fresh optimiser.
     for name, module in modules.items():
         prefix = f"model/{name}/"
-        saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        saved = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if saved:
             module.load_state_dict(saved)
     for name, opt in optimizers.items():
@@ -46,8 +52,7 @@ def load_state(directory: Path, modules: dict[str, torch.nn.Module], optimizers:
         state: dict[int, dict] = {}
         for k, v in tensors.items():
             if k.startswith(prefix):
-                idx, key = k[len(prefix):].split("/", 1)
+                idx, key = k[len(prefix) :].split("/", 1)
                 state.setdefault(int(idx), {})[key] = v
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
     return meta
-

@@ -47,7 +47,9 @@ def make_dataset(spec: str, size: int, seed_offset: int = 0):
         return PhantomDataset(n, size, seed + seed_offset)
     path = Path(spec)
     if not path.exists():
-        raise TrainingError(f"--data {spec}: no such file or directory (use phantom:N or a generated phantom directory)")
+        raise TrainingError(
+            f"--data {spec}: no such file or directory (use phantom:N or a generated phantom directory)"
+        )
     try:
         return PhantomDirDataset(path, size)
     except (FileNotFoundError, ValueError) as exc:
@@ -90,8 +92,16 @@ def ood_statistics(pipe, data, n: int = 128) -> dict:
 
 
 def train(
-    stage: str, preset: str, data: str, out: str | Path, steps: int, batch_size: int,
-    resume: bool = False, seed: int = 0, hp: Hyper | None = None, recipe: str | None = None,
+    stage: str,
+    preset: str,
+    data: str,
+    out: str | Path,
+    steps: int,
+    batch_size: int,
+    resume: bool = False,
+    seed: int = 0,
+    hp: Hyper | None = None,
+    recipe: str | None = None,
 ) -> dict:
     """One sitting: `stage` (or all four in order) to `steps` steps, in the run directory `out`.
 
@@ -108,7 +118,9 @@ def train(
     report = {}
     t0 = time.perf_counter()
     for name in todo:
-        report[name] = run_stage(name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world)
+        report[name] = run_stage(
+            name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world
+        )
         if rank == 0:
             refresh_references(pipe, dataset)
             record_sitting(pipe.config, name, report[name], data, seed, steps, batch_size, hp, resume, recipe)
@@ -137,7 +149,10 @@ def build_data(data: str, resolution: int, batch_size: int, hp: Hyper, todo: tup
     if len(dataset) < batch_size:
         raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
     if hp.paired_weight > 0 and "stage1" in todo and not hasattr(dataset, "counterfactual_view"):
-        raise TrainingError(f"--paired-weight needs pixel-aligned true counterfactuals, which only phantom:N data renders; {data} has none")
+        raise TrainingError(
+            "--paired-weight needs pixel-aligned true counterfactuals, "
+            f"which only phantom:N data renders; {data} has none"
+        )
     return dataset
 
 
@@ -152,24 +167,42 @@ def open_pipeline(out: Path, spec: RunSpec, resume: bool, rank: int, world: int)
         torch.distributed.barrier()
     if rank != 0:
         ckpt = out / "checkpoint"
-        pipe = CounterfactualPipeline.from_pretrained(ckpt) if (ckpt / "config.json").is_file() else CounterfactualPipeline.from_preset(spec.preset, seed=spec.seed)
+        pipe = (
+            CounterfactualPipeline.from_pretrained(ckpt)
+            if (ckpt / "config.json").is_file()
+            else CounterfactualPipeline.from_preset(spec.preset, seed=spec.seed)
+        )
     return pipe
 
 
 def run_stage(name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world) -> dict:
     """Train stage `name` to `steps` steps; its report (final losses, seconds)."""
     if name == "stage0":
-        eval_data = make_dataset(data, resolution, EVAL_CLASSIFIER_SEED_OFFSET) if data.startswith("phantom:") else dataset
+        eval_data = (
+            make_dataset(data, resolution, EVAL_CLASSIFIER_SEED_OFFSET) if data.startswith("phantom:") else dataset
+        )
         return stage0(pipe, dataset, eval_data, out, steps, batch_size, hp, resume, seed, rank, world)
     if name == "stage1":
         return stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
     if name == "stage2":
         return stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
-    return classifier_stage(pipe, classifier_data(data, resolution, dataset), out, steps, batch_size, hp, resume, seed, rank, world)
+    return classifier_stage(
+        pipe, classifier_data(data, resolution, dataset), out, steps, batch_size, hp, resume, seed, rank, world
+    )
 
 
-def record_sitting(config: dict, name: str, report: dict, data: str, seed: int, steps: int, batch_size: int, hp: Hyper,
-                   resume: bool, recipe: str | None) -> None:
+def record_sitting(
+    config: dict,
+    name: str,
+    report: dict,
+    data: str,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    hp: Hyper,
+    resume: bool,
+    recipe: str | None,
+) -> None:
     """Add this sitting of stage `name` to the checkpoint's history (config["training"])."""
     training = config.setdefault("training", {})
     history = training.setdefault("stages", {})
@@ -186,8 +219,16 @@ def record_sitting(config: dict, name: str, report: dict, data: str, seed: int, 
         seconds += float(prev.get("seconds", 0.0))  # the checkpoint's history has the earlier sittings' time
     # A network frozen in this sitting keeps the last loss it trained to.
     final = {**(prev.get("final", {}) if resume else {}), **report["final"]}
-    history[name] = {"steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1), "final": final, "runs": runs}
-    training.update({"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed})
+    history[name] = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seconds": round(seconds, 1),
+        "final": final,
+        "runs": runs,
+    }
+    training.update(
+        {"state": "trained on phantoms" if data.startswith("phantom") else "trained", "data": data, "seed": seed}
+    )
     if recipe:
         training["recipe"] = recipe
     else:  # a sitting of its own: the run is no longer the recipe's
@@ -242,7 +283,9 @@ def load_recipe(path: str | Path) -> Recipe:
         raise TrainingError(f"--recipe {path}: {exc}") from None
     unknown = sorted(set(raw) - RECIPE_KEYS)
     if unknown or not {"preset", "data", "sitting"} <= set(raw):
-        raise TrainingError(f"--recipe {path}: takes preset, data, seed, [[sitting]] and [shipped]; got {', '.join(sorted(raw))}")
+        raise TrainingError(
+            f"--recipe {path}: takes preset, data, seed, [[sitting]] and [shipped]; got {', '.join(sorted(raw))}"
+        )
     sittings = []
     for k, s in enumerate(raw["sitting"], 1):
         where = f"--recipe {path}, sitting {k}: "
@@ -277,9 +320,20 @@ def train_recipe(path: str | Path, out: str | Path, data: str | None = None) -> 
     if done != [s.record() for s in recipe.sittings[: len(done)]]:
         raise TrainingError(f"{out} holds sittings other than the first {len(done)} of {path}; choose another --out")
     t0 = time.perf_counter()
-    todo = recipe.sittings[len(done):]
+    todo = recipe.sittings[len(done) :]
     for k, s in enumerate(todo, len(done) + 1):
         print(f"sitting {k}/{len(recipe.sittings)}: {s.stage} to step {s.steps}" + (f" ({s.why})" if s.why else ""))
         resume = (out / "run.json").is_file()
-        train(s.stage, recipe.preset, data or recipe.data, out, s.steps, s.batch_size, resume, recipe.seed, s.hp, recipe=str(path))
+        train(
+            s.stage,
+            recipe.preset,
+            data or recipe.data,
+            out,
+            s.steps,
+            s.batch_size,
+            resume,
+            recipe.seed,
+            s.hp,
+            recipe=str(path),
+        )
     return {"skipped": len(done), "ran": len(todo), "seconds": time.perf_counter() - t0}

@@ -13,6 +13,7 @@ import sys
 from whatif import diagnose_cmd, eval_cmd, model_cmd, phantom_cmd, refine_cmd, serve_cmd, train_cmd
 from whatif.errors import is_usage_error
 
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (the full usage is one `--help` away)."""
 

@@ -32,7 +32,9 @@ def _diagnose(args) -> int:
         raise UsageError(f"unknown diagnostic {args.name!r}; one of {', '.join(DIAGNOSTICS)}")
     module = load(args.name)
     parser = argparse.ArgumentParser(
-        prog=f"whatif diagnose {args.name}", description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"whatif diagnose {args.name}",
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     module.add_arguments(parser)
     module.run(parser.parse_args(args.args))

@@ -2,8 +2,8 @@
 
 A usage error is a mistake the person at the command line can fix: a bad argument, a missing
 file, a checkpoint that is not one, an image that cannot be read, a finding the refiner does not
-know. Everything else (a bug in the library, say) is not caught here: it shows its traceback and
-exits non-zero, so it is not mistaken for the user's fault.
+know, a path that cannot be read or written. Everything else (a bug in the library, say) is not
+caught here: it shows its traceback and exits non-zero, so it is not mistaken for the user's fault.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ _LIBRARY_INPUT_ERRORS = (
     ("training.loop", "TrainingError"),
     ("training.phantom.findings", "FindingError"),
 )
-# A path that does not exist or cannot be written is the user's to fix.
-_OS_INPUT_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+# A path that does not exist or cannot be written, a full disk: the machine's state, the user's to fix.
+_OS_INPUT_ERRORS = (OSError,)
 
 
 def is_usage_error(exc: BaseException) -> bool:

@@ -11,16 +11,35 @@ def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="score a checkpoint on held-out phantom identities (AUROC, SSIM, MAE)")
     e.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
     e.add_argument("--n", type=int, default=20, help="held-out identities per target (default 20)")
-    e.add_argument("--out", default="docs/default-model.md", help="Markdown report; the contact sheet is written beside it")
+    e.add_argument(
+        "--out", default="docs/default-model.md", help="Markdown report; the contact sheet is written beside it"
+    )
     e.add_argument("--start", choices=["inversion", "noise"], help="sampling start (checkpoint default)")
     e.add_argument("--guidance", type=float, help="classifier-free guidance (checkpoint default)")
-    e.add_argument("--detail", type=float, metavar="TAU", help="fine-detail restoration, 0 to turn it off (checkpoint default; see `whatif generate --help`)")
     e.add_argument(
-        "--seed-opt", action="append", default=[], metavar="KEY=VALUE",
-        help="override a seed-optimisation setting of the checkpoint (repeatable), e.g. --seed-opt optimizer=adam --seed-opt lr=0.005",
+        "--detail",
+        type=float,
+        metavar="TAU",
+        help="fine-detail restoration, 0 to turn it off (checkpoint default; see `whatif generate --help`)",
     )
-    e.add_argument("--validation", action="store_true", help="score identities apart from the evaluation's, to choose settings without touching the reported ones")
-    e.add_argument("--write-card", action="store_true", help="also write MODEL_CARD.md (data, wall time, these metrics) into the checkpoint")
+    e.add_argument(
+        "--seed-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a seed-optimisation setting of the checkpoint "
+        "(repeatable), e.g. --seed-opt optimizer=adam --seed-opt lr=0.005",
+    )
+    e.add_argument(
+        "--validation",
+        action="store_true",
+        help="score identities apart from the evaluation's, to choose settings without touching the reported ones",
+    )
+    e.add_argument(
+        "--write-card",
+        action="store_true",
+        help="also write MODEL_CARD.md (data, wall time, these metrics) into the checkpoint",
+    )
     e.set_defaults(func=_eval)
 
 
@@ -35,7 +54,12 @@ def _eval(args) -> int:
     if args.validation and args.write_card:
         raise UsageError("--write-card reports the evaluation identities; drop --validation")
     result = evaluate_counterfactuals(
-        pipe, args.n, start=args.start, guidance=args.guidance, detail=args.detail, validation=args.validation,
+        pipe,
+        args.n,
+        start=args.start,
+        guidance=args.guidance,
+        detail=args.detail,
+        validation=args.validation,
         seed_opt=seed_opt,
     )
     out = Path(args.out)
@@ -46,7 +70,9 @@ def _eval(args) -> int:
         from training.model_card import write_model_card
 
         ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
-        command = f"whatif eval --checkpoint {args.checkpoint or default_checkpoint_dir()} --n {args.n}{result['options']}"
+        command = (
+            f"whatif eval --checkpoint {args.checkpoint or default_checkpoint_dir()} --n {args.n}{result['options']}"
+        )
         print(f"wrote {write_model_card(ckpt, pipe.config, result, command)}")
     return 0
 

@@ -18,12 +18,19 @@ def add_parser(sub) -> None:
     g.add_argument("--no-optimize-seed", action="store_true", help="skip the long-tail seed optimisation")
     g.add_argument("--steps", type=int, help="DDIM steps (checkpoint default)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance (checkpoint default)")
-    g.add_argument("--start", choices=["inversion", "noise"],
-                   help="start sampling from the inversion of the input's pathology channel (keeps more of the "
-                        "patient) or from noise drawn from --seed (varies with the seed); checkpoint default")
-    g.add_argument("--detail", type=float, metavar="TAU",
-                   help="restore the input's fine detail that the autoencoder loses, faded out where the change "
-                        "exceeds about this much on [-1, 1]; 0 gives the paper's decoded image (checkpoint default)")
+    g.add_argument(
+        "--start",
+        choices=["inversion", "noise"],
+        help="start sampling from the inversion of the input's pathology channel (keeps more of the "
+        "patient) or from noise drawn from --seed (varies with the seed); checkpoint default",
+    )
+    g.add_argument(
+        "--detail",
+        type=float,
+        metavar="TAU",
+        help="restore the input's fine detail that the autoencoder loses, faded out where the change "
+        "exceeds about this much on [-1, 1]; 0 gives the paper's decoded image (checkpoint default)",
+    )
     g.add_argument("--report", help="write the quality report and timings here as JSON")
     g.set_defaults(func=_generate)
 
@@ -73,8 +80,17 @@ def _generate(args) -> int:
             bar.set_postfix(L_P=f"{lp:.4f}")
         bar.refresh()
 
-    result = pipe(loaded.pixels, args.target, seed=args.seed, optimize_seed=not args.no_optimize_seed,
-                  steps=args.steps, guidance=args.guidance, start=args.start, detail=args.detail, progress=progress)
+    result = pipe(
+        loaded.pixels,
+        args.target,
+        seed=args.seed,
+        optimize_seed=not args.no_optimize_seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        start=args.start,
+        detail=args.detail,
+        progress=progress,
+    )
     for bar in bars.values():
         bar.close()
     info = PngImagePlugin.PngInfo()

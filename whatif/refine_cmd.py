@@ -17,11 +17,15 @@ def add_parser(sub) -> None:
         description="Prints JSON. Backend from WHATIF_REFINER_BACKEND (default 'rules': offline, deterministic).",
     )
     p.add_argument("text", nargs="?", help="a report or a request, e.g. 'add a small left pleural effusion'")
-    p.add_argument("--request", action="store_true", help="treat TEXT as a request: an error if no finding is recognised")
+    p.add_argument(
+        "--request", action="store_true", help="treat TEXT as a request: an error if no finding is recognised"
+    )
     p.add_argument("--batch", metavar="IN.jsonl", help='one {"id": ..., "text": ...} per line; results one per line')
     p.add_argument("--out", metavar="OUT.jsonl", help="with --batch: write here instead of standard output")
     p.add_argument("--eval-iu-xray", action="store_true", help="score on the real IU-Xray reports and print the table")
-    p.add_argument("--fold", choices=["dev", "heldout", "both"], default="both", help="with --eval-iu-xray (default both)")
+    p.add_argument(
+        "--fold", choices=["dev", "heldout", "both"], default="both", help="with --eval-iu-xray (default both)"
+    )
     p.add_argument("--docs", metavar="FILE.md", help="with --eval-iu-xray: also write both folds' tables to this file")
     p.set_defaults(func=_run)
 

@@ -36,12 +36,19 @@ def _serve(args) -> int:
             pipe = CounterfactualPipeline.from_preset("tiny")
             pipe.centroids = compute_centroids(pipe, m=4)
             pipe.save_pretrained(checkpoint)
-        print("whatif: WARNING: no trained embedded model in this installation; serving an UNTRAINED tiny "
-              "model (its images are not meaningful)", file=sys.stderr)
+        print(
+            "whatif: WARNING: no trained embedded model in this installation; serving an UNTRAINED tiny "
+            "model (its images are not meaningful)",
+            file=sys.stderr,
+        )
     settings = _settings(args, checkpoint)
     celery = make_celery(settings)
     start_embedded_worker(celery)
-    print(f"whatif: serving on http://{args.host}:{args.port}/ (authentication {'off: local only' if settings.auth_disabled else 'on'})", file=sys.stderr)
+    print(
+        f"whatif: serving on http://{args.host}:{args.port}/ (authentication "
+        f"{'off: local only' if settings.auth_disabled else 'on'})",
+        file=sys.stderr,
+    )
     uvicorn.run(create_app(settings, celery), host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -55,8 +62,13 @@ def _settings(args, checkpoint):
     local = args.host in ("127.0.0.1", "localhost", "::1")
     try:
         return Settings(
-            single_machine=True, auth_disabled=local, bind_host=args.host, broker_url="memory://",
-            result_backend="cache+memory://", blob_dir=str(cache_dir() / "blobs"), checkpoint=checkpoint,
+            single_machine=True,
+            auth_disabled=local,
+            bind_host=args.host,
+            broker_url="memory://",
+            result_backend="cache+memory://",
+            blob_dir=str(cache_dir() / "blobs"),
+            checkpoint=checkpoint,
         )
     except ValidationError as exc:
         raise UsageError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None

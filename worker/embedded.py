@@ -13,8 +13,14 @@ def start_embedded_worker(app: Celery, ready_timeout: float = 30.0):
     # Celery's execution path looks tasks up on the *current* app: make it this one.
     app.set_current()
     app.set_default()
-    worker = app.WorkController(pool_cls="solo", concurrency=1, without_heartbeat=True, without_mingle=True,
-                                without_gossip=True, loglevel="WARNING")
+    worker = app.WorkController(
+        pool_cls="solo",
+        concurrency=1,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel="WARNING",
+    )
     thread = threading.Thread(target=worker.start, name="whatif-worker", daemon=True)
     thread.start()
     deadline = time.monotonic() + ready_timeout

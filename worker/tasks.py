@@ -57,8 +57,15 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
         from model.refine import NoFindingRecognised
 
         out = pipeline(s.checkpoint)(
-            pixels, params["target"], seed=params["seed"], optimize_seed=params["optimize_seed"],
-            steps=params.get("steps"), guidance=params.get("guidance"), start=params.get("start"), detail=params.get("detail"), progress=progress,
+            pixels,
+            params["target"],
+            seed=params["seed"],
+            optimize_seed=params["optimize_seed"],
+            steps=params.get("steps"),
+            guidance=params.get("guidance"),
+            start=params.get("start"),
+            detail=params.get("detail"),
+            progress=progress,
         )
     except (ImageInputError, NoFindingRecognised, ValueError) as exc:
         raise JobError(str(exc)) from None
@@ -83,4 +90,3 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
             "notes": meta.get("notes", []) + q.notes,
         },
     }
-

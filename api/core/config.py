@@ -8,7 +8,9 @@ from worker.settings import WorkerSettings
 
 
 class Settings(WorkerSettings):
-    api_keys: list[SecretStr] = Field(default_factory=list, description="accepted X-API-Key values (JSON list); no default")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="accepted X-API-Key values (JSON list); no default"
+    )
     auth_disabled: bool = Field(False, description="only honoured in single-machine mode bound to 127.0.0.1")
     single_machine: bool = Field(False, description="in-memory broker and an in-process worker (`whatif serve`)")
     bind_host: str = "127.0.0.1"
@@ -20,7 +22,9 @@ class Settings(WorkerSettings):
     def _secure(self):
         if self.auth_disabled and not (self.single_machine and self.bind_host in ("127.0.0.1", "localhost", "::1")):
             raise ValueError("WHATIF_AUTH_DISABLED is only allowed in single-machine mode bound to 127.0.0.1")
-        weak = [k for k in self.api_keys if len(k.get_secret_value()) < 16 or k.get_secret_value() in ("changeme", "secret")]
+        weak = [
+            k for k in self.api_keys if len(k.get_secret_value()) < 16 or k.get_secret_value() in ("changeme", "secret")
+        ]
         if weak:
             raise ValueError("API keys must be at least 16 characters and not a placeholder")
         if not self.auth_disabled and not self.api_keys:

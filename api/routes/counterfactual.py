@@ -28,9 +28,20 @@ async def create(
     optimize_seed: Annotated[bool, Form()] = True,
     steps: Annotated[int | None, Form(ge=1)] = None,
     guidance: Annotated[float | None, Form(ge=0.0, le=30.0)] = None,
-    start: Annotated[Literal["inversion", "noise"] | None, Form(description="sampling start: the input's inverted pathology channel, or noise from the seed")] = None,
+    start: Annotated[
+        Literal["inversion", "noise"] | None,
+        Form(description="sampling start: the input's inverted pathology channel, or noise from the seed"),
+    ] = None,
     # le: model.detail.MAX_DETAIL, spelled here because the API process does not import torch
-    detail: Annotated[float | None, Form(ge=0.0, le=2.0, description="restore the input's fine detail where the change is below about this much on [-1, 1]; 0: the decoded image")] = None,
+    detail: Annotated[
+        float | None,
+        Form(
+            ge=0.0,
+            le=2.0,
+            description="restore the input's fine detail where the change is "
+            "below about this much on [-1, 1]; 0: the decoded image",
+        ),
+    ] = None,
 ):
     from model.refine import NoFindingRecognised, refine_request
 
@@ -50,9 +61,26 @@ async def create(
     store.purge_expired()
     job_id = store.new_id()
     store.put(job_id, "input.png", png)
-    params = {"target": target, "seed": seed, "optimize_seed": optimize_seed, "steps": steps, "guidance": guidance, "start": start, "detail": detail}
-    store.put_meta(job_id, {"owner": owner, "created_at": time.time(), "condition": refinement.condition,
-                            "notes": notes, "source_format": fmt, "params": params})
+    params = {
+        "target": target,
+        "seed": seed,
+        "optimize_seed": optimize_seed,
+        "steps": steps,
+        "guidance": guidance,
+        "start": start,
+        "detail": detail,
+    }
+    store.put_meta(
+        job_id,
+        {
+            "owner": owner,
+            "created_at": time.time(),
+            "condition": refinement.condition,
+            "notes": notes,
+            "source_format": fmt,
+            "params": params,
+        },
+    )
     request.app.state.celery.send_task("whatif.counterfactual", args=[job_id, params], task_id=job_id)
     JOBS_CREATED.inc()
     response.headers["Location"] = f"/jobs/{job_id}"

@@ -10,8 +10,16 @@ from ..deps import Caller, StoreDep
 from ..schemas import JobStatus, Progress
 
 router = APIRouter()
-_STATUS = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running", "PROGRESS": "running",
-           "RETRY": "running", "SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "failed"}
+_STATUS = {
+    "PENDING": "queued",
+    "RECEIVED": "queued",
+    "STARTED": "running",
+    "PROGRESS": "running",
+    "RETRY": "running",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "REVOKED": "failed",
+}
 _FILES = {"result.png": "image/png", "diff.png": "image/png", "result.dcm": "application/dicom"}
 
 
@@ -34,8 +42,14 @@ def status(job_id: str, request: Request, owner: Caller, store: StoreDep):
     raw_state = res.state  # each read of res.state asks the backend again
     meta = _owned(store, job_id, owner)
     state = _STATUS.get(raw_state, "queued")
-    body = JobStatus(id=job_id, status=state, condition=meta["condition"], created_at=meta["created_at"],
-                     started_at=meta.get("started_at"), finished_at=meta.get("finished_at"))
+    body = JobStatus(
+        id=job_id,
+        status=state,
+        condition=meta["condition"],
+        created_at=meta["created_at"],
+        started_at=meta.get("started_at"),
+        finished_at=meta.get("finished_at"),
+    )
     if state == "failed" and body.finished_at is None and res.date_done is not None:
         body.finished_at = res.date_done.timestamp()
     if raw_state == "PROGRESS" and isinstance(res.info, dict):
@@ -46,7 +60,9 @@ def status(job_id: str, request: Request, owner: Caller, store: StoreDep):
     elif state == "failed":
         # Only our own job errors carry a message meant for users; anything else is generic.
         err = res.result
-        body.error = str(err) if type(err).__name__ == "JobError" else "the job failed; try again or contact the operator"
+        body.error = (
+            str(err) if type(err).__name__ == "JobError" else "the job failed; try again or contact the operator"
+        )
     return body
 
 
@@ -59,7 +75,9 @@ def file(job_id: str, name: str, request: Request, owner: Caller, store: StoreDe
         data = store.get(job_id, name)
     except BlobNotFound:
         raise HTTPException(404, "not ready: the job has not succeeded (yet)") from None
-    return Response(data, media_type=_FILES[name], headers={"Content-Disposition": f'inline; filename="{job_id}-{name}"'})
+    return Response(
+        data, media_type=_FILES[name], headers={"Content-Disposition": f'inline; filename="{job_id}-{name}"'}
+    )
 
 
 @router.delete("/jobs/{job_id}", status_code=204)

@@ -12,13 +12,18 @@ import re
 
 _CARDIAC = r"(?:heart|cardiac (?:silhouette|shadow|size|contour)|heart size|cardiac)"
 _ENLARGED = r"(?:enlarged|enlargement|large|prominent|increased|borderline)"
-_LUNG_PLACE_AFTER = r"[^.;]*\b(?:lungs?|lobes?|bases?|basilar|bibasilar|apex|apices|apical|midlung|lingula\w*|retrocardiac|costophrenic|perihilar|parenchym\w*|zones?|air ?space)\b"
+_LUNG_PLACE_AFTER = (
+    r"[^.;]*\b(?:lungs?|lobes?|bases?|basilar|bibasilar|apex|apices|apical|midlung|lingula\w*|retrocardiac|"
+    r"costophrenic|perihilar|parenchym\w*|zones?|air ?space)\b"
+)
 
 FINDING_PATTERNS: dict[str, list[str]] = {
     "Cardiomegaly": [
         r"cardiomegaly",
         rf"{_ENLARGED} (?:in size )?(?:of the )?{_CARDIAC}",
-        rf"{_CARDIAC}(?: size)?(?: (?:is|are|appears?|remains?|which is|seems?))?(?: (?:again|now|still|stably|also))?(?: (?:mildly|moderately|markedly|severely|slightly|minimally|significantly|borderline|at the))?(?: borderline(?: to (?:mildly )?enlarged)?| {_ENLARGED})",
+        rf"{_CARDIAC}(?: size)?(?: (?:is|are|appears?|remains?|which is|seems?))?(?: (?:again|now|still|stably|"
+        rf"also))?(?: (?:mildly|moderately|markedly|severely|slightly|minimally|significantly|borderline|"
+        rf"at the))?(?: borderline(?: to (?:mildly )?enlarged)?| {_ENLARGED})",
         r"cardiac enlargement",
         # "heart size XXXX mildly enlarged", "heart size is persistently enlarged": up to three
         # words between, none of them a negation (that would hide inside the mention).
@@ -26,8 +31,10 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"increase in (?:the )?(?:heart|cardiac) size",
     ],
     "Enlarged Cardiomediastinum": [
-        r"(?:widened|widening of the|enlarged|prominent|prominence of the) (?:\w+ ){0,3}(?:superior |upper )?mediastin\w*",
-        r"mediastin\w* (?:silhouette |contours? )?(?:is |are |appears? )?(?:mildly |slightly |markedly )?(?:widen\w*|enlarged|prominent)",
+        r"(?:widened|widening of the|enlarged|prominent|prominence of the) (?:\w+ ){0,3}(?:superior |"
+        r"upper )?mediastin\w*",
+        r"mediastin\w* (?:silhouette |contours? )?(?:is |are |appears? )?(?:mildly |slightly |"
+        r"markedly )?(?:widen\w*|enlarged|prominent)",
         r"enlarged cardiomediastin\w*",  # the canonical label name itself
     ],
     "Lung Opacity": [
@@ -36,8 +43,11 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"infiltrat\w*",
         # "density" alone names anything radio-opaque (hernia, breast, sternum, vessels): it is
         # a lung opacity only with a lung place or an airspace word in the same sentence.
-        rf"(?<!bone )(?<!osseous )(?<!soft tissue )(?<!calcified )(?<!calcific )(?<!nodular )(?<!round )(?<!breast )(?<!nipple )densit(?:y|ies)(?={_LUNG_PLACE_AFTER})",
-        r"(?:air ?space|parenchymal|pulmonary|lung|basilar|bibasilar|perihilar|retrocardiac|apical|patchy|hazy|streaky|confluent|reticular|interstitial|alveolar) densit(?:y|ies)",
+        r"(?<!bone )(?<!osseous )(?<!soft tissue )(?<!calcified )(?<!calcific )(?<!nodular )(?<!round )"
+        rf"(?<!breast )(?<!nipple )densit(?:y|"
+        rf"ies)(?={_LUNG_PLACE_AFTER})",
+        r"(?:air ?space|parenchymal|pulmonary|lung|basilar|bibasilar|perihilar|retrocardiac|apical|patchy|hazy|"
+        r"streaky|confluent|reticular|interstitial|alveolar) densit(?:y|ies)",
         r"haziness|hazy",
         r"ground[- ]glass",
     ],
@@ -86,18 +96,23 @@ FINDING_PATTERNS: dict[str, list[str]] = {
         r"support devices?",  # the canonical label name itself
         r"\bpicc\b",
         r"central (?:venous )?(?:line|catheter)",
-        r"(?:venous|dialysis|swan[- ]ganz|pulmonary artery|internal jugular|subclavian|ij|indwelling) (?:catheter|line)s?",
+        r"(?:venous|dialysis|swan[- ]ganz|pulmonary artery|internal jugular|subclavian|ij|"
+        r"indwelling) (?:catheter|line)s?",
         r"\bcatheters?\b",
         r"port[- ]?a[- ]?cath|mediport|power ?port|(?:chest|subcutaneous|venous) port",
         r"pacemaker|\bpacer\b|defibrillator|\baicd\b|\bicd\b|loop recorder",
-        r"(?:endotracheal|\bet\b|nasogastric|\bng\b|orogastric|\bog\b|feeding|chest|tracheostomy|enteric|dobhoff|gastric|gastrostomy) tubes?",
+        r"(?:endotracheal|\bet\b|nasogastric|\bng\b|orogastric|\bog\b|feeding|chest|tracheostomy|enteric|"
+        r"dobhoff|gastric|gastrostomy) tubes?",
         r"tracheostomy",
-        r"(?:prosthetic|mechanical|replaced) (?:aortic |mitral |tricuspid |pulmonic )?valves?|valve (?:replacement|prosthesis)",
+        r"(?:prosthetic|mechanical|replaced) (?:aortic |mitral |tricuspid |pulmonic )?valves?|"
+        r"valve (?:replacement|prosthesis)",
         r"\bdevices?\b|prosthe(?:sis|ses|tic)",
-        r"pacing leads?|lines and tubes|tubes and lines|stimulator|bone anchors?|internal fixation|implantable cardiac|cardiac xxxx (?:in|is|and|with)",
+        r"pacing leads?|lines and tubes|tubes and lines|stimulator|bone anchors?|internal fixation|"
+        r"implantable cardiac|cardiac xxxx (?:in|is|and|with)",
         r"with (?:its |the )?(?:distal )?tips?\b",
         r"\b(?:pacer|pacemaker|icd|cardiac|transvenous|monitor|monitoring|ecg|ekg|external) leads?\b",
-        r"(?:chest|subclavian|jugular|\bij) xxxx(?: \w+)?(?: with (?:its |the )?(?:distal )?tip| tip)|\bxxxx tips?\b|\btip (?:projects|overlies|is|in|at|terminates|overlying|projecting)",
+        r"(?:chest|subclavian|jugular|\bij) xxxx(?: \w+)?(?: with (?:its |the )?(?:distal )?tip| tip)|"
+        r"\bxxxx tips?\b|\btip (?:projects|overlies|is|in|at|terminates|overlying|projecting)",
         r"cardiac xxxx(?: and| with)? leads?|\bgenerator\b|\bleads? (?:terminat|overl|project|in the right)",
     ],
 }
@@ -108,8 +123,10 @@ FINDING_REGEX: dict[str, re.Pattern] = {
 
 # Phrases that state a normal study: "No Finding" when nothing else is present.
 NORMAL_REGEX = re.compile(
-    r"\bnormal (?:chest|study|exam\w*|radiograph\w*|x-?ray)\b|no acute (?:cardiopulmonary|pulmonary|disease|abnormalit|process|findings?)|"
-    r"no (?:active |acute )?disease|\bhealthy\b|\bnormal (?:lungs|heart)\b|\bno findings?\b|\bnormal\b$|^normal\b|\bunremarkable chest\b|lungs (?:are )?clear"
+    r"\bnormal (?:chest|study|exam\w*|radiograph\w*|x-?ray)\b|no acute (?:cardiopulmonary|pulmonary|disease|"
+    r"abnormalit|process|findings?)|"
+    r"no (?:active |acute )?disease|\bhealthy\b|\bnormal (?:lungs|heart)\b|\bno findings?\b|\bnormal\b$|"
+    r"^normal\b|\bunremarkable chest\b|lungs (?:are )?clear"
 )
 
 SIDE_WORDS = [
@@ -143,7 +160,8 @@ SEVERITY_WORDS = [
     (re.compile(r"\b(?:massive|large|larger|sizable|big|tension)\b"), "large"),
     (
         re.compile(
-            r"\b(?:severe|severely|marked|markedly|extensive|significant|significantly|dense|(?<!non-)(?<!non)(?<!mildly )(?<!minimally )(?<!moderately )displaced)\b"
+            r"\b(?:severe|severely|marked|markedly|extensive|significant|significantly|dense|"
+            r"(?<!non-)(?<!non)(?<!mildly )(?<!minimally )(?<!moderately )displaced)\b"
         ),
         "severe",
     ),
@@ -151,7 +169,8 @@ SEVERITY_WORDS = [
     (re.compile(r"\b(?:small|smaller|tiny|trace)\b"), "small"),
     (
         re.compile(
-            r"\b(?:mild|mildly|minimal|minimally|slight|slightly|borderline|subtle|faint|minor|top[- ]normal|upper limits? of normal)\b"
+            r"\b(?:mild|mildly|minimal|minimally|slight|slightly|borderline|subtle|faint|minor|top[- ]normal|"
+            r"upper limits? of normal)\b"
         ),
         "mild",
     ),
@@ -165,9 +184,11 @@ PRE_NEGATION = re.compile(
     r"instead of|clearing of|clear(?= air ?space))\b"
 )
 POST_NEGATION = re.compile(
-    r"^\W*(?:(?:is|are|has|have|was|were|may|might)\s+)?(?:been\s+)?(?:not\s+(?:be\s+)?(?:definitely\s+|clearly\s+|well[\s-]+)?(?:seen|identified|present|visualized|evident|demonstrated|appreciated|noted)|"
+    r"^\W*(?:(?:is|are|has|have|was|were|may|might)\s+)?(?:been\s+)?(?:not\s+(?:be\s+)?(?:definitely\s+|"
+    r"clearly\s+|well[\s-]+)?(?:seen|identified|present|visualized|evident|demonstrated|appreciated|noted)|"
     r"absent|resolved|removed|cleared|no longer (?:seen|present|visualized)|negative|gone|"
-    r"(?:appears?\s+|is\s+|are\s+)?(?:within\s+(?:the\s+)?(?:limits\s+of\s+)?normal(?:\s+limits)?|normal|unremarkable))\b"
+    r"(?:appears?\s+|is\s+|are\s+)?(?:within\s+(?:the\s+)?(?:limits\s+of\s+)?normal(?:\s+limits)?|normal|"
+    r"unremarkable))\b"
 )
 # "the previously seen right upper lobe mass lesion is not seen": a post-trigger a few words
 # on, with no punctuation between (only the "not seen" family; "normal" there means another organ).
@@ -179,11 +200,14 @@ PRE_UNCERTAIN = re.compile(
     r"\b(?:possible|possibly|questionable|question of|may represent|may be|may reflect|could be|could represent|"
     r"cannot exclude|can not exclude|cannot rule out|not excluded|cannot be excluded|suspicious for|suspected|"
     r"concern for|concerning for|equivocal|differential|or early|might|uncertain|indeterminate|"
-    r"could (?:obscure|hide|mask)|(?:could|may|might) indicate|favou?r\w*|exclude|to exclude|evaluate for|evaluation of|evaluation for|could reflect|reflect|suggestive of|suggesting|suggests)\b"
+    r"could (?:obscure|hide|mask)|(?:could|may|might) indicate|favou?r\w*|exclude|to exclude|evaluate for|"
+    r"evaluation of|evaluation for|could reflect|reflect|suggestive of|suggesting|suggests)\b"
 )
 POST_UNCERTAIN = re.compile(
-    r"^\W*(?:(?:is|are)\s+)?(?:(?:not|cannot be|can not be|can't be) (?:excluded|ruled out)|possible|questioned|suspected|"
-    r"not entirely excluded|is in the differential|(?:would be )?a consideration|(?:is|are) not excluded|could be considered)\b"
+    r"^\W*(?:(?:is|are)\s+)?(?:(?:not|cannot be|can not be|can't be) (?:excluded|ruled out)|possible|"
+    r"questioned|suspected|"
+    r"not entirely excluded|is in the differential|(?:would be )?a consideration|(?:is|are) not excluded|"
+    r"could be considered)\b"
 )
 # Words that close a negation scope: what follows is a new statement.
 TERMINATION = re.compile(
@@ -193,5 +217,6 @@ TERMINATION = re.compile(
 
 # NegEx pseudo-triggers: "no change in the effusion" says the effusion is still there.
 PSEUDO_NEGATION = re.compile(
-    r"\b(?:no|without) (?:significant |definite |substantial |appreciable |interval |xxxx )*(?:change|increase|worsening|improvement)\b"
+    r"\b(?:no|without) (?:significant |definite |substantial |appreciable |interval |xxxx )*(?:change|increase|"
+    r"worsening|improvement)\b"
 )

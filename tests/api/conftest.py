@@ -33,8 +33,12 @@ def service(tiny_checkpoint, tmp_path_factory):
     from worker.embedded import start_embedded_worker
 
     settings = Settings(
-        api_keys=[KEY_A, KEY_B], broker_url="memory://", result_backend="cache+memory://",
-        blob_dir=str(tmp_path_factory.mktemp("blobs")), checkpoint=tiny_checkpoint, max_upload_bytes=8_000_000,
+        api_keys=[KEY_A, KEY_B],
+        broker_url="memory://",
+        result_backend="cache+memory://",
+        blob_dir=str(tmp_path_factory.mktemp("blobs")),
+        checkpoint=tiny_checkpoint,
+        max_upload_bytes=8_000_000,
         max_pixels=5_000_000,
     )
     celery = make_celery(settings)

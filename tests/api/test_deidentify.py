@@ -19,7 +19,9 @@ def _rg1():
 
 def test_rg1_loses_every_identifier_and_keeps_its_pixels():
     ds = _rg1()
-    assert {"PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "StudyDate"} <= set(remaining_identifiers(ds))
+    assert {"PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "StudyDate"} <= set(
+        remaining_identifiers(ds)
+    )
     ds.add_new(0x00091001, "LO", "private vendor note")  # a private tag must go too
     clean, removed = deidentify(ds)
     assert remaining_identifiers(clean) == [] and removed >= 20
@@ -58,10 +60,18 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from api.core.config import Settings
 KEY = "k" * 24
-app = create_app(Settings(api_keys=[KEY], broker_url="memory://", result_backend="cache+memory://", blob_dir={str(tmp_path)!r}))
+settings = Settings(
+    api_keys=[KEY], broker_url="memory://", result_backend="cache+memory://", blob_dir={str(tmp_path)!r}
+)
+app = create_app(settings)
 client = TestClient(app)
 data = open({str(ROOT / "RG1_J2KR.dcm")!r}, "rb").read()
-r = client.post("/counterfactual", files={{"image": ("rg1.dcm", data, "application/dicom")}}, data={{"target": "small left effusion"}}, headers={{"X-API-Key": KEY}})
+r = client.post(
+    "/counterfactual",
+    files={{"image": ("rg1.dcm", data, "application/dicom")}},
+    data={{"target": "small left effusion"}},
+    headers={{"X-API-Key": KEY}},
+)
 assert r.status_code == 202, r.text
 assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
 print("torch" in sys.modules)

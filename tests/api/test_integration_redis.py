@@ -17,8 +17,23 @@ from .conftest import KEY_A, png_bytes, wait
 def redis_url(tmp_path):
     server = require_binary("redis-server")
     port = free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import redis
 
     client = redis.Redis(port=port)
@@ -37,23 +52,52 @@ def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_pa
     from api.core.config import Settings
     from api.main import create_app
 
-    env = {**os.environ, "WHATIF_BROKER_URL": f"{redis_url}/0", "WHATIF_RESULT_BACKEND": f"{redis_url}/1",
-           "WHATIF_BLOB_DIR": str(tmp_path / "blobs"), "WHATIF_CHECKPOINT": tiny_checkpoint, "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "WHATIF_BROKER_URL": f"{redis_url}/0",
+        "WHATIF_RESULT_BACKEND": f"{redis_url}/1",
+        "WHATIF_BLOB_DIR": str(tmp_path / "blobs"),
+        "WHATIF_CHECKPOINT": tiny_checkpoint,
+        "OMP_NUM_THREADS": "1",
+    }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
-         "--loglevel=WARNING", "--without-mingle", "--without-gossip"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--loglevel=WARNING",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
-        settings = Settings(api_keys=[KEY_A], broker_url=f"{redis_url}/0", result_backend=f"{redis_url}/1",
-                            blob_dir=str(tmp_path / "blobs"), checkpoint=tiny_checkpoint)
+        settings = Settings(
+            api_keys=[KEY_A],
+            broker_url=f"{redis_url}/0",
+            result_backend=f"{redis_url}/1",
+            blob_dir=str(tmp_path / "blobs"),
+            checkpoint=tiny_checkpoint,
+        )
         with TestClient(create_app(settings)) as client:
             deadline = time.monotonic() + 60
             while client.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline, "worker never became ready"
                 time.sleep(0.5)
-            r = client.post("/counterfactual", headers={"X-API-Key": KEY_A},
-                            files={"image": ("x.png", png_bytes(), "image/png")}, data={"target": "small right pneumothorax"})
+            r = client.post(
+                "/counterfactual",
+                headers={"X-API-Key": KEY_A},
+                files={"image": ("x.png", png_bytes(), "image/png")},
+                data={"target": "small right pneumothorax"},
+            )
             assert r.status_code == 202, r.text
             body, seen = wait(client, r.json()["id"], KEY_A, timeout=180)
             assert body["status"] == "succeeded", body

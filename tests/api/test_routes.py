@@ -12,8 +12,12 @@ H = {"X-API-Key": KEY_A}
 
 
 def test_upload_to_result(service):
-    r = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
-                     data={"target": "moderate left pleural effusion", "seed": "3", "start": "noise"})
+    r = service.post(
+        "/counterfactual",
+        headers=H,
+        files={"image": ("x.png", png_bytes(), "image/png")},
+        data={"target": "moderate left pleural effusion", "seed": "3", "start": "noise"},
+    )
     assert r.status_code == 202, r.text
     job = r.json()["id"]
     assert r.headers["location"] == f"/jobs/{job}" and len(job) >= 22
@@ -38,7 +42,9 @@ def test_upload_to_result(service):
 
 
 def test_authentication_required(service):
-    r = service.post("/counterfactual", files={"image": ("x.png", png_bytes(), "image/png")}, data={"target": "mild edema"})
+    r = service.post(
+        "/counterfactual", files={"image": ("x.png", png_bytes(), "image/png")}, data={"target": "mild edema"}
+    )
     assert r.status_code == 401
     assert service.get("/jobs/whatever-id-000000000000", headers={"X-API-Key": "x" * 32}).status_code == 401
 
@@ -56,11 +62,19 @@ def test_bad_inputs_are_clear_4xx(service):
         (_post(service, png_bytes()[:200]), 415, "corrupt"),
         (_post(service, b"\0" * 8_100_000), 413, "larger than"),
     ]
-    bad_start = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
-                             data={"target": "mild edema", "start": "reference"})
+    bad_start = service.post(
+        "/counterfactual",
+        headers=H,
+        files={"image": ("x.png", png_bytes(), "image/png")},
+        data={"target": "mild edema", "start": "reference"},
+    )
     cases.append((bad_start, 422, "inversion"))
-    bad_detail = service.post("/counterfactual", headers=H, files={"image": ("x.png", png_bytes(), "image/png")},
-                              data={"target": "mild edema", "detail": "5"})
+    bad_detail = service.post(
+        "/counterfactual",
+        headers=H,
+        files={"image": ("x.png", png_bytes(), "image/png")},
+        data={"target": "mild edema", "detail": "5"},
+    )
     cases.append((bad_detail, 422, "less than or equal to 2"))
     big = Image.new("L", (3000, 2000))
     buf = io.BytesIO()

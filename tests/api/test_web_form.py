@@ -17,12 +17,20 @@ def live_server(tiny_checkpoint, tmp_path):
     from worker.celery_app import make_celery
     from worker.embedded import start_embedded_worker
 
-    settings = Settings(single_machine=True, auth_disabled=True, broker_url="memory://", result_backend="cache+memory://",
-                        blob_dir=str(tmp_path / "blobs"), checkpoint=tiny_checkpoint)
+    settings = Settings(
+        single_machine=True,
+        auth_disabled=True,
+        broker_url="memory://",
+        result_backend="cache+memory://",
+        blob_dir=str(tmp_path / "blobs"),
+        checkpoint=tiny_checkpoint,
+    )
     celery = make_celery(settings)
     start_embedded_worker(celery)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, celery), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, celery), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -42,8 +50,16 @@ def test_form_upload_progress_result(live_server, tmp_path):
     src = tmp_path / "xray.png"
     Image.fromarray(render(12, [], 0, 256).image).save(src)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
-                                    "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1150, "height": 900})
         page.goto(live_server + "/")
         assert "not for clinical use" in page.inner_text("body")

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_file_is_valid_and_complete():
     exe = require_binary("docker-compose")
     env = {**os.environ, "WHATIF_API_KEYS": '["0123456789abcdef0123"]'}
-    proc = subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [exe, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     import yaml
 
@@ -24,7 +26,12 @@ def test_compose_file_is_valid_and_complete():
     assert gpu["capabilities"] == ["gpu"] and "--pool=solo" in services["worker"]["command"]
     # Without API keys the stack refuses to start rather than run open.
     env.pop("WHATIF_API_KEYS")
-    assert subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, env=env, timeout=60).returncode != 0
+    assert (
+        subprocess.run(
+            [exe, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, env=env, timeout=60
+        ).returncode
+        != 0
+    )
 
 
 def test_dockerfile_lints_clean():

@@ -23,11 +23,19 @@ def _containers(objs):
 def test_every_file_is_listed_and_every_piece_is_there():
     kustom, objs = _objects()
     assert sorted(kustom["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-    assert {("Deployment", "whatif-api"), ("Deployment", "whatif-worker"), ("StatefulSet", "whatif-redis"),
-            ("Service", "whatif-api"), ("Service", "whatif-redis"), ("PersistentVolumeClaim", "whatif-blobs")} <= set(objs)
+    assert {
+        ("Deployment", "whatif-api"),
+        ("Deployment", "whatif-worker"),
+        ("StatefulSet", "whatif-redis"),
+        ("Service", "whatif-api"),
+        ("Service", "whatif-redis"),
+        ("PersistentVolumeClaim", "whatif-blobs"),
+    } <= set(objs)
     # No secret is committed: API keys come from a Secret made at install time.
     assert not any(kind == "Secret" for kind, _ in objs)
-    api_env = {e["name"]: e for e in objs[("Deployment", "whatif-api")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    api_env = {
+        e["name"]: e for e in objs[("Deployment", "whatif-api")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert "secretKeyRef" in api_env["WHATIF_API_KEYS"]["valueFrom"]
     assert "--appendonly" in objs[("StatefulSet", "whatif-redis")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert objs[("PersistentVolumeClaim", "whatif-blobs")]["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -52,5 +60,7 @@ def test_workers_one_gpu_solo_pool_and_a_grace_period_past_the_job_limit():
     limit = int({e["name"]: e.get("value") for e in c["env"]}["WHATIF_JOB_TIME_LIMIT_S"])
     assert pod["terminationGracePeriodSeconds"] > limit
     api = objs[("Deployment", "whatif-api")]["spec"]["template"]["spec"]["containers"][0]
-    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz" and api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert (
+        api["readinessProbe"]["httpGet"]["path"] == "/readyz" and api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    )
     assert "nvidia.com/gpu" not in api["resources"]["limits"]

@@ -1,6 +1,7 @@
 """The embedded default model: shipped in the package, loads with no argument, marked, and works."""
 
 import numpy as np
+import pytest
 
 from model.labels import CHEXPERT_LABELS
 from model.pipeline import CounterfactualPipeline, default_checkpoint_dir
@@ -18,6 +19,7 @@ def test_loads_with_no_argument_within_the_size_limit_and_says_what_it_is():
     assert len(pipe.centroids) >= 12  # references for the 11 findings of Table 2 and "no finding"
 
 
+@pytest.mark.slow
 def test_adding_edema_raises_its_probability_and_keeps_the_anatomy():
     # Edema is among the findings this small CPU-trained model renders best (docs/default-model.md:
     # AUROC 0.999 with seed optimisation); the tail it barely renders, which the model card says.

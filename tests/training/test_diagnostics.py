@@ -46,7 +46,6 @@ def test_list_and_bad_usage(capsys):
     assert exc.value.code == 2 and "between 2 and" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(DIAGNOSTICS))
 def test_each_diagnostic_runs_end_to_end_on_a_tiny_checkpoint(name, tiny, capsys, tmp_path):
     extra = {

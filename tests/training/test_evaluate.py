@@ -18,10 +18,20 @@ def test_seed_opt_overrides_parse_to_config_fields_before_any_work(capsys):
     from whatif.errors import UsageError
     from whatif.eval_cmd import parse_seed_opt
 
-    assert parse_seed_opt(["optimizer=adam", "lr=0.005", "max_iters=5"]) == {"optimizer": "adam", "lr": 0.005, "max_iters": 5}
+    assert parse_seed_opt(["optimizer=adam", "lr=0.005", "max_iters=5"]) == {
+        "optimizer": "adam",
+        "lr": 0.005,
+        "max_iters": 5,
+    }
     assert parse_seed_opt([]) == {}
     assert parse_seed_opt(["guard=true"]) == {"guard": True} and parse_seed_opt(["guard=False"]) == {"guard": False}
-    for bad, message in (("lr", "KEY=VALUE"), ("speed=3", "KEY=VALUE"), ("max_iters=2.5", "takes a int"), ("optimizer=sgd", "adam or normalized"), ("guard=maybe", "takes a bool")):
+    for bad, message in (
+        ("lr", "KEY=VALUE"),
+        ("speed=3", "KEY=VALUE"),
+        ("max_iters=2.5", "takes a int"),
+        ("optimizer=sgd", "adam or normalized"),
+        ("guard=maybe", "takes a bool"),
+    ):
         with pytest.raises(UsageError, match=message):
             parse_seed_opt([bad])
     # On the command line: one clear line (exit 2) before the checkpoint is even looked for.
@@ -49,7 +59,13 @@ def test_identity_bootstrap_is_zero_when_every_identity_agrees_and_not_otherwise
         return out
 
     # Every identity's counterfactual shows its target: AUROC 1 in every resample.
-    assert identity_bootstrap(outputs(lambda k, t: 0.9), draws=50) == {"mean_auroc": 0.0, "tail_auroc": 0.0, "head_auroc": 0.0, "gap": 0.0}
+    assert identity_bootstrap(outputs(lambda k, t: 0.9), draws=50) == {
+        "mean_auroc": 0.0,
+        "tail_auroc": 0.0,
+        "head_auroc": 0.0,
+        "gap": 0.0,
+    }
+
     # For the head targets half the identities show nothing: the head's AUROC, the mean and the
     # gap depend on which were drawn; the tail's does not.
     def half_head(k, t):

@@ -15,7 +15,26 @@ from whatif.cli import main
 def test_generate_is_identical_for_any_worker_count_and_render_reproduces_it(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["phantom", "generate", "--n", "20", "--size", "64", "--seed", "3", "--out", str(a), "--quiet"]) == 0
-    assert main(["phantom", "generate", "--n", "20", "--size", "64", "--seed", "3", "--out", str(b), "--workers", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "phantom",
+                "generate",
+                "--n",
+                "20",
+                "--size",
+                "64",
+                "--seed",
+                "3",
+                "--out",
+                str(b),
+                "--workers",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     manifest = (a / "manifest.jsonl").read_text()
     assert manifest == (b / "manifest.jsonl").read_text()
     rows = [json.loads(line) for line in manifest.splitlines()]
@@ -59,9 +78,7 @@ def test_generate_is_identical_for_any_worker_count_and_render_reproduces_it(tmp
 def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path):
     base = ["phantom", "render", "--identity-seed", "1", "--out", str(tmp_path / "o.png")]
     # The console script, as a user runs it.
-    proc = subprocess.run(
-        [sys.executable, "-m", "whatif", *base, *args], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-m", "whatif", *base, *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr

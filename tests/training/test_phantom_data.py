@@ -17,7 +17,9 @@ def test_lung_masks_are_real_pairs_right_lung_on_viewer_left():
     for i in range(0, len(bank), 37):
         right, left = bank.masks[i, 0] >= 128, bank.masks[i, 1] >= 128
         assert right.sum() > 500 and left.sum() > 500
-        assert (right.any(axis=0) * cols).sum() / right.any(axis=0).sum() < (left.any(axis=0) * cols).sum() / left.any(axis=0).sum()
+        assert (right.any(axis=0) * cols).sum() / right.any(axis=0).sum() < (left.any(axis=0) * cols).sum() / left.any(
+            axis=0
+        ).sum()
 
 
 def test_prevalence_of_5000_cases_matches_chexpert_within_2_points():

@@ -38,7 +38,9 @@ def test_every_condition_the_phantom_draws_reads_back_as_itself():
     from training.phantom.findings import LABEL_SPECS
 
     for label, spec in LABEL_SPECS.items():
-        for side, zone, severity in itertools.product(spec.sides or [None], spec.zones or [None], spec.severities or [None]):
+        for side, zone, severity in itertools.product(
+            spec.sides or [None], spec.zones or [None], spec.severities or [None]
+        ):
             text = " ".join(w for w in (severity, side, zone, label.lower()) if w)
             assert refine(text).condition == text
 

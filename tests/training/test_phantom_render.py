@@ -28,7 +28,7 @@ def test_order_of_findings_does_not_matter():
 @pytest.mark.parametrize("label", DRAWABLE_LABELS)
 def test_finding_changes_only_its_mask_and_changes_it_visibly(label):
     for identity in IDENTITIES:
-        for severity in (LABEL_SPECS[label].severities or {None: 1}):
+        for severity in LABEL_SPECS[label].severities or {None: 1}:
             finding = Finding(label, severity=severity)
             base = render(identity, [], 4, SIZE)
             with_f = render(identity, [finding], 4, SIZE)

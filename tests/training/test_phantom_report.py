@@ -28,7 +28,9 @@ SECTIONS = ("INDICATION:", "COMPARISON:", "FINDINGS:", "IMPRESSION:")
 
 def _sentences(text: str) -> list[str]:
     body = text.split("FINDINGS:", 1)[1]
-    return [s.strip() for s in re.split(r"(?<=[a-z\)])\.\s+|\.$|\n|\d+\.\s", body.replace("IMPRESSION:", "")) if s.strip()]
+    return [
+        s.strip() for s in re.split(r"(?<=[a-z\)])\.\s+|\.$|\n|\d+\.\s", body.replace("IMPRESSION:", "")) if s.strip()
+    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

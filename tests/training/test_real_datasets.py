@@ -39,13 +39,17 @@ def test_mimic_layout_views_uncertainty_reports(tmp_path):
         lab.append({"subject_id": sid, "study_id": study, "Pleural Effusion": -1 if k == 0 else 1, "Edema": 1})
         rep = tmp_path / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{study}.txt"
         rep.write_text("FINDINGS: Small left pleural effusion. IMPRESSION: Mild pulmonary edema.")
-    _csv(tmp_path / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"], meta, gz=True)
+    _csv(
+        tmp_path / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"], meta, gz=True
+    )
     _csv(tmp_path / "mimic-cxr-2.0.0-chexpert.csv", ["subject_id", "study_id", *CHEXPERT_LABELS], lab, gz=True)
     ds = mimic_cxr_jpg(tmp_path, 32)
     assert len(ds) == 2  # two train patients, PA only
     eff = CHEXPERT_LABELS.index("Pleural Effusion")
     assert sorted(float(ds[i]["labels"][eff]) for i in range(2)) == [0.0, 1.0]  # U-zeros
-    assert np.array_equal(ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(2)]))  # for repeat-factor sampling
+    assert np.array_equal(
+        ds.label_matrix(), np.stack([ds[i]["labels"].numpy() for i in range(2)])
+    )  # for repeat-factor sampling
     assert ds[0]["image"].shape == (1, 32, 32) and ds[0]["text"] == "mild edema; small left pleural effusion"
     assert len(mimic_cxr_jpg(tmp_path, 32, uncertainty="ignore")) == 1
     assert len(mimic_cxr_jpg(tmp_path, 32, split="test")) == 1
@@ -59,7 +63,15 @@ def test_chexpert_layout(tmp_path):
         for view, fl in (("PA", "Frontal"), ("", "Lateral")):
             rel = f"CheXpert-v1.0-small/train/patient{pid}/study1/view_{fl}.jpg"
             _img(tmp_path / rel)
-            rows.append({"Path": rel, "Frontal/Lateral": fl, "AP/PA": view, "Cardiomegaly": 1 if k else 0, "No Finding": "" if k else 1})
+            rows.append(
+                {
+                    "Path": rel,
+                    "Frontal/Lateral": fl,
+                    "AP/PA": view,
+                    "Cardiomegaly": 1 if k else 0,
+                    "No Finding": "" if k else 1,
+                }
+            )
     root.mkdir(exist_ok=True)
     _csv(root / "train.csv", ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS], rows)
     ds = chexpert(root, 32)

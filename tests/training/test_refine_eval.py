@@ -34,12 +34,25 @@ def test_mesh_mapping():
 
 
 def test_evaluation_on_fixture_tree(tmp_path):
-    _write(tmp_path, 5, "Small left pleural effusion. No pneumothorax.", "Left effusion.", ["Pleural Effusion/left/small"])
+    _write(
+        tmp_path, 5, "Small left pleural effusion. No pneumothorax.", "Left effusion.", ["Pleural Effusion/left/small"]
+    )
     _write(tmp_path, 10, "Heart is normal. Lungs are clear.", "Normal chest.", ["normal"])
-    _write(tmp_path, 15, "Mild cardiomegaly.", "Cardiomegaly.", ["Cardiomegaly/moderate", "Pulmonary Atelectasis/base/right"])
+    _write(
+        tmp_path,
+        15,
+        "Mild cardiomegaly.",
+        "Cardiomegaly.",
+        ["Cardiomegaly/moderate", "Pulmonary Atelectasis/base/right"],
+    )
     _write(tmp_path, 7, "Large right pneumothorax.", "", ["Pneumothorax/right/large"])
     reports = list(read_reports(tmp_path))
-    assert [r.id for r in reports] == [5, 7, 10, 15] and [r.fold for r in reports] == ["heldout", "dev", "heldout", "heldout"]
+    assert [r.id for r in reports] == [5, 7, 10, 15] and [r.fold for r in reports] == [
+        "heldout",
+        "dev",
+        "heldout",
+        "heldout",
+    ]
     res = evaluate("heldout", reports=reports)
     assert res["reports"] == 3
     pl = res["per_label"]
@@ -65,7 +78,10 @@ def test_parse_rejects_other_xml():
 
 def test_refine_batch_keeps_ids(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
-    src.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in [("a", "Small left effusion."), (7, "Normal chest.")]) + "\n")
+    src.write_text(
+        "\n".join(json.dumps({"id": i, "text": t}) for i, t in [("a", "Small left effusion."), (7, "Normal chest.")])
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
     assert main(["refine", "--batch", str(src), "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -20,6 +20,7 @@ def run(tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_all_stages_write_a_loadable_checkpoint(run):
     out, report = run
     for stage in ("stage0", "stage1", "stage2", "classifier"):
@@ -39,6 +40,7 @@ def test_all_stages_write_a_loadable_checkpoint(run):
     assert out_img.image.shape == (64, 64)
 
 
+@pytest.mark.slow
 def test_resume_continues_where_it_stopped(run):
     out, _ = run
     before = CounterfactualPipeline.from_pretrained(out / "checkpoint").vae.state_dict()
@@ -47,7 +49,10 @@ def test_resume_continues_where_it_stopped(run):
     train("stage1", "tiny", "phantom:24", out, steps=8, batch_size=4, resume=True)
     # Wall time adds up over resumed runs (the model card reports it).
     assert json.loads(state.read_text())["seconds"] > first_seconds
-    assert CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"] > first_seconds
+    assert (
+        CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"]
+        > first_seconds
+    )
     rows = [json.loads(line)["step"] for line in (out / "metrics" / "stage1.jsonl").read_text().splitlines()]
     assert rows == list(range(1, 9))  # steps 7 and 8 only were added
     # A run killed between two saves left steps past the saved state and a line cut short: the
@@ -63,9 +68,14 @@ def test_resume_continues_where_it_stopped(run):
     meta = json.loads(state.read_text())
     del meta["seconds"]
     state.write_text(json.dumps(meta))
-    earlier = CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"]
+    earlier = CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"][
+        "seconds"
+    ]
     train("stage1", "tiny", "phantom:24", out, steps=10, batch_size=4, resume=True)
-    assert CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"] > earlier
+    assert (
+        CounterfactualPipeline.from_pretrained(out / "checkpoint").config["training"]["stages"]["stage1"]["seconds"]
+        > earlier
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,12 +95,28 @@ def test_bad_runs_fail_before_training(tmp_path, kwargs, message):
     assert not (tmp_path / "r" / "state").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_other_preset_or_without_flag_is_refused(run, capsys):
     out, _ = run
     with pytest.raises(TrainingError, match="trained with 'tiny'"):
         train("stage1", "phantom-128", "phantom:24", out, steps=2, batch_size=4, resume=True)
     with pytest.raises(SystemExit):
-        main(["train", "stage1", "--preset", "tiny", "--data", "phantom:24", "--out", str(out), "--steps", "2", "--batch-size", "4"])
+        main(
+            [
+                "train",
+                "stage1",
+                "--preset",
+                "tiny",
+                "--data",
+                "phantom:24",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+            ]
+        )
     assert "pass --resume" in capsys.readouterr().err
 
 
@@ -108,6 +134,7 @@ def test_state_round_trip_includes_optimizer(tmp_path):
     assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and float(s1["step"]) == float(s2["step"])
 
 
+@pytest.mark.slow
 def test_eval_writes_table_and_sheet(run, tmp_path):
     from training.evaluate import TARGETS, auroc, evaluate_counterfactuals, write_report
 
@@ -118,7 +145,11 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     pipe.config["seed_optimization"]["max_iters"] = 2
     result = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
     assert len(result["table"]) == 3 * len(TARGETS)
-    assert all(0.0 <= v["auroc"] <= 1.0 and -1.0 <= v["ssim"] <= 1.0 for (_, opt), v in result["table"].items() if opt != "true")
+    assert all(
+        0.0 <= v["auroc"] <= 1.0 and -1.0 <= v["ssim"] <= 1.0
+        for (_, opt), v in result["table"].items()
+        if opt != "true"
+    )
     # The judge's ceiling: the classifier on the true counterfactuals, which the model does not touch.
     truth = {t: result["table"][(t, "true")]["auroc"] for t in TARGETS}
     for p in pipe.vae.parameters():  # another model, the same judge and ground truth
@@ -126,7 +157,15 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     again = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0)
     assert {t: again["table"][(t, "true")]["auroc"] for t in TARGETS} == truth
     # --validation: other identities (other ground truth), and the reproducing command says so.
-    val = evaluate_counterfactuals(pipe, 2, progress=False, start="noise", guidance=2.0, validation=True, seed_opt={"optimizer": "normalized", "guard": True})
+    val = evaluate_counterfactuals(
+        pipe,
+        2,
+        progress=False,
+        start="noise",
+        guidance=2.0,
+        validation=True,
+        seed_opt={"optimizer": "normalized", "guard": True},
+    )
     assert val["options"].endswith(" --seed-opt optimizer=normalized --seed-opt guard=True --validation")
     assert not np.array_equal(val["sheet"][(0, "input")], again["sheet"][(0, "input")])
     assert val["seed_optimization"]["optimizer"] == "normalized" and result["seed_optimization"]["optimizer"] == "adam"
@@ -143,9 +182,14 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
     assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
     assert "| AUROC (true cf.) |" in text and "The evaluation classifier on the true counterfactuals" in text
-    assert "Seed optimisation: batch_seeds 1, cls_weight 0.0, guard False, guard_by head, lr 0.1, max_iters 2, method x0, " in text and "guard kept" not in text
+    assert (
+        "Seed optimisation: batch_seeds 1, guard False, lr 0.1, max_iters 2, method x0, " in text
+        and "guard kept" not in text
+    )
     # Beside each setting's AUROCs: how much they owe to which 2 identities were drawn.
-    assert set(result["spread"]) == {False, True} and all(0.0 <= v <= 0.5 for sd in result["spread"].values() for v in sd.values())
+    assert set(result["spread"]) == {False, True} and all(
+        0.0 <= v <= 0.5 for sd in result["spread"].values() for v in sd.values()
+    )
     assert text.count("Standard deviation over resamples of the 2 identities: mean AUROC") == 2
 
     from training.model_card import write_model_card
@@ -160,6 +204,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert "whatif train classifier --preset tiny --data phantom:24 --out RUN --steps 6 --batch-size 4 --resume" in card
 
 
+@pytest.mark.slow
 def test_same_command_under_torchrun_two_processes(tmp_path):
     # Data parallel on the CPU (gloo): two ranks, one run directory written by rank 0.
     import socket
@@ -170,9 +215,31 @@ def test_same_command_under_torchrun_two_processes(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "whatif",
-           "train", "stage2", "--preset", "tiny", "--data", "phantom:16", "--out", str(out), "--steps", "2", "--batch-size", "4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "--master_addr=127.0.0.1",
+        "-m",
+        "whatif",
+        "train",
+        "stage2",
+        "--preset",
+        "tiny",
+        "--data",
+        "phantom:16",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = (out / "metrics" / "stage2.jsonl").read_text().splitlines()
     assert len(rows) == 2 and CounterfactualPipeline.from_pretrained(out / "checkpoint").diffusion is not None
@@ -192,7 +259,6 @@ def test_balanced_classifier_data_is_balanced_and_apart():
     assert all(identity < EVAL_IDENTITY_BASE for identity, _, _ in cases)
     item = d[0]
     assert item["image"].shape == (1, 64, 64) and item["labels"].shape == (14,)
-
 
 
 def test_counterfactual_view_is_the_same_identity_with_balanced_findings():
@@ -228,7 +294,9 @@ def test_paired_counterfactual_term_trains_and_is_recorded(tmp_path):
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     assert pipe.config["training"]["stages"]["stage1"]["runs"][-1]["paired_weight"] == 1.0
     assert "--kl-weight 0.1" not in model_card(pipe.config, None, out / "checkpoint", "")
-    assert "--steps 5 --batch-size 4 --paired-weight 1 --resume" in model_card(pipe.config, None, out / "checkpoint", "")
+    assert "--steps 5 --batch-size 4 --paired-weight 1 --resume" in model_card(
+        pipe.config, None, out / "checkpoint", ""
+    )
 
 
 def test_paired_term_needs_phantom_pairs(tmp_path):
@@ -266,7 +334,11 @@ def test_stage0_freeze_keeps_a_classifier_trained_since(tmp_path):
     assert len(rows) == 6 and "classifier" in rows[5]
     # The card lists the sittings in the order they ran, not stage by stage.
     card = model_card(CounterfactualPipeline.from_pretrained(out / "checkpoint").config, None, out / "checkpoint", "")
-    order = [line.split()[2] + line.split("--steps ")[1].split()[0] for line in card.splitlines() if line.startswith("whatif train")]
+    order = [
+        line.split()[2] + line.split("--steps ")[1].split()[0]
+        for line in card.splitlines()
+        if line.startswith("whatif train")
+    ]
     assert order == ["stage03", "classifier2", "stage05", "stage06"]
 
 
@@ -283,7 +355,16 @@ def test_stage0_freeze_text_trains_the_image_tower_only(tmp_path):
     assert {"token_embedding.weight", "positional_embedding", "text_projection"} <= text_names
     assert not any(n.startswith("visual.") for n in text_names) and "logit_scale" not in text_names
     # Resumed from a sitting that trained both towers: the image tower's optimiser starts fresh.
-    train("stage0", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True, hp=Hyper(freeze=("classifier", "identity", "text")))
+    train(
+        "stage0",
+        "tiny",
+        "phantom:24",
+        out,
+        steps=5,
+        batch_size=4,
+        resume=True,
+        hp=Hyper(freeze=("classifier", "identity", "text")),
+    )
     after = CounterfactualPipeline.from_pretrained(out / "checkpoint").contrastive.clip.state_dict()
     # Stage 2 reads the text tower's token features: they must not move.
     assert all(torch.equal(after[n], before[n]) for n in text_names)
@@ -293,7 +374,16 @@ def test_stage0_freeze_text_trains_the_image_tower_only(tmp_path):
     card = model_card(CounterfactualPipeline.from_pretrained(out / "checkpoint").config, None, out / "checkpoint", "")
     assert "--steps 5 --batch-size 4 --freeze classifier --freeze identity --freeze text --resume" in card
     # Both towers again: a fresh optimiser of the full set, the text tower trains.
-    train("stage0", "tiny", "phantom:24", out, steps=6, batch_size=4, resume=True, hp=Hyper(freeze=("classifier", "identity")))
+    train(
+        "stage0",
+        "tiny",
+        "phantom:24",
+        out,
+        steps=6,
+        batch_size=4,
+        resume=True,
+        hp=Hyper(freeze=("classifier", "identity")),
+    )
     again = CounterfactualPipeline.from_pretrained(out / "checkpoint").contrastive.clip.state_dict()
     assert any(not torch.equal(again[n], after[n]) for n in text_names)
 
@@ -305,7 +395,16 @@ def test_stage0_freeze_image_trains_the_text_tower_only(tmp_path):
     train("stage0", "tiny", "phantom:24", out, steps=3, batch_size=4)
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     before = {k: v.clone() for k, v in pipe.contrastive.clip.state_dict().items()}
-    train("stage0", "tiny", "phantom:24", out, steps=5, batch_size=4, resume=True, hp=Hyper(freeze=("classifier", "identity", "image")))
+    train(
+        "stage0",
+        "tiny",
+        "phantom:24",
+        out,
+        steps=5,
+        batch_size=4,
+        resume=True,
+        hp=Hyper(freeze=("classifier", "identity", "image")),
+    )
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     after = pipe.contrastive.clip.state_dict()
     # E_CXR, which stage 1, the reference centroids and seed optimisation read, must not move.
@@ -317,11 +416,14 @@ def test_stage0_freeze_image_trains_the_text_tower_only(tmp_path):
     assert pipe.config["training"]["stages"]["stage0"]["runs"][-1]["freeze"] == ["classifier", "identity", "image"]
 
 
-@pytest.mark.parametrize("freeze,message", [
-    (("contrastive", "text"), "--freeze contrastive already freezes both towers"),
-    (("contrastive", "image"), "--freeze contrastive already freezes both towers"),
-    (("text", "image"), "leaves the contrastive model nothing to train"),
-])
+@pytest.mark.parametrize(
+    "freeze,message",
+    [
+        (("contrastive", "text"), "--freeze contrastive already freezes both towers"),
+        (("contrastive", "image"), "--freeze contrastive already freezes both towers"),
+        (("text", "image"), "leaves the contrastive model nothing to train"),
+    ],
+)
 def test_freezing_both_towers_twice_over_is_refused(tmp_path, freeze, message):
     from training.options import Hyper
 
@@ -330,7 +432,10 @@ def test_freezing_both_towers_twice_over_is_refused(tmp_path, freeze, message):
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("stage,freeze", [("stage1", ("classifier",)), ("stage0", ("contrastive", "identity", "classifier")), ("stage0", ("vae",))])
+@pytest.mark.parametrize(
+    "stage,freeze",
+    [("stage1", ("classifier",)), ("stage0", ("contrastive", "identity", "classifier")), ("stage0", ("vae",))],
+)
 def test_bad_freeze_is_refused_before_training(tmp_path, stage, freeze):
     from training.options import Hyper
 
@@ -345,14 +450,18 @@ def test_curves_keep_metrics_that_later_sittings_stop_logging(tmp_path):
     from training.loop import plot_curves
 
     both = tmp_path / "both.jsonl"
-    both.write_text("".join(json.dumps({"step": s, "contrastive": 3.0 - s / 10, "classifier": 0.5}) + "\n" for s in range(1, 4))
-                    + "".join(json.dumps({"step": s, "contrastive": 3.0 - s / 10}) + "\n" for s in range(4, 7)))
+    both.write_text(
+        "".join(json.dumps({"step": s, "contrastive": 3.0 - s / 10, "classifier": 0.5}) + "\n" for s in range(1, 4))
+        + "".join(json.dumps({"step": s, "contrastive": 3.0 - s / 10}) + "\n" for s in range(4, 7))
+    )
     one = tmp_path / "one.jsonl"
     one.write_text("".join(json.dumps({"step": s, "contrastive": 1.0}) + "\n" for s in range(1, 7)))
     plot_curves(both, tmp_path / "both.png", "stage0")
     plot_curves(one, tmp_path / "one.png", "stage0")
     # One panel per metric, 3.2 inches each: the frozen sitting's missing classifier keeps its panel.
-    assert Image.open(tmp_path / "both.png").width == pytest.approx(2 * Image.open(tmp_path / "one.png").width, rel=0.02)
+    assert Image.open(tmp_path / "both.png").width == pytest.approx(
+        2 * Image.open(tmp_path / "one.png").width, rel=0.02
+    )
 
 
 def test_each_option_is_declared_once_and_read_by_the_checks_the_history_and_the_card(tmp_path, capsys):
@@ -363,13 +472,19 @@ def test_each_option_is_declared_once_and_read_by_the_checks_the_history_and_the
     assert Hyper().record("stage1") == {"lr": 1e-4, "kl_weight": 0.1}
     assert paired.record("stage1") == {"lr": 1e-4, "kl_weight": 0.001, "paired_weight": 1.0, "paired_focus": 0.0}
     assert Hyper().record("classifier") == {"lr": 1e-4, "acquisition_augment": 0.8}
-    assert Hyper(freeze=("identity", "classifier")).record("stage0") == {"lr": 1e-4, "freeze": ["classifier", "identity"]}
+    assert Hyper(freeze=("identity", "classifier")).record("stage0") == {
+        "lr": 1e-4,
+        "freeze": ["classifier", "identity"],
+    }
     assert Hyper(kl_weight=0.001).record("stage2") == {"lr": 1e-4}
     # The card's command repeats what differs from the defaults; a sitting recorded before
     # acquisition augmentation existed trained without it.
     assert Hyper.flags("stage1", paired.record("stage1")) == " --kl-weight 0.001 --paired-weight 1 --paired-focus 0"
     assert Hyper.flags("classifier", {"to_step": 1000}) == " --acquisition-augment 0"
-    assert Hyper.flags("stage0", {"lr": 1e-3, "freeze": ["classifier", "identity"]}) == " --lr 0.001 --freeze classifier --freeze identity"
+    assert (
+        Hyper.flags("stage0", {"lr": 1e-3, "freeze": ["classifier", "identity"]})
+        == " --lr 0.001 --freeze classifier --freeze identity"
+    )
     # Checked before anything trains.
     assert Hyper(kl_weight=0.001).problem("stage2") == "--kl-weight applies to stage1 only, not stage2"
     assert Hyper(kl_weight=0.001).problem("all") is None and paired.problem("stage1") is None
@@ -381,7 +496,20 @@ def test_each_option_is_declared_once_and_read_by_the_checks_the_history_and_the
     assert Hyper.from_options({"paired_weight": 1, "freeze": ["text"]}) == Hyper(paired_weight=1.0, freeze=("text",))
     # The command line's flags are the fields'.
     with pytest.raises(SystemExit):
-        main(["train", "stage2", "--preset", "tiny", "--data", "phantom:24", "--out", str(tmp_path / "r"), "--kl-weight", "0.001"])
+        main(
+            [
+                "train",
+                "stage2",
+                "--preset",
+                "tiny",
+                "--data",
+                "phantom:24",
+                "--out",
+                str(tmp_path / "r"),
+                "--kl-weight",
+                "0.001",
+            ]
+        )
     assert "--kl-weight applies to stage1 only, not stage2" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -446,7 +574,9 @@ def test_a_recipe_runs_its_sittings_and_a_rerun_skips_those_done(tmp_path, monke
     assert "--steps 3 --batch-size 4 --kl-weight 0.001 --paired-weight 1 --resume" in card
     # Another recipe's sittings are refused in this run; so are a stage and options beside --recipe.
     other = tmp_path / "other.toml"
-    other.write_text(TINY_RECIPE.replace("steps = 2\nbatch_size = 4\nkl_weight", "steps = 4\nbatch_size = 4\nkl_weight"))
+    other.write_text(
+        TINY_RECIPE.replace("steps = 2\nbatch_size = 4\nkl_weight", "steps = 4\nbatch_size = 4\nkl_weight")
+    )
     with pytest.raises(SystemExit):
         main(["train", "--recipe", str(other), "--out", str(out)])
     assert "holds sittings other than the first 3" in capsys.readouterr().err
@@ -475,7 +605,9 @@ def test_the_shipped_recipe_is_the_shipped_history_and_the_card_names_it():
     config = json.loads((root / "model" / "weights" / "default" / "config.json").read_text())
     stages = config["training"]["stages"]
     ran = sorted(((r["sitting"], name, r["to_step"]) for name, st in stages.items() for r in st["runs"]))
-    assert [(n, s) for _, n, s in ran if (n, s) != ("classifier", 1000)] == [(s.stage, s.steps) for s in recipe.sittings]
+    assert [(n, s) for _, n, s in ran if (n, s) != ("classifier", 1000)] == [
+        (s.stage, s.steps) for s in recipe.sittings
+    ]
     text = "\n".join(_provenance(config["training"], "phantom-128"))
     assert "recipes/phantom-128.toml" in text and "e0167db" in text and "297e628" in text
     assert "causal" in text and "argmax" in text and "concurrently" in text and "initial weights" in text

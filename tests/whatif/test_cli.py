@@ -12,8 +12,17 @@ from whatif.errors import UsageError, is_usage_error
 
 def test_usage_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["generate", "--image", str(tmp_path / "missing.png"), "--target", "small left effusion",
-                  "--out", str(tmp_path / "cf.png")])
+        cli.main(
+            [
+                "generate",
+                "--image",
+                str(tmp_path / "missing.png"),
+                "--target",
+                "small left effusion",
+                "--out",
+                str(tmp_path / "cf.png"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("whatif: error: --image") and err.count("\n") == 1
     with pytest.raises(SystemExit) as exc:
@@ -37,7 +46,7 @@ def test_a_library_bug_propagates_with_its_traceback(monkeypatch):
 
 
 def test_which_exceptions_count_as_usage_errors():
-    assert is_usage_error(UsageError("x")) and is_usage_error(FileNotFoundError("x"))
+    assert is_usage_error(UsageError("x")) and is_usage_error(FileNotFoundError("x")) and is_usage_error(OSError("x"))
     assert is_usage_error(CheckpointError("not a checkpoint"))
     assert not is_usage_error(ValueError("x")) and not is_usage_error(KeyError("x"))
     assert not is_usage_error(RuntimeError("x"))

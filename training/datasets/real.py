@@ -51,7 +51,14 @@ def _label_value(text: str | None) -> float:
 
 
 class RealCXRDataset(torch.utils.data.Dataset):
-    def __init__(self, records: list[dict], size: int, views=("PA", "AP"), uncertainty: str = "zeros", split: str | None = "train"):
+    def __init__(
+        self,
+        records: list[dict],
+        size: int,
+        views=("PA", "AP"),
+        uncertainty: str = "zeros",
+        split: str | None = "train",
+    ):
         if uncertainty not in ("zeros", "ones", "ignore"):
             raise ValueError(f"uncertainty policy must be zeros, ones or ignore, got {uncertainty!r}")
         if split is not None and split not in SPLITS:
@@ -93,7 +100,11 @@ class RealCXRDataset(torch.utils.data.Dataset):
             if r.get("report"):
                 self._text[i] = refine(r["report"]).condition
             else:  # no report (CheXpert): the condition of the labels themselves
-                present = [StructuredFinding(label=lab, status="present") for lab, v in zip(CHEXPERT_LABELS, r["labels"]) if v == 1 and lab != NO_FINDING]
+                present = [
+                    StructuredFinding(label=lab, status="present")
+                    for lab, v in zip(CHEXPERT_LABELS, r["labels"])
+                    if v == 1 and lab != NO_FINDING
+                ]
                 self._text[i] = condition_text(present)
         return {
             "image": self._image(i),
@@ -134,14 +145,16 @@ def mimic_cxr_jpg(root: str | Path, size: int, reports_root: str | Path | None =
             continue
         rel = Path("files") / f"p{sid[:2]}" / f"p{sid}" / f"s{study}"
         report = reports_root / rel.parent / f"s{study}.txt"
-        records.append({
-            "path": root / rel / f"{m['dicom_id']}.jpg",
-            "view": m.get("ViewPosition", ""),
-            "patient": sid,
-            "study": study,
-            "labels": [_label_value(lab.get(name)) for name in CHEXPERT_LABELS],
-            "report": report.read_text(errors="replace") if report.is_file() else "",
-        })
+        records.append(
+            {
+                "path": root / rel / f"{m['dicom_id']}.jpg",
+                "view": m.get("ViewPosition", ""),
+                "patient": sid,
+                "study": study,
+                "labels": [_label_value(lab.get(name)) for name in CHEXPERT_LABELS],
+                "report": report.read_text(errors="replace") if report.is_file() else "",
+            }
+        )
     return RealCXRDataset(records, size, **kw)
 
 
@@ -155,12 +168,22 @@ def chexpert(root: str | Path, size: int, csv_name: str = "train.csv", **kw) -> 
         patient = next((p for p in rel.parts if p.startswith("patient")), str(rel))
         view = r.get("AP/PA") or ("LATERAL" if r.get("Frontal/Lateral") == "Lateral" else "")
         study = next((p for p in rel.parts if p.startswith("study")), "")
-        records.append({"path": path, "view": view, "patient": patient, "study": study,
-                        "labels": [_label_value(r.get(name)) for name in CHEXPERT_LABELS], "report": ""})
+        records.append(
+            {
+                "path": path,
+                "view": view,
+                "patient": patient,
+                "study": study,
+                "labels": [_label_value(r.get(name)) for name in CHEXPERT_LABELS],
+                "report": "",
+            }
+        )
     return RealCXRDataset(records, size, **kw)
 
 
-def iu_xray(images: str | Path, size: int, reports: str | Path | None = None, dicom_csv: str | Path | None = None, **kw) -> RealCXRDataset:
+def iu_xray(
+    images: str | Path, size: int, reports: str | Path | None = None, dicom_csv: str | Path | None = None, **kw
+) -> RealCXRDataset:
     """Open-i / IU-Xray: PNGs named `<parentImage id>.png`, the XML reports (default: the copy in
     torchxrayvision), views from the DICOM metadata table torchxrayvision ships; labels from the
     curated MeSH tags by `data/iu_xray_mesh_map.json`."""
@@ -172,7 +195,10 @@ def iu_xray(images: str | Path, size: int, reports: str | Path | None = None, di
 
     images = Path(images)
     mesh = load_mesh_map()
-    views = {r["imageid"]: r.get("View Position", "") for r in _read_csv(Path(dicom_csv) if dicom_csv else data_path("nlmcxr_dicom_metadata.csv.gz"))}
+    views = {
+        r["imageid"]: r.get("View Position", "")
+        for r in _read_csv(Path(dicom_csv) if dicom_csv else data_path("nlmcxr_dicom_metadata.csv.gz"))
+    }
     src = Path(reports) if reports else data_path("NLMCXR_reports.tgz")
     xmls: list[bytes] = []
     if src.is_dir():
@@ -194,5 +220,13 @@ def iu_xray(images: str | Path, size: int, reports: str | Path | None = None, di
         for img in root.iter("parentImage"):
             path = images / f"{img.get('id')}.png"
             if path.is_file():
-                records.append({"path": path, "view": views.get(img.get("id"), ""), "patient": uid, "labels": labels, "report": report})
+                records.append(
+                    {
+                        "path": path,
+                        "view": views.get(img.get("id"), ""),
+                        "patient": uid,
+                        "labels": labels,
+                        "report": report,
+                    }
+                )
     return RealCXRDataset(records, size, **kw)

@@ -31,7 +31,9 @@ def add_arguments(ap) -> None:
 def run(args) -> None:
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     probs: dict[str, list[np.ndarray]] = {t: [] for t in TARGETS}
-    for case in tqdm(validation_cases(args.n, pipe.resolution), total=args.n * len(TARGETS), desc="counterfactuals", unit="image"):
+    for case in tqdm(
+        validation_cases(args.n, pipe.resolution), total=args.n * len(TARGETS), desc="counterfactuals", unit="image"
+    ):
         out = pipe(case.source.image, case.text, seed=case.k, optimize_seed=False)
         with torch.no_grad():
             cf = torch.from_numpy(out.image)[None, None] * 2 - 1

@@ -67,7 +67,9 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
 
 def add_arguments(ap) -> None:
     common_arguments(ap, n=8)
-    ap.add_argument("--tau", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3], help="detail settings to compare")
+    ap.add_argument(
+        "--tau", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3], help="detail settings to compare"
+    )
 
 
 def run(args) -> None:
@@ -75,4 +77,7 @@ def run(args) -> None:
     taus = sorted(set(args.tau))
     for tau, r in measure(pipe, args.n, taus).items():
         per = " ".join(f"{t[:8]}={a:.2f}/{s:.2f}" for t, (a, s) in r["per_target"].items())
-        print(f"detail {tau:<5g} AUROC {r['auroc']:.3f} SSIM {r['ssim']:.3f} tail {r['tail']:.3f} head {r['head']:.3f} | {per}")
+        print(
+            f"detail {tau:<5g} AUROC {r['auroc']:.3f} SSIM {r['ssim']:.3f} "
+            f"tail {r['tail']:.3f} head {r['head']:.3f} | {per}"
+        )

@@ -49,7 +49,11 @@ def load(checkpoint: str | None, run: str | None) -> CounterfactualPipeline:
     from training.state import load_state
 
     pipe = CounterfactualPipeline.from_pretrained(Path(run) / "checkpoint")
-    meta = load_state(Path(run) / "state" / "stage1", {"vae": pipe.vae, "transformer": pipe.transformer, "head": pipe.findings_head}, {})
+    meta = load_state(
+        Path(run) / "state" / "stage1",
+        {"vae": pipe.vae, "transformer": pipe.transformer, "head": pipe.findings_head},
+        {},
+    )
     print(f"stage-1 weights of {run} at step {meta['step']}")
     return pipe
 
@@ -62,7 +66,19 @@ def _t(img: np.ndarray) -> torch.Tensor:
 def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     vae, T, clf = pipe.vae, pipe.transformer, pipe.eval_classifier
     res = pipe.resolution
-    rows: dict[str, dict[str, list]] = {lab: {"recon": [], "swap": [], "p_before": [], "p_true": [], "p_recon": [], "probs": [], "cross": [], "cross_probs": []} for lab in PAPER_TABLE2_LABELS}
+    rows: dict[str, dict[str, list]] = {
+        lab: {
+            "recon": [],
+            "swap": [],
+            "p_before": [],
+            "p_true": [],
+            "p_recon": [],
+            "probs": [],
+            "cross": [],
+            "cross_probs": [],
+        }
+        for lab in PAPER_TABLE2_LABELS
+    }
     # Each case with its successor on the next identity, same finding: what a z^n made without
     # this patient gives (the cross swap). One identity more than reported, for the last one's.
     by_identity: dict[int, dict[str, np.ndarray]] = {}
@@ -121,11 +137,15 @@ def add_arguments(ap) -> None:
 
 def run(args) -> None:
     result = measure(load(args.checkpoint, args.run), args.n)
-    print(f"| finding (n={args.n}) | recon SSIM | oracle-swap SSIM | oracle-swap AUROC | cross-swap SSIM | cross-swap AUROC | p clean | p true | p recon | p swap |")
+    print(
+        f"| finding (n={args.n}) | recon SSIM | oracle-swap SSIM | oracle-swap AUROC "
+        "| cross-swap SSIM | cross-swap AUROC | p clean | p true | p recon | p swap |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for lab, v in [*result["table"].items(), ("mean", result["mean"])]:
         print(
-            f"| {lab} | {v['recon_ssim']:.3f} | {v['swap_ssim']:.3f} | {v['swap_auroc']:.3f} | {v['cross_ssim']:.3f} | {v['cross_auroc']:.3f} "
+            f"| {lab} | {v['recon_ssim']:.3f} | {v['swap_ssim']:.3f} | "
+            f"{v['swap_auroc']:.3f} | {v['cross_ssim']:.3f} | {v['cross_auroc']:.3f} "
             f"| {v['p_before']:.2f} | {v['p_true']:.2f} | {v['p_recon']:.2f} | {v['p_after']:.2f} |"
         )
     print(f"oracle-swap AUROC: tail {result['tail_auroc']:.3f}, head {result['head_auroc']:.3f}")

@@ -36,7 +36,9 @@ RUNTIME = "about 20 s per identity and guidance"
 
 LABELS = [CHEXPERT_LABELS.index(t) for t in TARGETS]
 # Column heads, as radiologists abbreviate (two of the labels begin "Pneumo").
-SHORT = dict(zip(TARGETS, ("Atel", "Cardio", "Consol", "Edema", "ECM", "Fx", "Lesion", "Opac", "Eff", "PNA", "PTX", "None")))
+SHORT = dict(
+    zip(TARGETS, ("Atel", "Cardio", "Consol", "Edema", "ECM", "Fx", "Lesion", "Opac", "Eff", "PNA", "PTX", "None"))
+)
 
 
 @torch.no_grad()
@@ -99,7 +101,9 @@ def heat_map(probs: dict, path: Path) -> None:
 
 def add_arguments(ap) -> None:
     common_arguments(ap, n=8)
-    ap.add_argument("--guidance", type=float, nargs="+", help="guidance scales to sample at (default: the checkpoint's)")
+    ap.add_argument(
+        "--guidance", type=float, nargs="+", help="guidance scales to sample at (default: the checkpoint's)"
+    )
     ap.add_argument("--out", type=Path, help="also write the matrices as a PNG heat map")
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from model.pipeline import CounterfactualPipeline
 from model.labels import NO_FINDING
+from model.pipeline import CounterfactualPipeline
 from training.evaluate import validation_cases
 
 from . import common_arguments
@@ -48,7 +48,13 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
 
 def add_arguments(ap) -> None:
     common_arguments(ap, n=16)
-    ap.add_argument("--compare", action="append", default=[], metavar="CHECKPOINT", help="another checkpoint to measure beside it (repeatable)")
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="another checkpoint to measure beside it (repeatable)",
+    )
 
 
 def run(args) -> None:

@@ -40,7 +40,9 @@ RUNTIME = "about 2 min per identity with two step sizes"
 
 
 @torch.no_grad()
-def samples(pipe: CounterfactualPipeline, image: np.ndarray, text: str, seed: int, lrs: list[float], base: SeedOptConfig) -> dict:
+def samples(
+    pipe: CounterfactualPipeline, image: np.ndarray, text: str, seed: int, lrs: list[float], base: SeedOptConfig
+) -> dict:
     """The starting seed's sample and one optimised sample per step size, with the guard's score."""
     sampling, _ = pipe.check_inputs()
     encoded = pipe.encode(image)
@@ -48,7 +50,9 @@ def samples(pipe: CounterfactualPipeline, image: np.ndarray, text: str, seed: in
     z_start = pipe.starting_seed(encoded, request, sampling, seed)
     seeds = [z_start]
     for lr in lrs:
-        seeds.append(pipe.optimize_seed(z_start.clone(), encoded, request, sampling, dataclasses.replace(base, lr=lr)).seed)
+        seeds.append(
+            pipe.optimize_seed(z_start.clone(), encoded, request, sampling, dataclasses.replace(base, lr=lr)).seed
+        )
     zs = pipe.sample(torch.cat(seeds), request, sampling)
     images = pipe.compose(encoded.z_id, zs, encoded.x, encoded.recon, sampling.detail)
     return {"images": images, "head": pipe.target_score(zs, request.labels).tolist()}
@@ -100,7 +104,9 @@ def measure(pipe: CounterfactualPipeline, n: int, lrs: list[float]) -> dict[str,
 
 def add_arguments(ap) -> None:
     common_arguments(ap, n=8)
-    ap.add_argument("--lr", type=float, nargs="+", default=[0.005, 0.01], help="seed-optimisation step sizes to compare")
+    ap.add_argument(
+        "--lr", type=float, nargs="+", default=[0.005, 0.01], help="seed-optimisation step sizes to compare"
+    )
 
 
 def run(args) -> None:
@@ -110,4 +116,7 @@ def run(args) -> None:
     print("| --- " * (6 + len(TARGETS)) + "|")
     for name, r in results.items():
         per = " | ".join(f"{r['per_target'][t]:.2f}" for t in TARGETS)
-        print(f"| {name} | {r['auroc']:.3f} | {r['tail']:.3f} | {r['head']:.3f} | {r['head'] - r['tail']:.3f} | {r['ssim']:.3f} | {per} |")
+        print(
+            f"| {name} | {r['auroc']:.3f} | {r['tail']:.3f} | {r['head']:.3f} "
+            f"| {r['head'] - r['tail']:.3f} | {r['ssim']:.3f} | {per} |"
+        )

@@ -39,7 +39,9 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     res = pipe.resolution
     centroids = torch.stack([pipe.centroids[t] for t in TARGETS])
     feats = {t: [] for t in TARGETS}
-    for case in validation_cases(n, res):  # the true counterfactual: the identity with the target (none for "no finding")
+    for case in validation_cases(
+        n, res
+    ):  # the true counterfactual: the identity with the target (none for "no finding")
         feats[case.target].append(pipe.contrastive.encode_image(to_model_input(case.truth.image, res))[0])
     clean = torch.stack(feats[NO_FINDING])
     spread = float((clean - clean.mean(0)).norm(dim=1).mean())
@@ -50,7 +52,9 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
             "nearest_centroid": float((torch.cdist(f, centroids).argmin(1) == i).float().mean()),
             "shift_over_spread": float((f - clean).norm(dim=1).mean()) / spread if t != NO_FINDING else float("nan"),
         }
-    mean = {key: float(np.nanmean([v[key] for v in table.values()])) for key in ("nearest_centroid", "shift_over_spread")}
+    mean = {
+        key: float(np.nanmean([v[key] for v in table.values()])) for key in ("nearest_centroid", "shift_over_spread")
+    }
     tail = float(np.mean([table[t]["nearest_centroid"] for t in TAIL]))
     return {"n": n, "table": table, "mean": mean, "tail_nearest_centroid": tail}
 
@@ -66,6 +70,9 @@ def run(args) -> None:
     print("| --- | ---: | ---: |")
     for t, v in [*result["table"].items(), ("mean", result["mean"])]:
         print(f"| {t}{' (tail)' if t in TAIL else ''} | {v['nearest_centroid']:.2f} | {v['shift_over_spread']:.2f} |")
-    print(f"nearest centroid: tail {result['tail_nearest_centroid']:.2f}, mean {result['mean']['nearest_centroid']:.2f} (chance {1 / len(TARGETS):.2f})")
+    print(
+        f"nearest centroid: tail {result['tail_nearest_centroid']:.2f}, mean "
+        f"{result['mean']['nearest_centroid']:.2f} (chance {1 / len(TARGETS):.2f})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

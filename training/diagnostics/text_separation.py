@@ -55,4 +55,7 @@ def run(args) -> None:
     print("| --- | --- | --- | ---: | --- | ---: |")
     for r in measure(pipe):
         name = r["target"] + (" (tail)" if r["target"] in TAIL else "")
-        print(f"| {name} | {r['text']} | {r['pooled'][0]} | {r['pooled'][1]:.3f} | {r['tokens'][0]} | {r['tokens'][1]:.3f} |")
+        print(
+            f"| {name} | {r['text']} | {r['pooled'][0]} | {r['pooled'][1]:.3f} "
+            f"| {r['tokens'][0]} | {r['tokens'][1]:.3f} |"
+        )

@@ -135,9 +135,7 @@ def build_scene(ident: Identity, size: int, bank: LungMaskBank | None = None) ->
 
     # Body: soft tissue, thicker in the middle; neck above the shoulders.
     top = ident.lung_top
-    bw = ident.neck_half_width + (ident.body_half_width - ident.neck_half_width) * smoothstep(
-        (v - (top - 0.2)) / 0.2
-    )
+    bw = ident.neck_half_width + (ident.body_half_width - ident.neck_half_width) * smoothstep((v - (top - 0.2)) / 0.2)
     au = np.abs(u)
     body = inside(au - bw, 0.06) * (0.42 + 0.42 * np.sqrt(np.clip(1 - (u / bw) ** 2, 0, 1)))
     if ident.female:
@@ -159,9 +157,7 @@ def build_scene(ident: Identity, size: int, bank: LungMaskBank | None = None) ->
     medi += 0.3 * inside(np.abs(u - 0.01) - mw, 0.03) * smoothstep((ident.heart_center[1] + 0.1 - v) / 0.1)
     trachea = line_band(u, v, [(0.0, -1.2), (0.0, ident.carina_v)], 0.026, 3 * px)
     for g in geometry.values():
-        trachea = np.maximum(
-            trachea, line_band(u, v, [(0.0, ident.carina_v), g.hilum], 0.011, 3 * px)
-        )
+        trachea = np.maximum(trachea, line_band(u, v, [(0.0, ident.carina_v), g.hilum], 0.011, 3 * px))
     medi -= 0.2 * trachea
     if ident.stomach_bubble:
         gl = geometry["left"]

@@ -30,7 +30,13 @@ class Case:
         return render(self.identity_seed, self.findings, self.render_seed, size)
 
     def report(self) -> Report:
-        return write_report(cached_identity(self.identity_seed), list(self.findings), list(self.uncertain), self.labels, self.render_seed)
+        return write_report(
+            cached_identity(self.identity_seed),
+            list(self.findings),
+            list(self.uncertain),
+            self.labels,
+            self.render_seed,
+        )
 
     def manifest_row(self, path: str) -> dict:
         return {

@@ -142,9 +142,9 @@ class Identity:
     def canonical_to_body(self, cx: np.ndarray | float, cy: np.ndarray | float):
         """Canonical mask pixel (column, row) -> body frame (u, v)."""
         w = 2 * self.lung_half_width
-        return (np.asarray(cx) + 0.5) / CANONICAL * w - self.lung_half_width, (
-            np.asarray(cy) + 0.5
-        ) / CANONICAL * (self.lung_bottom - self.lung_top) + self.lung_top
+        return (np.asarray(cx) + 0.5) / CANONICAL * w - self.lung_half_width, (np.asarray(cy) + 0.5) / CANONICAL * (
+            self.lung_bottom - self.lung_top
+        ) + self.lung_top
 
     def body_to_canonical(self, uu: np.ndarray, vv: np.ndarray):
         w = 2 * self.lung_half_width

@@ -184,7 +184,9 @@ def atelectasis(scene: Scene, f: Finding, rng: np.random.Generator) -> None:
         if s > 0:
             # Collapse: a dense wedge against the mediastinum, its size growing with severity.
             cu = g.medial + (g.lateral - g.medial) * 0.2
-            wedge = bump(((scene.u - cu) / (0.1 + 0.12 * s) / width * 0.55) ** 2 + ((scene.v - hi) / (0.12 + 0.1 * s)) ** 2)
+            wedge = bump(
+                ((scene.u - cu) / (0.1 + 0.12 * s) / width * 0.55) ** 2 + ((scene.v - hi) / (0.12 + 0.1 * s)) ** 2
+            )
             o = np.maximum(o, np.clip(1.8 * wedge, 0, 1) * s)
         _fill(scene, 0.85 * o * lung)
 
@@ -206,7 +208,9 @@ def edema(scene: Scene, f: Finding, rng: np.random.Generator) -> None:
         for _ in range(3 + int(4 * s)):
             vv = rng.uniform(g.bottom - 0.3 * g.height, g.bottom - 0.05 * g.height)
             u0 = g.lateral + inward * 0.01
-            kerley = np.maximum(kerley, line_band(scene.u, scene.v, [(u0, vv), (u0 + inward * 0.05, vv)], 0.003, 2 * scene.px))
+            kerley = np.maximum(
+                kerley, line_band(scene.u, scene.v, [(u0, vv), (u0 + inward * 0.05, vv)], 0.003, 2 * scene.px)
+            )
         scene.extra += 0.22 * kerley * lung
 
 
@@ -271,8 +275,10 @@ def enlarged_cardiomediastinum(scene: Scene, f: Finding, rng: np.random.Generato
     mw = ident.mediastinum_half_width + widen
     top = ident.lung_top + 0.05
     bottom = ident.heart_center[1] - 0.05
-    band = inside(np.abs(scene.u - 0.01) - mw, 0.03) * smoothstep((scene.v - top) / 0.08) * smoothstep(
-        (bottom - scene.v) / 0.12
+    band = (
+        inside(np.abs(scene.u - 0.01) - mw, 0.03)
+        * smoothstep((scene.v - top) / 0.08)
+        * smoothstep((bottom - scene.v) / 0.12)
     )
     lung = np.minimum(scene.lungs[0] + scene.lungs[1], 1.0)
     _fill(scene, band * lung)
@@ -318,9 +324,16 @@ def support_devices(scene: Scene, f: Finding, rng: np.random.Generator) -> None:
         tip = ident.carina_v - rng.uniform(0.05, 0.1)
         tube = line_band(u, v, [(0.0, -1.2), (0.0, tip)], 0.018, 2 * px)
         lumen = line_band(u, v, [(0.0, -1.2), (0.0, tip)], 0.01, 2 * px)
-        opaque = np.maximum(opaque, 0.5 * (tube - lumen) + 0.35 * line_band(u, v, [(-0.004, -1.2), (-0.004, tip)], 0.004, px))
+        opaque = np.maximum(
+            opaque, 0.5 * (tube - lumen) + 0.35 * line_band(u, v, [(-0.004, -1.2), (-0.004, tip)], 0.004, px)
+        )
     if "ngt" in devices:
-        pts = np.concatenate([bezier((0.02, -1.2), (0.03, 0.0), (0.03, gl.bottom)), bezier((0.03, gl.bottom), (0.2, gl.bottom + 0.05), (0.3, gl.bottom + 0.12))])
+        pts = np.concatenate(
+            [
+                bezier((0.02, -1.2), (0.03, 0.0), (0.03, gl.bottom)),
+                bezier((0.03, gl.bottom), (0.2, gl.bottom + 0.05), (0.3, gl.bottom + 0.12)),
+            ]
+        )
         opaque = np.maximum(opaque, 0.6 * line_band(u, v, pts, 0.007, 2 * px))
     if "line" in devices:
         entry = (sgn * (ident.lung_half_width + 0.25), ident.lung_top + rng.uniform(0.0, 0.08))

@@ -124,4 +124,3 @@ def cardiothoracic_ratio(anatomy: dict[str, np.ndarray]) -> float:
     lung_cols = np.nonzero((anatomy["right_lung"] | anatomy["left_lung"]).any(axis=0))[0]
     # Row-wise widths are what a reader measures; the rotation is small, so columns suffice.
     return float((heart_cols[-1] - heart_cols[0] + 1) / (lung_cols[-1] - lung_cols[0] + 1))
-

@@ -68,7 +68,8 @@ def _present(f: Finding, pick, render_seed: int) -> tuple[str, str]:
             [
                 f"There {'are' if plural else 'is a'} {size} {side} {noun}.",
                 f"{size.capitalize()} {side} {noun}{' are' if plural else ' is'} present.",
-                f"Blunting of the {side} costophrenic angle{'s' if plural else ''} consistent with {'' if plural else 'a '}{size} {noun}.",
+                f"Blunting of the {side} costophrenic angle{'s' if plural else ''} "
+                f"consistent with {'' if plural else 'a '}{size} {noun}.",
             ]
         )
         return s, f"{size.capitalize()} {side} {noun}."
@@ -86,7 +87,8 @@ def _present(f: Finding, pick, render_seed: int) -> tuple[str, str]:
         s = pick(
             [
                 f"There {'are' if plural else 'is a'} {_SIZE[sev]} {side} {noun}.",
-                f"A {side} pleural line is seen with absent lung markings peripherally, consistent with a {_SIZE[sev]} {noun}.",
+                f"A {side} pleural line is seen with absent lung markings "
+                f"peripherally, consistent with a {_SIZE[sev]} {noun}.",
             ]
         )
         return s, f"{_SIZE[sev].capitalize()} {side} {noun}."
@@ -154,7 +156,12 @@ def _present(f: Finding, pick, render_seed: int) -> tuple[str, str]:
         if f.zone == "upper":
             s = f"{_ADJ[sev].capitalize()} {side} apical pleural thickening."
         else:
-            s = pick([f"{_ADJ[sev].capitalize()} pleural thickening along {where}.", f"There is {_ADJ[sev]} pleural thickening in {where}."])
+            s = pick(
+                [
+                    f"{_ADJ[sev].capitalize()} pleural thickening along {where}.",
+                    f"There is {_ADJ[sev]} pleural thickening in {where}.",
+                ]
+            )
         return s, f"{_ADJ[sev].capitalize()} {side} pleural thickening."
     if label == SUPPORT_DEVICES:
         kinds = device_kinds(seed_rng(render_seed, STREAM_FINDING, CHEXPERT_LABELS.index(SUPPORT_DEVICES)))
@@ -193,20 +200,32 @@ _HEDGES = {
     "Cardiomegaly": ["Cannot exclude mild cardiomegaly.", "Possible mild cardiomegaly."],
     "Enlarged Cardiomediastinum": ["The mediastinum may be slightly widened.", "Possible mediastinal widening."],
     "Lung Opacity": ["Questionable opacity at the lung bases.", "Possible subtle opacity."],
-    "Lung Lesion": ["Possible small nodule, which may represent a nipple shadow.", "Cannot exclude a pulmonary nodule."],
+    "Lung Lesion": [
+        "Possible small nodule, which may represent a nipple shadow.",
+        "Cannot exclude a pulmonary nodule.",
+    ],
     "Pneumothorax": ["Cannot exclude a tiny pneumothorax.", "Possible small apical pneumothorax."],
     "Pleural Other": ["Possible pleural thickening.", "Questionable pleural thickening."],
     "Fracture": ["Possible old rib fracture.", "Cannot exclude a rib fracture."],
     SUPPORT_DEVICES: ["Possible overlying external lead."],
 }
 _INDICATIONS = [
-    "Shortness of breath.", "Chest pain.", "Cough and fever.", "Pre-operative evaluation.", "Follow-up.",
-    "Dyspnea on exertion.", "Hypoxia.", "Fall.",
+    "Shortness of breath.",
+    "Chest pain.",
+    "Cough and fever.",
+    "Pre-operative evaluation.",
+    "Follow-up.",
+    "Dyspnea on exertion.",
+    "Hypoxia.",
+    "Fall.",
 ]
 _IRRELEVANT = [
-    "Degenerative changes of the thoracic spine.", "The visualized upper abdomen is unremarkable.",
-    "Limited examination due to patient body habitus.", "Calcified atherosclerotic plaque in the aortic arch.",
-    "Mild thoracic dextroscoliosis.", "Stable appearance of the chest.",
+    "Degenerative changes of the thoracic spine.",
+    "The visualized upper abdomen is unremarkable.",
+    "Limited examination due to patient body habitus.",
+    "Calcified atherosclerotic plaque in the aortic arch.",
+    "Mild thoracic dextroscoliosis.",
+    "Stable appearance of the chest.",
 ]
 
 

@@ -51,6 +51,10 @@ def _eval(args) -> int:
         raise UsageError("--n must be at least 2")
     seed_opt = parse_seed_opt(args.seed_opt)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
+    try:  # the sampling overrides checked as the pipeline checks them, before any case runs
+        pipe.check_inputs(guidance=args.guidance, start=args.start, detail=args.detail)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.validation and args.write_card:
         raise UsageError("--write-card reports the evaluation identities; drop --validation")
     result = evaluate_counterfactuals(

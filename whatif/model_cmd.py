@@ -69,6 +69,10 @@ def _generate(args) -> int:
         raise UsageError(f"--image {args.image}: no such file")
     loaded = load_image_file(args.image)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
+    try:  # the pipeline's own first step, before any work: out-of-range settings are the user's to fix
+        pipe.check_inputs(steps=args.steps, guidance=args.guidance, start=args.start, detail=args.detail)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     bars: dict[str, tqdm] = {}
 
     def progress(stage, step, total, lp):

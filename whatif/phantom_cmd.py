@@ -19,6 +19,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    """An image side the renderer draws (`training.phantom.renderer.check_size`)."""
+    from training.phantom.renderer import check_size
+
+    try:
+        return check_size(_positive_int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -35,7 +45,7 @@ def add_parser(sub) -> None:
 
     g = psub.add_parser("generate", help="render a dataset: DIR/images/<id>.png and DIR/manifest.jsonl")
     g.add_argument("--n", type=_positive_int, required=True, help="number of images")
-    g.add_argument("--size", type=_positive_int, default=256, help="image side in pixels (default 256)")
+    g.add_argument("--size", type=_size, default=256, help="image side in pixels (default 256)")
     g.add_argument("--seed", type=_seed, default=0, help="master seed (default 0)")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--workers", type=_positive_int, default=1, help="processes (default 1)")
@@ -51,14 +61,14 @@ def add_parser(sub) -> None:
         help='JSON list as in the manifest, e.g. \'[{"label": "Pleural Effusion", "location": "left", '
         '"severity": "moderate"}]\', or `none`; a missing location or severity is drawn from the render seed',
     )
-    r.add_argument("--size", type=_positive_int, default=256)
+    r.add_argument("--size", type=_size, default=256)
     r.add_argument("--out", required=True, help="output PNG")
     r.add_argument("--masks", help="also write the finding masks to this .npz (one bool array per label)")
     r.set_defaults(func=_render)
 
     s = psub.add_parser("sheet", help="contact sheet: 4 identities x (no finding + 6 findings), as the paper's Fig. 7")
     s.add_argument("--out", default="docs/phantom.png")
-    s.add_argument("--size", type=_positive_int, default=256)
+    s.add_argument("--size", type=_size, default=256)
     s.add_argument("--seed", type=_seed, default=7, help="first identity seed")
     s.set_defaults(func=_sheet)
 
@@ -82,10 +92,9 @@ def _writable_file(path: str) -> Path:
 
 def _render(args) -> int:
     from training.phantom.findings import parse_findings
-    from training.phantom.renderer import check_size, render
+    from training.phantom.renderer import render
 
     findings = parse_findings(args.findings)
-    check_size(args.size)
     out = _writable_file(args.out)
     result = render(args.identity_seed, findings, args.render_seed, args.size)
     out.write_bytes(result.png_bytes())

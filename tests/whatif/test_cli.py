@@ -50,3 +50,23 @@ def test_which_exceptions_count_as_usage_errors():
     assert is_usage_error(CheckpointError("not a checkpoint"))
     assert not is_usage_error(ValueError("x")) and not is_usage_error(KeyError("x"))
     assert not is_usage_error(RuntimeError("x"))
+
+
+def test_out_of_range_settings_are_usage_errors_before_any_work(tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("L", (64, 64), 128).save(image)
+    base = ["generate", "--image", str(image), "--target", "small left effusion", "--out", str(tmp_path / "cf.png")]
+    for flag, value, message in (
+        ("--steps", "0", "steps"),
+        ("--guidance", "40", "guidance"),
+        ("--detail", "5", "detail"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*base, flag, value])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "cf.png").exists()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["phantom", "render", "--identity-seed", "1", "--size", "10", "--out", str(tmp_path / "p.png")])
+    assert exc.value.code == 2 and "between" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def read_config(path: Path, key: str, expected: str) -> dict:
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         fix = (
-            "load it with the whatif-cxr release that wrote it and save it again with this one, or retrain"
+            "retrain it with this release (`whatif train`), or load it with the release that wrote it"
             if isinstance(version, int) and version < SCHEMA_VERSION
             else "use a whatif-cxr release that reads it"
         )

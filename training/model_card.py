@@ -18,21 +18,25 @@ from .options import STAGES, Hyper
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def _shipped_recipe(preset: str, data: str) -> tuple[str, dict] | None:
-    """The recipe (its path and `[shipped]` table) whose shipped weights are of this preset and data."""
+def _shipped_recipe(preset: str, data: str, checkpoint: Path) -> tuple[str, dict] | None:
+    """The recipe (its path and `[shipped]` table) whose shipped weights are `checkpoint`: the same
+    preset and data, and the directory its table names (a run of the same preset elsewhere is not)."""
     for path in sorted(RECIPES.glob("*.toml")):
         recipe = tomllib.loads(path.read_text())
-        if "shipped" in recipe and recipe.get("preset") == preset and recipe.get("data") == data:
-            return f"recipes/{path.name}", recipe["shipped"]
+        shipped = recipe.get("shipped")
+        if not shipped or recipe.get("preset") != preset or recipe.get("data") != data:
+            continue
+        if Path(checkpoint).resolve() == (RECIPES.parent / shipped["weights"]).resolve():
+            return f"recipes/{path.name}", shipped
     return None
 
 
-def _provenance(tr: dict, preset: str) -> list[str]:
+def _provenance(tr: dict, preset: str, checkpoint: Path) -> list[str]:
     """Where the weights came from: the recipe a run was trained by, or, for shipped weights trained
     before their recipe existed, the commits and how they differ from a run of the recipe."""
     if tr.get("recipe"):
         return [f"Trained by `whatif train --recipe {tr['recipe']} --out RUN`; its sittings, in the order they ran:"]
-    shipped = _shipped_recipe(preset, tr.get("data"))
+    shipped = _shipped_recipe(preset, tr.get("data"), checkpoint)
     if shipped is None:
         return ["The stage commands, in the order they ran:"]
     recipe, table = shipped
@@ -99,7 +103,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "",
         f"Total training wall time: {seconds / 3600:.2f} h.",
         "",
-        *_provenance(tr, preset),
+        *_provenance(tr, preset, checkpoint),
         "",
         "```",
     ]

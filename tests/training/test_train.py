@@ -608,7 +608,11 @@ def test_the_shipped_recipe_is_the_shipped_history_and_the_card_names_it():
     assert [(n, s) for _, n, s in ran if (n, s) != ("classifier", 1000)] == [
         (s.stage, s.steps) for s in recipe.sittings
     ]
-    text = "\n".join(_provenance(config["training"], "phantom-128"))
+    shipped = root / "model" / "weights" / "default"
+    text = "\n".join(_provenance(config["training"], "phantom-128", shipped))
     assert "recipes/phantom-128.toml" in text and "e0167db" in text and "297e628" in text
     assert "causal" in text and "argmax" in text and "concurrently" in text and "initial weights" in text
-    assert "\n".join(_provenance({"data": "phantom:24"}, "tiny")) == "The stage commands, in the order they ran:"
+    plain = "The stage commands, in the order they ran:"
+    assert "\n".join(_provenance({"data": "phantom:24"}, "tiny", shipped)) == plain
+    # A run of the same preset and data elsewhere is not the shipped weights.
+    assert "\n".join(_provenance(config["training"], "phantom-128", Path("/tmp/some-run/checkpoint"))) == plain

@@ -34,6 +34,8 @@ EVAL_IDENTITY_BASE = 2**31 + 10**7
 # `--validation`: identities past the evaluation's, for choosing settings (guidance, say) without
 # looking at the identities the reported table is scored on.
 VALIDATION_OFFSET = 1000
+# Validation's render seeds start here (the evaluation's are 0..n-1, `render_seed`).
+VALIDATION_RENDER_SEED_BASE = 10**6
 TARGETS = (*PAPER_TABLE2_LABELS, NO_FINDING)
 SEVERITY = "moderate"
 TAIL = ("Pneumonia", "Fracture", "Lung Lesion", "Consolidation")
@@ -72,8 +74,9 @@ def eval_case(identity: int, k: int, target: str, res: int):
 class EvalCase:
     """One request of the evaluation protocol, with its ground truth (`eval_case`)."""
 
+    index: int  # the identity's place in the protocol, 0..n-1
     identity: int  # the phantom identity seed
-    k: int  # the identity's index: its render seed and the request's seed
+    seed: int  # the render seed of the input and the truth, and the request's seed
     target: str  # the label asked for (or "No Finding")
     source: PhantomImage  # the input
     truth: PhantomImage  # the true counterfactual: the same identity and render seed with the target
@@ -86,17 +89,25 @@ def identity_seed(k: int, validation: bool = False) -> int:
     return EVAL_IDENTITY_BASE + (VALIDATION_OFFSET if validation else 0) + k
 
 
+def render_seed(k: int, validation: bool = False) -> int:
+    """The k-th case's render seed. The evaluation's is k; validation's are apart from them, so
+    that no finding is drawn on validation with the side, zone and shape it has in the evaluation
+    (the render seed draws those), and a setting chosen on validation was not fitted to them."""
+    return (VALIDATION_RENDER_SEED_BASE if validation else 0) + k
+
+
 def cases(n: int, res: int, validation: bool = False, targets: tuple[str, ...] = TARGETS) -> Iterator[EvalCase]:
     """The protocol's requests, identity by identity and, within one, target by target: what
-    `whatif eval` scores (`validation=False`) and what settings are chosen on (`validation=True`,
-    identities no report uses). Diagnostics read `validation_cases`."""
+    `whatif eval` scores (`validation=False`) and what settings are chosen on (`validation=True`:
+    other identities and other render seeds, none that a report uses). Diagnostics read
+    `validation_cases`."""
     if validation and n > VALIDATION_OFFSET:
         raise ValueError(f"at most {VALIDATION_OFFSET} validation identities, got {n}")
     for k in range(n):
-        identity = identity_seed(k, validation)
+        identity, seed = identity_seed(k, validation), render_seed(k, validation)
         for target in targets:
-            src, true, text, mask = eval_case(identity, k, target, res)
-            yield EvalCase(identity, k, target, src, true, text, mask)
+            src, true, text, mask = eval_case(identity, seed, target, res)
+            yield EvalCase(k, identity, seed, target, src, true, text, mask)
 
 
 def validation_cases(n: int, res: int, targets: tuple[str, ...] = TARGETS) -> Iterator[EvalCase]:
@@ -140,7 +151,7 @@ def evaluate_counterfactuals(
     total = len(TARGETS) * n * 2
     bar = tqdm(total=total, desc="eval", disable=not progress)
     for case in cases(n, res, validation):
-        k, target, src, true, text, mask = case.k, case.target, case.source, case.truth, case.text, case.mask
+        k, target, src, true, text, mask = case.seed, case.target, case.source, case.truth, case.text, case.mask
         sheet.setdefault((k, "input"), src.image)
         tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
         with torch.no_grad():  # the judge on the ground truth: what a perfect model would score

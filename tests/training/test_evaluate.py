@@ -81,14 +81,16 @@ def test_identity_bootstrap_is_zero_when_every_identity_agrees_and_not_otherwise
 
 
 def test_the_case_iterator_is_the_protocol_and_validation_shares_no_identity_with_it():
-    from training.evaluate import TARGETS, cases, eval_case, identity_seed, validation_cases
+    from training.evaluate import TARGETS, cases, eval_case, validation_cases
 
     evaluation = list(cases(2, 64))
     validation = list(validation_cases(2, 64))
-    assert [(c.k, c.target) for c in evaluation] == [(k, t) for k in range(2) for t in TARGETS]
+    assert [(c.index, c.seed, c.target) for c in evaluation] == [(k, k, t) for k in range(2) for t in TARGETS]
+    # Validation shares neither identities nor render seeds (side, zone, shape) with the evaluation.
     assert {c.identity for c in evaluation}.isdisjoint({c.identity for c in validation})
+    assert {c.seed for c in evaluation}.isdisjoint({c.seed for c in validation})
     first = validation[0]
-    src, true, text, mask = eval_case(identity_seed(0, validation=True), 0, first.target, 64)
+    src, true, text, mask = eval_case(first.identity, first.seed, first.target, 64)
     assert (first.source.image == src.image).all() and (first.truth.image == true.image).all()
     assert first.text == text and (first.mask == mask).all()
     assert [c.target for c in cases(1, 64, targets=("Fracture",))] == ["Fracture"]

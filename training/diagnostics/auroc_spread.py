@@ -34,7 +34,7 @@ def run(args) -> None:
     for case in tqdm(
         validation_cases(args.n, pipe.resolution), total=args.n * len(TARGETS), desc="counterfactuals", unit="image"
     ):
-        out = pipe(case.source.image, case.text, seed=case.k, optimize_seed=False)
+        out = pipe(case.source.image, case.text, seed=case.seed, optimize_seed=False)
         with torch.no_grad():
             cf = torch.from_numpy(out.image)[None, None] * 2 - 1
             probs[case.target].append(torch.sigmoid(pipe.eval_classifier(cf))[0].numpy())

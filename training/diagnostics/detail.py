@@ -35,7 +35,7 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
     probs = {(tau, t): [] for tau in taus for t in TARGETS}
     sims = {(tau, t): [] for tau in taus for t in TARGETS}
     for case in tqdm(validation_cases(n, res), total=n * len(TARGETS), desc="requests"):
-        k, target, src, true, text = case.k, case.target, case.source, case.truth, case.text
+        k, target, src, true, text = case.seed, case.target, case.source, case.truth, case.text
         out = pipe(src.image, text, seed=k, optimize_seed=False, detail=0.0)
         enc = pipe.encode(src.image)
         x, recon = enc.x, enc.recon

@@ -83,7 +83,7 @@ def measure(pipe: CounterfactualPipeline, n: int) -> dict:
     # this patient gives (the cross swap). One identity more than reported, for the last one's.
     by_identity: dict[int, dict[str, np.ndarray]] = {}
     for case in validation_cases(n + 1, res, targets=PAPER_TABLE2_LABELS):
-        by_identity.setdefault(case.k, {"clean": case.source.image})[case.target] = case.truth.image
+        by_identity.setdefault(case.index, {"clean": case.source.image})[case.target] = case.truth.image
     for k in range(n):
         clean = _t(by_identity[k]["clean"])
         z_clean = vae.encode(clean).mean

@@ -48,7 +48,7 @@ def measure(pipe: CounterfactualPipeline, n: int, guidances: list[float]) -> dic
     sources = ["truth", "oracle", *(f"gen@{g:g}" for g in guidances)]
     probs = {s: {t: [] for t in TARGETS} for s in sources}
     for case in tqdm(validation_cases(n, pipe.resolution), total=n * len(TARGETS), desc="requests"):
-        k, target, src, true, text = case.k, case.target, case.source, case.truth, case.text
+        k, target, src, true, text = case.seed, case.target, case.source, case.truth, case.text
         enc, enc_true = pipe.encode(src.image), pipe.encode(true.image)
         probs["truth"][target].append(judge(enc_true.x))
         oracle = pipe.compose(enc.z_id, enc_true.z_path, enc.x, enc.recon, pipe.sampling.detail)

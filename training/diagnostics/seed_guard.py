@@ -74,7 +74,7 @@ def measure(pipe: CounterfactualPipeline, n: int, lrs: list[float]) -> dict[str,
     probs = {(p, t): [] for p, _ in policies for t in TARGETS}
     sims = {(p, t): [] for p, _ in policies for t in TARGETS}
     for case in tqdm(validation_cases(n, pipe.resolution), total=n * len(TARGETS), desc="requests"):
-        r = samples(pipe, case.source.image, case.text, case.k, lrs, base)
+        r = samples(pipe, case.source.image, case.text, case.seed, lrs, base)
         tr = torch.from_numpy(case.truth.image.astype(np.float32) / 127.5 - 1)[None, None]
         p_all = torch.sigmoid(pipe.eval_classifier(r["images"])).numpy()
         s_all = [float(ssim(r["images"][i : i + 1], tr)) for i in range(len(r["images"]))]
@@ -84,7 +84,7 @@ def measure(pipe: CounterfactualPipeline, n: int, lrs: list[float]) -> dict[str,
             sims[(name, case.target)].append(s_all[j])
         if case.target == NO_FINDING:  # the same image as the pipeline's own guarded call
             cfg = dataclasses.replace(base, lr=lrs[0], guard=True)
-            direct = pipe(case.source.image, case.text, seed=case.k, seed_opt=cfg).image
+            direct = pipe(case.source.image, case.text, seed=case.seed, seed_opt=cfg).image
             here = (r["images"][choice("head", 1, r), 0].numpy() + 1) / 2
             if not np.allclose(direct, here, atol=1e-3):
                 raise AssertionError("diagnostic and pipeline disagree on the guarded image")

@@ -57,6 +57,17 @@ def test_each_diagnostic_runs_end_to_end_on_a_tiny_checkpoint(name, tiny, capsys
     n = [] if name == "text-separation" else ["--n", "2"]
     assert main(["diagnose", name, "--checkpoint", tiny, *n, *extra]) == 0
     out = capsys.readouterr().out
-    assert "|" in out or "AUROC" in out, out  # a table or a summary line was printed
+    # Each prints its own table: the header, and a row per target (or finding) with numbers.
+    header, row = {
+        "auroc-spread": ("| n=2, 20 resamples | AUROC | SD over identities |", "| head - tail |"),
+        "detail": ("detail 0     AUROC", "detail 0.3   AUROC"),
+        "disentanglement": ("| finding (n=2) | recon SSIM |", "oracle-swap AUROC: tail"),
+        "finding-confusion": ("truth: mean AUROC", "| Lung Lesion |"),
+        "guidance-drift": ("| checkpoint (n=2) | round trip |", f"| {tiny} |"),
+        "seed-guard": ("| policy | mean AUROC |", "| head@0.01 |"),
+        "seed-signal": ("| target (n=2) | nearest centroid |", "| Pneumonia (tail) |"),
+        "text-separation": ("| target | condition text |", "| Fracture (tail) |"),
+    }[name]
+    assert header in out and row in out, out
     if name == "finding-confusion":
         assert (tmp_path / "confusion.png").stat().st_size > 1000

@@ -40,7 +40,7 @@ from training.evaluate import TAIL, auroc, validation_cases
 from . import common_arguments
 
 QUESTION = "stage 1's ceiling: what VAE + T carry of a finding before any diffusion (oracle and cross swaps)"
-RUNTIME = "about 20 s for --n 8"
+RUNTIME = "about 12 s for --n 8"
 
 
 def load(checkpoint: str | None, run: str | None) -> CounterfactualPipeline:

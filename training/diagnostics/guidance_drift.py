@@ -27,7 +27,7 @@ from training.evaluate import validation_cases
 from . import common_arguments
 
 QUESTION = "how far guided sampling moves the patient's z^n when nothing is asked to change"
-RUNTIME = "about 35 s per checkpoint for --n 16"
+RUNTIME = "about 31 s per checkpoint for --n 16"
 
 
 @torch.no_grad()

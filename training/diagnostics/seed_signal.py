@@ -31,7 +31,7 @@ from training.evaluate import TAIL, TARGETS, validation_cases
 from . import common_arguments
 
 QUESTION = "how well E_CXR, which seed optimisation's L_P reads, tells the findings apart"
-RUNTIME = "about 10 s for --n 8"
+RUNTIME = "about 6 s for --n 8"
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from model.pipeline import CounterfactualPipeline
 from training.evaluate import TAIL, TARGETS, validation_cases
 
 QUESTION = "how far apart the text tower puts the targets' condition texts, which stage 2 reads"
-RUNTIME = "a few seconds"
+RUNTIME = "about 5 s"
 
 
 def nearest(sim: torch.Tensor) -> list[tuple[int, float]]:

@@ -152,7 +152,7 @@ def evaluate_counterfactuals(
     bar = tqdm(total=total, desc="eval", disable=not progress)
     for case in cases(n, res, validation):
         k, target, src, true, text, mask = case.seed, case.target, case.source, case.truth, case.text, case.mask
-        sheet.setdefault((k, "input"), src.image)
+        sheet.setdefault((case.index, "input"), src.image)
         tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
         with torch.no_grad():  # the judge on the ground truth: what a perfect model would score
             truth_probs.setdefault(target, []).append(torch.sigmoid(pipe.eval_classifier(tr))[0].numpy())
@@ -178,7 +178,7 @@ def evaluate_counterfactuals(
             r["mae_in"].append(float(err[mask].mean()) if mask.any() else float("nan"))
             r["mae_out"].append(float(err[~mask].mean()))
             if opt:
-                sheet[(k, target)] = out.to_uint8()
+                sheet[(case.index, target)] = out.to_uint8()
                 # 1 unless the guard (SeedOptConfig.guard) undid the optimisation
                 r.setdefault("kept", []).append(1.0 if out.seed_kept is None else float(out.seed_kept))
             bar.update(1)

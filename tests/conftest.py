@@ -2,5 +2,22 @@
 
 import os
 
+import pytest
+
 # The lung-mask and label caches are built once per machine; tests share the user's cache.
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained but complete tiny checkpoint (3 DDIM steps, 3 seed-optimisation iterations)."""
+    from model.pipeline import CounterfactualPipeline
+    from training.centroids import compute_centroids
+
+    pipe = CounterfactualPipeline.from_preset("tiny")
+    pipe.centroids = compute_centroids(pipe, m=3)
+    pipe.config["sampling"]["steps"] = 3
+    pipe.config["seed_optimization"]["max_iters"] = 3
+    path = tmp_path_factory.mktemp("tiny") / "tiny"
+    pipe.save_pretrained(path)
+    return str(path)

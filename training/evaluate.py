@@ -101,8 +101,8 @@ def cases(n: int, res: int, validation: bool = False, targets: tuple[str, ...] =
     `whatif eval` scores (`validation=False`) and what settings are chosen on (`validation=True`:
     other identities and other render seeds, none that a report uses). Diagnostics read
     `validation_cases`."""
-    if validation and n > VALIDATION_OFFSET:
-        raise ValueError(f"at most {VALIDATION_OFFSET} validation identities, got {n}")
+    if n > VALIDATION_OFFSET:  # past it, evaluation identities would be validation's
+        raise ValueError(f"at most {VALIDATION_OFFSET} identities, got {n}")
     for k in range(n):
         identity, seed = identity_seed(k, validation), render_seed(k, validation)
         for target in targets:
@@ -138,8 +138,6 @@ def evaluate_counterfactuals(
     """`start`, `guidance` and `detail` override the checkpoint's sampling defaults (None: keep them),
     `seed_opt` its seed-optimisation settings (SeedOptConfig fields).
     `validation` scores identities apart from the evaluation's (`VALIDATION_OFFSET`)."""
-    if validation and n > VALIDATION_OFFSET:
-        raise ValueError(f"--validation takes at most {VALIDATION_OFFSET} identities")
     res = pipe.resolution
     overrides = {k: v for k, v in (("start", start), ("guidance", guidance), ("detail", detail)) if v is not None}
     sampling = {**pipe.sampling.to_dict(), **overrides}

@@ -45,10 +45,12 @@ def add_parser(sub) -> None:
 
 def _eval(args) -> int:
     from model.pipeline import CounterfactualPipeline
-    from training.evaluate import evaluate_counterfactuals, write_report
+    from training.evaluate import VALIDATION_OFFSET, evaluate_counterfactuals, write_report
 
-    if args.n < 2:
-        raise UsageError("--n must be at least 2")
+    if not 2 <= args.n <= VALIDATION_OFFSET:
+        raise UsageError(
+            f"--n must be between 2 and {VALIDATION_OFFSET} (the evaluation's and validation's identities)"
+        )
     seed_opt = parse_seed_opt(args.seed_opt)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     try:  # the sampling overrides checked as the pipeline checks them, before any case runs

@@ -1,4 +1,4 @@
-"""A single-machine service on the tiny untrained checkpoint: in-memory broker, in-process worker."""
+"""A single-machine service on the tiny checkpoint (tests/conftest.py): in-memory broker, in-process worker."""
 
 import io
 import time
@@ -9,20 +9,6 @@ from PIL import Image
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    from model.pipeline import CounterfactualPipeline
-    from training.centroids import compute_centroids
-
-    pipe = CounterfactualPipeline.from_preset("tiny")
-    pipe.centroids = compute_centroids(pipe, m=3)
-    pipe.config["sampling"]["steps"] = 3
-    pipe.config["seed_optimization"]["max_iters"] = 3
-    path = tmp_path_factory.mktemp("svc") / "tiny"
-    pipe.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -12,20 +12,6 @@ from whatif.cli import main
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "diagnostics.md"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from model.pipeline import CounterfactualPipeline
-    from training.centroids import compute_centroids
-
-    pipe = CounterfactualPipeline.from_preset("tiny")
-    pipe.centroids = compute_centroids(pipe, m=2)
-    pipe.config["sampling"]["steps"] = 2
-    pipe.config["seed_optimization"]["max_iters"] = 2
-    path = tmp_path_factory.mktemp("diag") / "tiny"
-    pipe.save_pretrained(path)
-    return str(path)
-
-
 def test_every_diagnostic_declares_its_question_and_run_time_and_is_documented():
     text = DOCS.read_text()
     for name in DIAGNOSTICS:
@@ -47,7 +33,7 @@ def test_list_and_bad_usage(capsys):
 
 
 @pytest.mark.parametrize("name", list(DIAGNOSTICS))
-def test_each_diagnostic_runs_end_to_end_on_a_tiny_checkpoint(name, tiny, capsys, tmp_path):
+def test_each_diagnostic_runs_end_to_end_on_a_tiny_checkpoint(name, tiny_checkpoint, capsys, tmp_path):
     extra = {
         "detail": ["--tau", "0", "0.3"],
         "finding-confusion": ["--out", str(tmp_path / "confusion.png")],
@@ -55,7 +41,7 @@ def test_each_diagnostic_runs_end_to_end_on_a_tiny_checkpoint(name, tiny, capsys
         "auroc-spread": ["--draws", "20"],
     }.get(name, [])
     n = [] if name == "text-separation" else ["--n", "2"]
-    assert main(["diagnose", name, "--checkpoint", tiny, *n, *extra]) == 0
+    assert main(["diagnose", name, "--checkpoint", tiny_checkpoint, *n, *extra]) == 0
     out = capsys.readouterr().out
     # Each prints its own table: the header, and a row per target (or finding) with numbers.
     header, row = {
@@ -63,7 +49,7 @@ def test_each_diagnostic_runs_end_to_end_on_a_tiny_checkpoint(name, tiny, capsys
         "detail": ("detail 0     AUROC", "detail 0.3   AUROC"),
         "disentanglement": ("| finding (n=2) | recon SSIM |", "oracle-swap AUROC: tail"),
         "finding-confusion": ("truth: mean AUROC", "| Lung Lesion |"),
-        "guidance-drift": ("| checkpoint (n=2) | round trip |", f"| {tiny} |"),
+        "guidance-drift": ("| checkpoint (n=2) | round trip |", f"| {tiny_checkpoint} |"),
         "seed-guard": ("| policy | mean AUROC |", "| head@0.01 |"),
         "seed-signal": ("| target (n=2) | nearest centroid |", "| Pneumonia (tail) |"),
         "text-separation": ("| target | condition text |", "| Fracture (tail) |"),

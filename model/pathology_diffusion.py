@@ -88,11 +88,6 @@ class PathologyDiffusion(PretrainedModule):
         self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     # --- conditioning -------------------------------------------------------------------------
-    def context(self, text_tokens: torch.Tensor) -> torch.Tensor:
-        """The cross-attention context c_t for text tokens (B, L, D): the report's per-token
-        features, as in the paper (c_t of Eq. 16); "" gives the unconditional context of guidance."""
-        return text_tokens
-
     # --- latent standardisation -------------------------------------------------------------
     def to_model_space(self, z_path: torch.Tensor) -> torch.Tensor:
         return (z_path - self.config.latent_shift) * self.config.latent_scale

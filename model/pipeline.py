@@ -271,8 +271,8 @@ class CounterfactualPipeline:
         """The denoiser's (conditional, unconditional) contexts for a condition text: c_t of Eq. 16,
         and the empty text's for classifier-free guidance."""
         with torch.no_grad():
-            cond = self.diffusion.context(self.contrastive.text_tokens([condition]))
-            uncond = self.diffusion.context(self.contrastive.text_tokens([""]))
+            cond = self.contrastive.text_tokens([condition])  # the report's per-token features
+            uncond = self.contrastive.text_tokens([""])
         return cond, uncond
 
     def centroid_for(self, labels: Sequence[str], references: Sequence | None, notes: list[str]) -> torch.Tensor:

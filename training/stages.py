@@ -241,8 +241,7 @@ def stage2(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, 
         drop = torch.rand(len(b["text"]), generator=g) < hp.caption_dropout
         texts = ["" if d else t for d, t in zip(drop.tolist(), b["text"])]
         with torch.no_grad():  # the text tower stays as stage 0 left it (the paper's frozen encoder)
-            tokens = pipe.contrastive.text_tokens(texts)
-        cond = diff.context(tokens)
+            cond = pipe.contrastive.text_tokens(texts)  # c_t of Eq. 16: the report's per-token features
         loss = diff.training_loss(z_path, cond, g)  # L_G, Eq. 16
         opts["stage2"].zero_grad()
         loss.backward()

@@ -176,12 +176,6 @@ def test_weighted_diffusion_loss_is_eq16_when_uniform_and_weighs_the_marked_pixe
         loss(torch.ones((2, 1, 8, 8)))
 
 
-def test_diffusion_context_is_the_text_tokens():
-    d = COMPONENTS["diffusion"](TINY.components["diffusion"])
-    tokens = torch.randn((2, 24, 32), generator=torch.Generator().manual_seed(1))
-    assert d.context(tokens) is tokens  # c_t of Eq. 16: the report's per-token features
-
-
 def test_a_schema_1_checkpoint_is_refused_with_the_fix(tmp_path):
     torch.manual_seed(0)
     COMPONENTS["findings_head"](TINY.components["findings_head"]).save_pretrained(tmp_path / "h")

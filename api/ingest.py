@@ -2,8 +2,9 @@
 
 A DICOM upload is de-identified with deid (`api/deidentify.py`) before its pixels are decoded,
 and even then only the decoded pixels are stored (a 16-bit grey PNG), never the uploaded file:
-no DICOM header, PNG/JPEG metadata or EXIF (where PHI lives) is kept or logged. Every rejection
-is an `UploadRejected` with an HTTP status and a message for the user.
+no DICOM header, PNG/JPEG metadata or EXIF (where PHI lives) is kept or logged. A user's edit
+region (a mask PNG or a box) is checked against the decoded image here too. Every rejection is an
+`UploadRejected` with an HTTP status and a message for the user.
 """
 
 from __future__ import annotations
@@ -64,6 +65,74 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> tuple[bytes, 
     buf = io.BytesIO()
     Image.fromarray(np.round(loaded.pixels * 65535).astype(np.uint16)).save(buf, format="PNG")
     return buf.getvalue(), notes + list(loaded.notes), loaded.source_format
+
+
+def image_shape(png: bytes) -> tuple[int, int]:
+    """(H, W) of a PNG that `decode_upload` made (its header only)."""
+    with Image.open(io.BytesIO(png)) as img:
+        return img.height, img.width
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_mask(data: bytes, shape: tuple[int, int], max_bytes: int) -> np.ndarray:
+    """A mask upload -> its pixels (H, W) or (H, W, 3|4), for `model.regions.check_user_region`.
+
+    PNG only (grey, RGB or palette; nonzero = inside), of exactly the image's size `shape` (H, W):
+    the size is read from the header and checked before the pixels are decoded.
+    """
+    if not data:
+        raise UploadRejected(422, "the mask file is empty")
+    if len(data) > max_bytes:
+        raise UploadRejected(413, f"the mask is larger than {max_bytes / 2**20:.1f} MiB")
+    if not data.startswith(_PNG_MAGIC):
+        raise UploadRejected(415, "the mask must be a PNG (grey or RGB, nonzero inside the region)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception:
+        raise UploadRejected(415, "corrupt mask PNG: its header cannot be read") from None
+    if (img.height, img.width) != tuple(shape):
+        raise UploadRejected(
+            422,
+            f"the mask is {img.width}x{img.height} pixels, the image {shape[1]}x{shape[0]}: they must match",
+        )
+    try:
+        img.load()
+        if img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "RGB", "RGBA"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        return np.asarray(img)
+    except Exception:
+        raise UploadRejected(415, "corrupt mask PNG: its pixels cannot be decoded") from None
+
+
+def box_mask(text: str, shape: tuple[int, int]) -> np.ndarray:
+    """A box "x0,y0,x1,y1" in the image's pixels (x0 <= x < x1, y0 <= y < y1, as PIL's crop box)
+    -> bool (H, W), True inside. The box must lie within the image and not be empty."""
+    h, w = shape
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UploadRejected(
+            422, f"box must be four whole numbers x0,y0,x1,y1 in the image's pixels, got {text[:60]!r}"
+        ) from None
+    if x1 <= x0 or y1 <= y0:
+        raise UploadRejected(422, f"the box {x0},{y0},{x1},{y1} is empty: it needs x0 < x1 and y0 < y1")
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise UploadRejected(
+            422,
+            f"the box {x0},{y0},{x1},{y1} lies outside the {w}x{h} image (0 <= x0 < x1 <= {w}, 0 <= y0 < y1 <= {h})",
+        )
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A checked region (bool H x W) as the stored 8-bit mask: 255 inside."""
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _is_dicom(data: bytes) -> bool:

@@ -2,8 +2,9 @@
 
 A usage error is a mistake the person at the command line can fix: a bad argument, a missing
 file, a checkpoint that is not one, an image that cannot be read, a finding the refiner does not
-know, a path that cannot be read or written. Everything else (a bug in the library, say) is not
-caught here: it shows its traceback and exits non-zero, so it is not mistaken for the user's fault.
+know, an edit region that does not fit the image, a path that cannot be read or written.
+Everything else (a bug in the library, say) is not caught here: it shows its traceback and exits
+non-zero, so it is not mistaken for the user's fault.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _LIBRARY_INPUT_ERRORS = (
     ("model.modeling", "CheckpointError"),
     ("model.preprocess", "ImageInputError"),
     ("model.refine.refiner", "NoFindingRecognised"),
+    ("model.regions", "RegionError"),
     ("training.loop", "TrainingError"),
     ("training.phantom.findings", "FindingError"),
 )

@@ -12,7 +12,12 @@ def add_parser(sub) -> None:
     g = sub.add_parser("generate", help="make one counterfactual radiograph (no server needed)")
     g.add_argument("--image", required=True, help="input radiograph: PNG, JPEG or DICOM")
     g.add_argument("--target", required=True, help="the finding(s) wanted, e.g. 'moderate left pleural effusion'")
-    g.add_argument("--out", required=True, help="output PNG (marked as synthetic)")
+    g.add_argument(
+        "--out",
+        required=True,
+        help="output PNG (marked as synthetic), at the input's size: 16-bit for a 16-bit PNG or DICOM input, "
+        "else 8-bit; also writes the edit region as <out stem>.region.png",
+    )
     g.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-optimize-seed", action="store_true", help="skip the long-tail seed optimisation")
@@ -31,7 +36,24 @@ def add_parser(sub) -> None:
         help="restore the input's fine detail that the autoencoder loses, faded out where the change "
         "exceeds about this much on [-1, 1]; 0 gives the paper's decoded image (checkpoint default)",
     )
-    g.add_argument("--report", help="write the quality report and timings here as JSON")
+    region = g.add_mutually_exclusive_group()
+    region.add_argument(
+        "--mask",
+        metavar="PNG",
+        help="the edit region: a PNG of the input's size, nonzero inside; nothing outside it changes "
+        "(default: the request's anatomy on this input, where the model changed it)",
+    )
+    region.add_argument(
+        "--box", metavar="X0,Y0,X1,Y1", help="the edit region as a box in the input's pixels (X1, Y1 exclusive)"
+    )
+    g.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sample N candidates (1-8) in one batch and return the best that passes its verdict",
+    )
+    g.add_argument("--report", help="write the quality report, verdict, candidates and timings here as JSON")
     g.set_defaults(func=_generate)
 
     c = sub.add_parser("checkpoint", help="checkpoint utilities")
@@ -55,24 +77,42 @@ def _init(args) -> int:
 
 
 def _generate(args) -> int:
+    import numpy as np
     from PIL import Image, PngImagePlugin
     from tqdm import tqdm
 
+    from model.composite import cap_size
     from model.notice import SYNTHETIC_NOTICE
-    from model.pipeline import CounterfactualPipeline
+    from model.pipeline import CounterfactualPipeline, check_candidates
     from model.preprocess import load_image_file
+    from model.regions import check_user_region, requested_side
 
     out = Path(args.out)
     if not out.parent.exists():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     if not Path(args.image).is_file():
         raise UsageError(f"--image {args.image}: no such file")
+    try:
+        check_candidates(args.candidates)
+    except ValueError as exc:
+        raise UsageError(f"--candidates: {exc}") from None
+    if args.mask and not Path(args.mask).is_file():
+        raise UsageError(f"--mask {args.mask}: no such file")
     loaded = load_image_file(args.image)
+    shape = loaded.pixels.shape
+    region = None
+    if args.mask:
+        region = _read_mask(args.mask)
+    elif args.box:
+        region = _box(args.box, shape)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     try:  # the pipeline's own first step, before any work: out-of-range settings are the user's to fix
         pipe.check_inputs(steps=args.steps, guidance=args.guidance, start=args.start, detail=args.detail)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if region is not None:  # a RegionError (wrong size, empty, wrong side) is a usage error, before any work
+        region = check_user_region(region, shape, requested_side(pipe.condition_for(args.target)[2]))
+        region = cap_size(region.astype(np.float32)) > 0  # the pipeline reduces inputs above MAX_OUTPUT_SIDE
     bars: dict[str, tqdm] = {}
 
     def progress(stage, step, total, lp):
@@ -93,21 +133,44 @@ def _generate(args) -> int:
         guidance=args.guidance,
         start=args.start,
         detail=args.detail,
+        region=region,
+        candidates=args.candidates,
         progress=progress,
     )
     for bar in bars.values():
         bar.close()
+    verdict = result.verdict.to_dict()
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", SYNTHETIC_NOTICE)
     info.add_text("Software", "whatif-cxr")
     info.add_text("whatif:condition", result.condition)
     info.add_text("whatif:seed", str(result.seed))
-    Image.fromarray(result.to_uint8(), mode="L").save(out, pnginfo=info)
+    info.add_text("whatif:verdict", verdict["status"])
+    info.add_text("whatif:verdict_reason", verdict["reason"])
+    # At the input's size and depth; outside the region the input's own values (as read), composed in
+    # integers so that no rounding of the result can touch them.
+    if _sixteen_bit(args.image, loaded.source_format):
+        pixels = np.where(result.region, result.to_uint16(), np.round(result.input_image * 65535.0).astype(np.uint16))
+    else:
+        pixels = np.where(result.region, result.to_uint8(), np.round(result.input_image * 255.0).astype(np.uint8))
+    Image.fromarray(pixels).save(out, pnginfo=info)
+    region_path = out.with_name(out.stem + ".region.png")
+    Image.fromarray(result.region_uint8(), mode="L").save(region_path)
+    h, w = pixels.shape
     summary = {
         "out": str(out),
         "condition": result.condition,
         "seed": result.seed,
         "seed_optimized": result.seed_optimized,
+        "verdict": verdict,
+        "candidates": result.candidates,
+        "chosen": result.chosen,
+        "region": {
+            "source": result.region_source,
+            "path": str(region_path),
+            "pixels": int(result.region.sum()),
+        },
+        "size": {"width": w, "height": h, "bits": pixels.dtype.itemsize * 8},
         "lp_history": result.lp_history,
         "timings_s": result.timings,
         "quality": {**result.quality.__dict__, "notes": loaded.notes + result.quality.notes},
@@ -115,5 +178,52 @@ def _generate(args) -> int:
     }
     if args.report:
         Path(args.report).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("out", "condition", "seed", "timings_s")}))
+    line = {k: summary[k] for k in ("out", "condition", "seed", "timings_s")}
+    line["verdict"] = {"status": verdict["status"], "reason": verdict["reason"]}
+    line["region_source"] = result.region_source
+    print(json.dumps(line))
     return 0
+
+
+def _sixteen_bit(path: str, source_format: str) -> bool:
+    """Whether the input holds more than 8 bits a pixel (DICOM, or a 16-bit grey PNG)."""
+    from PIL import Image
+
+    if source_format == "dicom":
+        return True
+    with Image.open(path) as img:
+        return img.mode in ("I", "I;16", "I;16B", "I;16L")
+
+
+def _read_mask(path: str):
+    """--mask: a PNG's pixels (grey or RGB), checked by `model.regions.check_user_region`."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.format != "PNG":
+                raise UsageError(f"--mask {path}: not a PNG (got {img.format})")
+            if img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "RGB", "RGBA"):
+                img = img.convert("RGB")
+            return np.asarray(img)
+    except UsageError:
+        raise
+    except Exception as exc:  # PIL raises many types for a corrupt file
+        raise UsageError(f"--mask {path}: not a readable PNG ({type(exc).__name__})") from None
+
+
+def _box(text: str, shape: tuple[int, int]):
+    """--box x0,y0,x1,y1 (x1, y1 exclusive) -> bool (H, W)."""
+    import numpy as np
+
+    h, w = shape
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--box must be four whole numbers x0,y0,x1,y1, got {text!r}") from None
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise UsageError(f"--box {text}: needs 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h} (the input is {w}x{h})")
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask

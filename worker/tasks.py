@@ -1,4 +1,5 @@
-"""The counterfactual task: input blob -> pipeline (model loaded once per process) -> result blobs."""
+"""The counterfactual task: input blob (and the user's region) -> pipeline (model loaded once per
+process) -> result blobs at the input's own size: result.png (16-bit), region.png, diff.png, result.dcm."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from celery.exceptions import Ignore
 from PIL import Image
 
 from .blobs import BlobNotFound, BlobStore
-from .outputs import difference_png, secondary_capture_dcm, synthetic_png
+from .outputs import difference_png, region_png, secondary_capture_dcm, synthetic_png
 
 _PIPELINES: dict = {}
 
@@ -43,7 +44,12 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
     store.update_meta(job_id, attempts=attempts, started_at=time.time())
     if attempts > s.max_deliveries:
         raise JobError(f"the job was started {attempts - 1} times without finishing; giving up")
-    pixels = np.asarray(Image.open(io.BytesIO(store.get(job_id, "input.png")))).astype(np.float32) / 65535.0
+    input16 = np.asarray(Image.open(io.BytesIO(store.get(job_id, "input.png"))))
+    if input16.dtype != np.uint16:
+        raise JobError("the stored input is not a 16-bit PNG; submit the job again")
+    # float32 v / 65535: the pipeline reads floats in [0, 1] as they are (an integer array would be
+    # rescaled by its own maximum), and round(x * 65535) gives v back for every 16-bit v.
+    pixels = input16.astype(np.float32) / 65535.0
     started = time.monotonic()
 
     def progress(stage, step, total, lp):
@@ -56,6 +62,7 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
         from model.preprocess import ImageInputError
         from model.refine import NoFindingRecognised
 
+        region = _user_region(store, job_id) if params.get("mask") else None
         out = pipeline(s.checkpoint)(
             pixels,
             params["target"],
@@ -65,21 +72,38 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
             guidance=params.get("guidance"),
             start=params.get("start"),
             detail=params.get("detail"),
+            region=region,
+            candidates=params.get("candidates", 1),
             progress=progress,
         )
-    except (ImageInputError, NoFindingRecognised, ValueError) as exc:
+    except (ImageInputError, NoFindingRecognised, ValueError) as exc:  # RegionError is a ValueError
         raise JobError(str(exc)) from None
-    store.put(job_id, "result.png", synthetic_png(out.to_uint8(), out.condition, out.seed))
-    store.put(job_id, "diff.png", difference_png(out.difference))
-    store.put(job_id, "result.dcm", secondary_capture_dcm(out.to_uint8(), out.condition))
+    # The result in 16 bits, composed from the stored input itself: outside the region every pixel
+    # is input.png's own value. (An input above model.composite.MAX_OUTPUT_SIDE was reduced by the
+    # pipeline, as its notes say; its reduced input is then the reference.)
+    base = input16 if input16.shape == out.image.shape else np.round(out.input_image * 65535.0).astype(np.uint16)
+    result16 = np.where(out.region, out.to_uint16(), base)
+    verdict = out.verdict.to_dict()
+    store.put(job_id, "result.png", synthetic_png(result16, out.condition, out.seed, verdict))
+    store.put(job_id, "region.png", region_png(out.region, out.region_source))
+    store.put(job_id, "diff.png", difference_png((result16.astype(np.float32) - base) / 65535.0))
+    store.put(job_id, "result.dcm", secondary_capture_dcm(result16, out.condition, verdict))
     store.update_meta(job_id, finished_at=time.time())
     store.purge_expired()
     q = out.quality
+    h, w = result16.shape
     return {
         "condition": out.condition,
         "seed": out.seed,
         "seed_optimized": out.seed_optimized,
         "seed_kept": out.seed_kept,  # False: the guard (SeedOptConfig.guard) undid the optimisation (see notes)
+        "verdict": verdict,  # model.verdict.Verdict.to_dict(): status, passed, reason, numbers
+        "candidates": out.candidates,  # every candidate's seed and verdict
+        "chosen": out.chosen,  # the index of the one returned
+        "region_source": out.region_source,  # "automatic" or "user"
+        "region_pixels": int(out.region.sum()),
+        "width": w,
+        "height": h,
         "lp_history": [round(v, 6) for v in out.lp_history],
         "timings_s": {k: round(v, 3) for k, v in out.timings.items()},
         "quality": {
@@ -90,3 +114,16 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
             "notes": meta.get("notes", []) + q.notes,
         },
     }
+
+
+def _user_region(store: BlobStore, job_id: str) -> np.ndarray:
+    """The user's region (mask.png, validated by the API at the input's size) as bool (H, W). For an
+    input above `MAX_OUTPUT_SIDE` the pipeline works on the reduced input: the mask is reduced the same
+    way (`cap_size`), keeping every pixel it touches."""
+    from model.composite import cap_size
+
+    try:
+        mask = np.asarray(Image.open(io.BytesIO(store.get(job_id, "mask.png")))) > 0
+    except BlobNotFound:
+        raise JobError("the job's region (mask.png) has expired or was deleted") from None
+    return cap_size(mask.astype(np.float32)) > 0

@@ -1,4 +1,7 @@
-"""POST /counterfactual: validate the upload and the target, store the input, enqueue the job."""
+"""POST /counterfactual: validate the upload, the target and the region, store them, enqueue the job.
+
+Everything is checked before anything is stored: a request refused here leaves no file behind.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 
 from ..deps import Caller, SettingsDep, StoreDep
-from ..ingest import UploadRejected, decode_upload
+from ..ingest import UploadRejected, box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
 from ..schemas import JobCreated
 
 router = APIRouter()
+# model.pipeline.MAX_CANDIDATES, spelled here because the API process does not import torch
+# (tests/api/test_routes.py checks that the two agree).
+MAX_CANDIDATES = 8
 
 
 @router.post("/counterfactual", status_code=202, response_model=JobCreated)
@@ -42,25 +48,54 @@ async def create(
             "below about this much on [-1, 1]; 0: the decoded image",
         ),
     ] = None,
+    mask: Annotated[
+        UploadFile | None,
+        File(description="edit region: a PNG of the image's size, grey or RGB, nonzero inside; or send `box`"),
+    ] = None,
+    box: Annotated[
+        str | None,
+        Form(description="edit region: 'x0,y0,x1,y1' in the image's pixels (x1, y1 exclusive); or send `mask`"),
+    ] = None,
+    candidates: Annotated[
+        int,
+        Form(ge=1, le=MAX_CANDIDATES, description="candidates sampled; the best that passes its verdict is returned"),
+    ] = 1,
 ):
     from model.refine import NoFindingRecognised, refine_request
+    from model.regions import RegionError, check_user_region, requested_side
 
     if steps is not None and steps > settings.max_steps:
         raise HTTPException(422, f"steps must be at most {settings.max_steps}")
+    box = box.strip() if box is not None and box.strip() else None  # a form's empty field: no box
+    if mask is not None and box is not None:
+        raise HTTPException(422, "send either a mask or a box, not both")
     try:
         refinement = refine_request(target)
     except NoFindingRecognised as exc:
         UPLOADS_REJECTED.labels("422").inc()
         raise HTTPException(422, str(exc)) from None
     data = await image.read(settings.max_upload_bytes + 1)
+    region = None
     try:
         png, notes, fmt = decode_upload(data, settings.max_upload_bytes, settings.max_pixels)
+        if mask is not None or box is not None:
+            shape = image_shape(png)
+            if mask is not None:
+                drawn = decode_mask(await mask.read(settings.max_upload_bytes + 1), shape, settings.max_upload_bytes)
+            else:
+                drawn = box_mask(box, shape)
+            try:
+                region = check_user_region(drawn, shape, requested_side(refinement.findings))
+            except RegionError as exc:
+                raise UploadRejected(422, str(exc)) from None
     except UploadRejected as exc:
         UPLOADS_REJECTED.labels(str(exc.status)).inc()
         raise HTTPException(exc.status, exc.message) from None
     store.purge_expired()
     job_id = store.new_id()
     store.put(job_id, "input.png", png)
+    if region is not None:
+        store.put(job_id, "mask.png", mask_png(region))
     params = {
         "target": target,
         "seed": seed,
@@ -69,6 +104,8 @@ async def create(
         "guidance": guidance,
         "start": start,
         "detail": detail,
+        "candidates": candidates,
+        "mask": region is not None,  # the worker reads the region from mask.png
     }
     store.put_meta(
         job_id,

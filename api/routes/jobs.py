@@ -20,7 +20,12 @@ _STATUS = {
     "FAILURE": "failed",
     "REVOKED": "failed",
 }
-_FILES = {"result.png": "image/png", "diff.png": "image/png", "result.dcm": "application/dicom"}
+_FILES = {
+    "result.png": "image/png",
+    "region.png": "image/png",
+    "diff.png": "image/png",
+    "result.dcm": "application/dicom",
+}
 
 
 def _owned(store, job_id: str, owner: str) -> dict:

@@ -25,7 +25,7 @@ def test_upload_to_result(service):
     assert body["status"] == "succeeded", body
     assert body["condition"] == "moderate left pleural effusion"
     assert body["created_at"] <= body["started_at"] <= body["finished_at"]
-    assert set(body["links"]) == {"result.png", "diff.png", "result.dcm"}
+    assert set(body["links"]) == {"result.png", "region.png", "diff.png", "result.dcm"}
     q = body["result"]["quality"]
     assert "Pleural Effusion" in q["target_probability"] and body["result"]["lp_history"]
     assert "inversion" not in body["result"]["timings_s"]  # the requested start reached the worker
@@ -163,3 +163,131 @@ def test_status_never_shows_a_finish_without_its_timestamps():
     assert body.status == "running" and body.finished_at is None
     body = status("j" * 22, SimpleNamespace(app=app), "me", Store())
     assert body.status == "succeeded" and body.finished_at == 3.0
+
+
+def _wide_png(w=200, h=150) -> bytes:
+    from training.phantom.renderer import render
+
+    img = Image.fromarray(render(4, [], 0, w).image[(w - h) // 2 : (w - h) // 2 + h])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mask_png(mask: np.ndarray, mode="L") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _get_png(service, job, name):
+    r = service.get(f"/jobs/{job}/{name}", headers=H)
+    assert r.status_code == 200, (name, r.status_code)
+    return np.asarray(Image.open(io.BytesIO(r.content)))
+
+
+def test_result_at_the_input_size_and_unchanged_outside_the_region(service):
+    r = service.post(
+        "/counterfactual",
+        headers=H,
+        files={"image": ("x.png", _wide_png(), "image/png")},
+        data={"target": "moderate left pleural effusion", "candidates": "2", "steps": "2"},
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    body, _ = wait(service, job, KEY_A)
+    assert body["status"] == "succeeded", body
+    res = body["result"]
+    assert (res["width"], res["height"]) == (200, 150) and res["region_source"] == "automatic"
+    assert res["verdict"]["status"] and res["verdict"]["reason"] and len(res["candidates"]) == 2
+    assert body["links"]["region.png"] == f"/jobs/{job}/region.png"
+    given = np.asarray(Image.open(io.BytesIO(service.app.state.store.get(job, "input.png"))))
+    result, region = _get_png(service, job, "result.png"), _get_png(service, job, "region.png")
+    assert result.dtype == np.uint16 and result.shape == region.shape == given.shape == (150, 200)
+    assert np.array_equal(result[region == 0], given[region == 0])
+    assert _get_png(service, job, "diff.png").shape[:2] == (150, 200)
+    dcm = pydicom.dcmread(io.BytesIO(service.get(f"/jobs/{job}/result.dcm", headers=H).content))
+    assert (dcm.Rows, dcm.Columns, dcm.BitsAllocated) == (150, 200, 16)
+    assert res["verdict"]["status"] in dcm.ImageComments and "SYNTHETIC" in dcm.ImageComments
+    # The region image is the job's, like the result: another key does not see it.
+    assert service.get(f"/jobs/{job}/region.png", headers={"X-API-Key": KEY_B}).status_code == 404
+
+
+def test_a_box_or_a_mask_is_the_edit_region_and_expires_with_the_job(service):
+    store = service.app.state.store
+    r = service.post(
+        "/counterfactual",
+        headers=H,
+        files={"image": ("x.png", _wide_png(), "image/png")},
+        data={"target": "moderate left pleural effusion", "box": "110,30,190,120", "steps": "2"},
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    body, _ = wait(service, job, KEY_A)
+    assert body["status"] == "succeeded" and body["result"]["region_source"] == "user", body
+    inside = np.zeros((150, 200), bool)
+    inside[30:120, 110:190] = True
+    given = np.asarray(Image.open(io.BytesIO(store.get(job, "input.png"))))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(store.get(job, "mask.png")))) > 0, inside)
+    assert not _get_png(service, job, "region.png")[~inside].any()
+    assert np.array_equal(_get_png(service, job, "result.png")[~inside], given[~inside])
+    # An RGB mask (nonzero = inside) is accepted too; the stored mask is deleted with its job.
+    r = service.post(
+        "/counterfactual",
+        headers=H,
+        files={"image": ("x.png", _wide_png(), "image/png"), "mask": ("m.png", _mask_png(inside, "RGB"), "image/png")},
+        data={"target": "moderate left pleural effusion", "steps": "2"},
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    assert store.get(job, "mask.png")
+    wait(service, job, KEY_A)
+    assert service.delete(f"/jobs/{job}", headers=H).status_code == 204
+    assert not list(store.root.glob(f"{job}.*"))
+
+
+def test_bad_regions_and_candidates_are_4xx_and_nothing_is_stored(service):
+    store = service.app.state.store
+    full = np.ones((150, 200), bool)
+    viewer_left = np.zeros((150, 200), bool)
+    viewer_left[20:130, 10:90] = True  # the patient's right
+    cases = [
+        ({"mask": _mask_png(np.ones((100, 100), bool))}, {}, 422, "they must match"),
+        ({"mask": _mask_png(~full)}, {}, 422, "empty"),
+        ({"mask": _mask_png(viewer_left)}, {}, 422, "patient's left"),
+        ({"mask": b"GIF89a not a png"}, {}, 415, "PNG"),
+        ({}, {"box": "10,10,250,100"}, 422, "outside"),
+        ({}, {"box": "-1,0,50,50"}, 422, "outside"),
+        ({}, {"box": "120,40,120,90"}, 422, "empty"),
+        ({}, {"box": "1,2,3"}, 422, "four whole numbers"),
+        ({}, {"box": "20,20,80,120"}, 422, "patient's left"),
+        ({"mask": _mask_png(full)}, {"box": "110,30,190,120"}, 422, "not both"),
+        ({}, {"candidates": "0"}, 422, "greater than or equal to 1"),
+        ({}, {"candidates": "9"}, 422, "less than or equal to 8"),
+    ]
+
+    def jobs():  # ids with files; a job of an earlier test may still be writing its results
+        return {p.name.split(".")[0] for p in store.root.iterdir() if not p.name.startswith(".tmp-")}
+
+    before = jobs()
+    for files, data, code, msg in cases:
+        files = {
+            "image": ("x.png", _wide_png(), "image/png"),
+            **{k: ("m.png", v, "image/png") for k, v in files.items()},
+        }
+        r = service.post(
+            "/counterfactual",
+            headers=H,
+            files=files,
+            data={"target": "moderate left pleural effusion", **data},
+        )
+        assert r.status_code == code, (data, r.status_code, r.text)
+        assert msg in str(r.json()["detail"]), (data, r.text)
+    assert jobs() == before
+
+
+def test_the_api_candidate_bound_is_the_pipelines():
+    from api.routes.counterfactual import MAX_CANDIDATES
+    from model.pipeline import MAX_CANDIDATES as PIPELINE_MAX
+
+    assert MAX_CANDIDATES == PIPELINE_MAX

@@ -17,10 +17,10 @@ class _Task:
         self.last = kw
 
 
-def _job(store: BlobStore, attempts: int = 0) -> str:
+def _job(store: BlobStore, attempts: int = 0, shape=(64, 64)) -> str:
     job = store.new_id()
     buf = io.BytesIO()
-    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 65535).astype(np.uint16)).save(buf, format="PNG")
+    Image.fromarray((np.random.default_rng(0).random(shape) * 65535).astype(np.uint16)).save(buf, format="PNG")
     store.put(job, "input.png", buf.getvalue())
     store.put_meta(job, {"owner": "t", "attempts": attempts, "notes": []})
     return job
@@ -54,3 +54,58 @@ def test_successful_task_writes_marked_results(tmp_path, tiny_checkpoint):
     assert out["condition"] == "mild edema" and task.last["state"] == "PROGRESS"
     assert b"SYNTHETIC" in store.get(job, "result.png")
     assert store.get_meta(job)["finished_at"] >= store.get_meta(job)["started_at"]
+
+
+def _png(store, job, name):
+    return np.asarray(Image.open(io.BytesIO(store.get(job, name))))
+
+
+def test_results_at_the_input_size_and_bit_identical_outside_the_region(tmp_path, tiny_checkpoint):
+    import pydicom
+
+    from model.verdict import VERDICTS
+
+    s = WorkerSettings(blob_dir=str(tmp_path), checkpoint=tiny_checkpoint)
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    job = _job(store, shape=(150, 200))  # non-square, and not the model's grid
+    out = counterfactual(_Task(), s, job, {**PARAMS, "target": "moderate left pleural effusion", "candidates": 2})
+    assert (out["width"], out["height"]) == (200, 150)
+    assert out["verdict"]["status"] in VERDICTS and out["verdict"]["reason"]
+    assert len(out["candidates"]) == 2 and all(c["verdict"]["status"] in VERDICTS for c in out["candidates"])
+    assert out["region_source"] == "automatic" and 0 <= out["chosen"] < 2
+    given, result, region = (
+        _png(store, job, "input.png"),
+        _png(store, job, "result.png"),
+        _png(store, job, "region.png"),
+    )
+    assert result.dtype == np.uint16 and result.shape == given.shape == region.shape == (150, 200)
+    assert set(np.unique(region)) <= {0, 255} and out["region_pixels"] == int((region == 255).sum())
+    assert np.array_equal(result[region == 0], given[region == 0])
+    assert _png(store, job, "diff.png").shape == (150, 200, 3)
+    info = Image.open(io.BytesIO(store.get(job, "result.png"))).info
+    assert "SYNTHETIC" in info["Comment"] and info["whatif:verdict"] == out["verdict"]["status"]
+    dcm = pydicom.dcmread(io.BytesIO(store.get(job, "result.dcm")))
+    assert (dcm.Rows, dcm.Columns, dcm.BitsAllocated) == (150, 200, 16)
+    assert np.array_equal(dcm.pixel_array, result)
+    assert "SYNTHETIC" in dcm.ImageComments and out["verdict"]["status"] in dcm.ImageComments
+    assert out["verdict"]["reason"] in dcm.ImageComments and out["verdict"]["status"] in dcm.DerivationDescription
+
+
+def test_a_user_mask_confines_the_change(tmp_path, tiny_checkpoint):
+    s = WorkerSettings(blob_dir=str(tmp_path), checkpoint=tiny_checkpoint)
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    job = _job(store, shape=(150, 200))
+    mask = np.zeros((150, 200), np.uint8)
+    mask[30:120, 110:190] = 255  # the patient's left: the viewer's right half
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    store.put(job, "mask.png", buf.getvalue())
+    out = counterfactual(_Task(), s, job, {**PARAMS, "target": "moderate left pleural effusion", "mask": True})
+    assert out["region_source"] == "user"
+    region, given, result = (
+        _png(store, job, "region.png"),
+        _png(store, job, "input.png"),
+        _png(store, job, "result.png"),
+    )
+    assert not region[mask == 0].any()  # never outside the user's region
+    assert np.array_equal(result[mask == 0], given[mask == 0])

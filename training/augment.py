@@ -1,4 +1,5 @@
-"""Acquisition augmentation for the evaluation classifier: blur, noise and exposure per image.
+"""Acquisition augmentation for the evaluation classifier and the anatomy segmenter: blur, noise
+and exposure per image; for the segmenter also positioning (rotation, zoom, shift), masks with it.
 
 Not in the paper, whose classifier trains on real radiographs from many scanners, resamplings
 and exposures. A phantom renders every image at one sharpness and one noise level, and a
@@ -6,7 +7,8 @@ classifier trained on that learns the render's texture along with the finding: b
 the VAE's reconstructions lose, takes its score of the true counterfactuals down (measured:
 docs/experiments.md), so it would judge sharpness rather than the finding. These transformations
 are generic (no model of ours in the loop), so the classifier stays independent of the generator
-it judges.
+it judges. The segmenter sees the same, and positioning besides: a phantom is always centred and
+upright, and the product must find the lungs of one rotated by a few degrees.
 """
 
 from __future__ import annotations
@@ -53,6 +55,55 @@ class AcquisitionAugment:
         x = gaussian_blur(x, sigma)
         x = ((x.clamp(-1, 1) + 1) / 2) ** log_gamma.exp().view(b, 1, 1, 1) * 2 - 1
         return (x + noise.view(b, 1, 1, 1) * eps).clamp(-1, 1)
+
+
+@dataclasses.dataclass
+class PositioningAugment:
+    """Each image and its masks together: with probability `p` a rotation, zoom and shift, and
+    independently with probability `p` an exposure gain (the image alone)."""
+
+    p: float = 0.8
+    # Rotation in degrees, uniform in [-max_rotation, max_rotation]: past the 5 the product must take.
+    max_rotation: float = 8.0
+    # Zoom, log-uniform in [1/max_zoom, max_zoom]; shift, uniform in +-max_shift of the side per axis.
+    max_zoom: float = 1.08
+    max_shift: float = 0.05
+    # Exposure: [0, 1] intensities times a gain log-uniform in [1/max_gain, max_gain], clipped (the
+    # product must take x0.8 to x1.2). Unlike `AcquisitionAugment`'s gamma, it saturates the brightest.
+    max_gain: float = 1.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"positioning augmentation probability must be in [0, 1], got {self.p}")
+
+    def __call__(
+        self, x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x`: (B, 1, H, W) in [-1, 1], `masks`: (B, C, H, W) in [0, 1]; the same `generator` state
+        gives the same output. Outside the moved image is black (as an image rotated by PIL) and
+        outside every mask."""
+        if self.p == 0:
+            return x, masks
+        b = x.shape[0]
+
+        def uniform(scale: float) -> torch.Tensor:
+            return (torch.rand(b, generator=generator) * 2 - 1) * scale
+
+        moved = torch.rand(b, generator=generator) < self.p
+        angle = uniform(math.radians(self.max_rotation)) * moved
+        zoom = (uniform(math.log(self.max_zoom)) * moved).exp()
+        shift = torch.stack([uniform(2 * self.max_shift), uniform(2 * self.max_shift)], 1) * moved[:, None]
+        exposed = torch.rand(b, generator=generator) < self.p
+        gain = (uniform(math.log(self.max_gain)) * exposed).exp()
+        # affine_grid maps output coordinates to input ones: the inverse of the motion.
+        cos, sin = angle.cos() / zoom, angle.sin() / zoom
+        theta = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+        theta = torch.cat([theta, -theta @ shift[:, :, None]], 2)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        unit = F.grid_sample((x + 1) / 2, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = (unit * gain.view(b, 1, 1, 1)).clamp(0, 1) * 2 - 1
+        return x, masks
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

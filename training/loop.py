@@ -59,11 +59,42 @@ def open_run(out: Path, spec: RunSpec, resume: bool) -> CounterfactualPipeline:
             raise TrainingError(f"--resume with data {spec.data!r}, but {out} was trained on {old['data']!r}")
     elif resume:
         raise TrainingError(f"--resume: {out} holds no run to resume")
+    ckpt = out / "checkpoint"
+    if (ckpt / "config.json").is_file():
+        # A checkpoint put there by hand (a copy of shipped weights, say) must be of the preset asked for.
+        made_with = json.loads((ckpt / "config.json").read_text()).get("preset")
+        if made_with != spec.preset:
+            raise TrainingError(f"--preset {spec.preset}, but {ckpt} was made with preset {made_with!r}; pass that")
     out.mkdir(parents=True, exist_ok=True)
     run_json.write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
-    if (out / "checkpoint" / "config.json").is_file():
-        return CounterfactualPipeline.from_pretrained(out / "checkpoint")
+    if (ckpt / "config.json").is_file():
+        add_missing_components(ckpt, spec)
+        return CounterfactualPipeline.from_pretrained(ckpt)
     return CounterfactualPipeline.from_preset(spec.preset, seed=spec.seed)
+
+
+def add_missing_components(checkpoint: Path, spec: RunSpec) -> None:
+    """Give a checkpoint made before one of the networks existed (the anatomy segmenter, say) that
+    network, freshly initialised from the preset (seeded by the run's seed), saved into the run's
+    checkpoint with a note: the other networks are kept, and the new one's stage can train it."""
+    from model.pipeline import COMPONENTS
+    from model.presets import get_preset
+
+    path = checkpoint / "config.json"
+    config = json.loads(path.read_text())
+    missing = [name for name in COMPONENTS if name not in config.get("components", {})]
+    if not missing:
+        return
+    preset = get_preset(spec.preset)
+    torch.manual_seed(spec.seed)
+    for name in missing:
+        COMPONENTS[name](preset.components[name]).save_pretrained(checkpoint / name)
+        config["components"][name] = name
+        print(
+            f"note: {checkpoint} had no {name}; added one freshly initialised from preset {preset.name!r} "
+            f"(untrained until `whatif train` trains it)"
+        )
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def batches(dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[dict]:

@@ -89,6 +89,7 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         "stage1": "VAE + transformer T + findings head (Algorithm 1, lines 1-23)",
         "stage2": "pathology diffusion on z^n (Algorithm 1, lines 24-36)",
         "classifier": "evaluation classifier again, on class-balanced phantoms of its own seed",
+        "segmenter": "anatomy segmenter (lungs, heart) for the edit regions, on the phantom's exact masks",
     }
     for name in STAGES:
         if name not in stages:

@@ -12,7 +12,10 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-STAGES = ("stage0", "stage1", "stage2", "classifier")
+STAGES = ("stage0", "stage1", "stage2", "classifier", "segmenter")
+# What `whatif train all` runs, in order. Not the segmenter: it trains on phantoms only (their exact
+# masks), where "all" also runs on real data, and it shares nothing with these; its own sitting adds it.
+ALL_STAGES = ("stage0", "stage1", "stage2", "classifier")
 STAGE0_PARTS = ("contrastive", "identity", "classifier")
 STAGE0_FREEZABLE = (*STAGE0_PARTS, "text", "image")
 
@@ -77,7 +80,8 @@ class Hyper:
         1e-4,
         stages=STAGES,
         check=_above_zero,
-        help="learning rate: stage 1's lr_1 = lr_2 (section 4.1); stages 0 and 2 and the classifier use 3x",
+        help="learning rate: stage 1's lr_1 = lr_2 (section 4.1); stages 0 and 2 and the classifier use 3x, "
+        "the segmenter 10x",
     )
     # alpha of Eq. 9-10, on L_KL (Eq. 5) taken per latent element (mean): with the sum, 0.1 would
     # swamp a per-pixel MSE.
@@ -108,13 +112,15 @@ class Hyper:
     # Not in the paper: probability of each acquisition augmentation (blur, noise, exposure) per
     # image in the evaluation classifier's own stage (`training.augment`). A judge that has only
     # seen one render's sharpness scores texture, not findings. Sittings recorded before the
-    # option existed trained without it.
+    # option existed trained without it. The segmenter's stage draws its positioning (rotation,
+    # zoom, shift) and exposure gain with the same probability.
     acquisition_augment: float = option(
         0.8,
-        stages=("classifier",),
+        stages=("classifier", "segmenter"),
         before=0.0,
         check=_probability,
-        help="probability of each of blur, noise and exposure per image (0: none)",
+        help="probability of each of blur, noise and exposure per image (0: none); the segmenter's "
+        "positioning and gain too",
     )
     # Stage 0's networks to leave as they are: e.g. to train E_CXR further without touching an
     # evaluation classifier its own stage has trained since. "text" is the contrastive model's

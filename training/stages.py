@@ -16,6 +16,9 @@ stage2: the pathology diffusion on z^n (lines 24-36) conditioned on the refined 
 classifier: the evaluation classifier again, on class-balanced phantoms (so that it measures
         the tail findings as well as the head ones), with acquisition augmentation (blur, noise,
         exposure: `training.augment`) so that it scores findings rather than the render's texture.
+segmenter: the anatomy segmenter alone (not in the paper; the product's edit regions read it), on
+        the run's phantom cases against the renderer's exact masks, with the acquisition augmentation,
+        positioning (rotation, zoom, shift, the masks moved with the image) and exposure gain.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 
 from model.vae import ssim
 
-from .augment import AcquisitionAugment
+from .augment import AcquisitionAugment, PositioningAugment
 from .loop import TrainingError, batches, run_loop
 from .options import Hyper
 
@@ -141,6 +144,49 @@ def classifier_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed
 
     res = run_loop(out, "classifier", steps, {"classifier": clf}, opts, step, resume, rank=rank)
     clf.eval().requires_grad_(False)
+    return res
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - the soft Dice of sigmoid(logits) and `target` (B, C, H, W), per image and channel, averaged.
+
+    BCE alone weighs every pixel alike, and the heart is a tenth of the lungs' area; Dice weighs
+    each structure as a whole. `eps` keeps an empty target (a mask moved out of view) finite."""
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((2, 3))
+    return 1 - ((2 * inter + eps) / (p.sum((2, 3)) + target.sum((2, 3)) + eps)).mean()
+
+
+def segmenter_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
+    """The anatomy segmenter alone, on phantoms with their exact masks (`AnatomyDataset`).
+
+    Nothing else reads it in training, and it reads nothing another stage trains, so it can be
+    trained at any point, and added to a finished checkpoint. Loss: per-pixel BCE + soft Dice.
+    """
+    seg = pipe.segmenter
+    seg.train().requires_grad_(True)
+    # 10x the base rate: Adam at 1e-3, the usual rate for a small U-Net from scratch.
+    opts = {"segmenter": torch.optim.AdamW(seg.parameters(), lr=hp.lr * 10)}
+    it = batches(data, batch_size, seed, rank, world)
+    acquisition = AcquisitionAugment(p=hp.acquisition_augment)
+    positioning = PositioningAugment(p=hp.acquisition_augment)
+
+    def step(i):
+        b = next(it)
+        # Step i draws the same motion, exposure, blur and noise however the run was split into sittings.
+        g = _step_generator(seed, rank, i)
+        x, target = positioning(b["image"], b["anatomy"], g)
+        logits = seg(acquisition(x, g))
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        dice = soft_dice_loss(logits, target)
+        opts["segmenter"].zero_grad()
+        (bce + dice).backward()
+        _sync(opts["segmenter"], world)
+        opts["segmenter"].step()
+        return {"bce": float(bce.detach()), "dice_loss": float(dice.detach())}
+
+    res = run_loop(out, "segmenter", steps, {"segmenter": seg}, opts, step, resume, rank=rank)
+    seg.eval().requires_grad_(False)
     return res
 
 

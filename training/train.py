@@ -1,4 +1,4 @@
-"""`whatif train`: one sitting (a stage, or all four) or a recipe of sittings.
+"""`whatif train`: one sitting (a stage, or all four of the generator and its judge) or a recipe of sittings.
 
 A sitting checks the request, builds the data, opens the run, runs each stage and, after each,
 records the sitting in the checkpoint's history and saves the checkpoint. A recipe
@@ -20,8 +20,8 @@ from model.presets import get_preset
 
 from .centroids import compute_centroids
 from .loop import RunSpec, TrainingError, distributed, open_run
-from .options import STAGES, Hyper
-from .stages import classifier_stage, stage0, stage1, stage2
+from .options import ALL_STAGES, STAGES, Hyper
+from .stages import classifier_stage, segmenter_stage, stage0, stage1, stage2
 
 EVAL_CLASSIFIER_SEED_OFFSET = 7919  # the classifier's data: a master seed no other stage uses
 
@@ -80,6 +80,14 @@ def classifier_data(spec: str, size: int, dataset):
     return BalancedPhantomDataset(n, size, seed + EVAL_CLASSIFIER_SEED_OFFSET)
 
 
+def segmenter_data(spec: str, size: int):
+    """The anatomy segmenter's data: the run's phantom cases with their exact anatomy masks."""
+    from .datasets.anatomy import AnatomyDataset
+
+    n, seed = _phantom_spec(spec)
+    return AnatomyDataset(n, size, seed)
+
+
 def ood_statistics(pipe, data, n: int = 128) -> dict:
     """Reconstruction MSE of training images: the reference for the input's out-of-distribution score."""
     errs = []
@@ -103,7 +111,7 @@ def train(
     hp: Hyper | None = None,
     recipe: str | None = None,
 ) -> dict:
-    """One sitting: `stage` (or all four in order) to `steps` steps, in the run directory `out`.
+    """One sitting: `stage` (or all four of `ALL_STAGES` in order) to `steps` steps, in the run directory `out`.
 
     `recipe`: the recipe this sitting is one of (`train_recipe`), recorded in the checkpoint.
     """
@@ -122,7 +130,8 @@ def train(
             name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world
         )
         if rank == 0:
-            refresh_references(pipe, dataset)
+            if name != "segmenter":  # the references read E_CXR and the VAE, which it leaves alone
+                refresh_references(pipe, dataset)
             record_sitting(pipe.config, name, report[name], data, seed, steps, batch_size, hp, resume, recipe)
             pipe.save_pretrained(out / "checkpoint")
     if rank == 0:
@@ -140,11 +149,16 @@ def check_request(stage: str, steps: int, batch_size: int, hp: Hyper) -> tuple[s
     problem = hp.problem(stage)
     if problem:
         raise TrainingError(problem)
-    return STAGES if stage == "all" else (stage,)
+    return ALL_STAGES if stage == "all" else (stage,)
 
 
 def build_data(data: str, resolution: int, batch_size: int, hp: Hyper, todo: tuple[str, ...]):
     """The run's dataset, checked against what the sitting asks of it."""
+    if "segmenter" in todo and not data.startswith("phantom:"):
+        raise TrainingError(
+            f"the segmenter trains against the phantom's exact anatomy masks, which {data} has none of; "
+            "use --data phantom:N[:SEED]"
+        )
     dataset = make_dataset(data, resolution)
     if len(dataset) < batch_size:
         raise TrainingError(f"--data {data}: {len(dataset)} images, fewer than one batch of {batch_size}")
@@ -186,6 +200,10 @@ def run_stage(name, pipe, dataset, data, resolution, out, steps, batch_size, hp,
         return stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
     if name == "stage2":
         return stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+    if name == "segmenter":
+        return segmenter_stage(
+            pipe, segmenter_data(data, resolution), out, steps, batch_size, hp, resume, seed, rank, world
+        )
     return classifier_stage(
         pipe, classifier_data(data, resolution, dataset), out, steps, batch_size, hp, resume, seed, rank, world
     )

@@ -12,6 +12,7 @@ from importlib import resources
 
 from ..causal_transformer import TransformerConfig
 from ..contrastive import ContrastiveConfig
+from ..editor import EditorConfig
 from ..eval_classifier import EvalClassifierConfig
 from ..findings_head import FindingsHeadConfig
 from ..identity_encoder import IdentityEncoderConfig
@@ -19,6 +20,7 @@ from ..modeling import CheckpointError
 from ..pathology_diffusion import DiffusionConfig
 from ..sampling import SamplingConfig
 from ..seed_optimization import SeedOptConfig
+from ..segmenter import SegmenterConfig
 from ..vae import VAEConfig
 
 COMPONENT_CONFIGS = {
@@ -29,6 +31,8 @@ COMPONENT_CONFIGS = {
     "contrastive": ContrastiveConfig,
     "identity_encoder": IdentityEncoderConfig,
     "eval_classifier": EvalClassifierConfig,
+    "segmenter": SegmenterConfig,
+    "editor": EditorConfig,
 }
 
 

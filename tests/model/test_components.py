@@ -18,7 +18,7 @@ TINY = get_preset("tiny")
 
 def _inputs(name, gen):
     c = TINY.components
-    if name in ("vae", "identity_encoder", "eval_classifier", "contrastive"):
+    if name in ("vae", "identity_encoder", "eval_classifier", "contrastive", "segmenter"):
         return torch.rand((2, 1, TINY.resolution, TINY.resolution), generator=gen) * 2 - 1
     if name == "transformer":
         return torch.randn((2, 4, c["transformer"].latent_size, c["transformer"].latent_size), generator=gen)
@@ -57,6 +57,7 @@ def test_shapes_and_save_load_round_trip(name, tmp_path):
         "contrastive": (2, 64),
         "identity_encoder": (2, 16),
         "eval_classifier": (2, 14),
+        "segmenter": (2, 3, 64, 64),
     }[name]
     assert tuple(y.shape) == expected
     module.save_pretrained(tmp_path / name)

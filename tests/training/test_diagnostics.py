@@ -52,6 +52,7 @@ def test_each_diagnostic_runs_end_to_end_on_a_tiny_checkpoint(name, tiny_checkpo
         "guidance-drift": ("| checkpoint (n=2) | round trip |", f"| {tiny_checkpoint} |"),
         "seed-guard": ("| policy | mean AUROC |", "| head@0.01 |"),
         "seed-signal": ("| target (n=2) | nearest centroid |", "| Pneumonia (tail) |"),
+        "segmenter": ("| acquisition (n=2) | right lung | left lung | heart |", "| 256 -> 64 | 0."),
         "text-separation": ("| target | condition text |", "| Fracture (tail) |"),
     }[name]
     assert header in out and row in out, out

@@ -115,10 +115,10 @@ class PhantomDirDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    out = {
-        "image": torch.stack([it["image"] for it in items]),
-        "labels": torch.stack([it["labels"] for it in items]),
-    }
+    out = {"image": torch.stack([it["image"] for it in items])}
+    for key in ("labels", "anatomy"):  # the segmenter's data has masks and no labels
+        if key in items[0]:
+            out[key] = torch.stack([it[key] for it in items])
     if "text" in items[0]:  # the classifier's balanced data has no reports
         out["text"] = [it["text"] for it in items]
         out["identity"] = torch.tensor([it["identity"] for it in items])

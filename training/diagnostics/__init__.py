@@ -4,7 +4,8 @@ Each module answers one question and exposes `QUESTION` (one line), `RUNTIME` (m
 2-core CPU machine), `add_arguments(parser)` and `run(args)`. `whatif diagnose NAME` runs one;
 `whatif diagnose --list` lists them; docs/diagnostics.md says what each is for. They all draw
 their cases from `training.evaluate.validation_cases`, identities no report is scored on, so a
-setting chosen with them was not chosen on the evaluation's cases.
+setting chosen with them was not chosen on the evaluation's cases. (`segmenter`, which scores
+no counterfactual, draws identities past those and render seeds of its own.)
 
 The modules are imported only when run (they import torch); this file names them.
 """
@@ -24,6 +25,7 @@ DIAGNOSTICS = {
     "guidance-drift": "guidance_drift",
     "seed-guard": "seed_guard",
     "seed-signal": "seed_signal",
+    "segmenter": "segmenter",
     "text-separation": "text_separation",
 }
 

@@ -1,10 +1,13 @@
 """CounterfactualPipeline: radiograph + target finding(s) -> counterfactual radiograph.
 
-`__call__` runs nine public steps, each callable alone for diagnostics: 1. `check_inputs`,
+`__call__` runs twelve public steps, each callable alone for diagnostics: 1. `check_inputs`,
 2. `encode` (z = E_VAE(x), Algorithm 2 line 4), 3. `condition` (the refined target -> c_t),
-4. `starting_seed` (z_T^n, line 1, or the DDIM inversion of the input's z^n), 5. `optimize_seed`
-(Algorithm 2, lines 2-13), 6. `sample` (DDIM -> z^n*), 7. `compose` (f = T({z^{1:n-1}, z^n*}),
-Eq. 3, decoded), 8. `guard` (the findings head's verdict on the optimised seed), 9. `quality`.
+4. `locate` (the input's lungs and heart, from the segmenter), 5. `starting_seed` (z_T^n, line 1,
+or the DDIM inversion of the input's z^n), 6. `optimize_seed` (Algorithm 2, lines 2-13), 7. `sample`
+(DDIM -> z^n*), 8. `compose` (f = T({z^{1:n-1}, z^n*}), Eq. 3, decoded), 9. `guard` (the findings
+head's verdict on the optimised seed), 10. `edit_region` (the request's anatomy on this input, where
+the model changed it: `model.regions`), 11. `judge` (the verdict: `model.verdict`), 12. `quality`;
+the chosen candidate's change is then carried onto the input's own pixels (`model.composite`).
 A checkpoint is one directory: `config.json`, one sub-directory per network, `centroids.safetensors`
 (E_CXR reference centroids per label) and `MODEL_CARD.md`.
 """
@@ -21,22 +24,27 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import regions
 from .causal_transformer import CausalTransformer
+from .composite import cap_size, composite, native_to_grid
 from .contrastive import ContrastiveModel
 from .detail import restore_detail
+from .editor import PairedEditor, request_vector
 from .eval_classifier import EvalClassifier
 from .findings_head import FindingsHead
 from .identity_encoder import IdentityEncoder
-from .labels import CHEXPERT_LABELS, NO_FINDING
+from .labels import CHEXPERT_LABELS, NO_FINDING, SUPPORT_DEVICES
 from .modeling import SCHEMA_VERSION, CheckpointError, read_config
 from .notice import SYNTHETIC_NOTICE
 from .pathology_diffusion import PathologyDiffusion
-from .preprocess import ImageInputError, to_model_input
+from .preprocess import ImageInputError, to_model_input, to_unit_grey
 from .presets import Preset, get_preset
 from .sampling import SamplingConfig
 from .seed_optimization import SeedOptConfig, SeedOptResult, keep_optimized
 from .seed_optimization import optimize_seed as run_seed_optimization
+from .segmenter import AnatomySegmenter
 from .vae import DisentangledVAE
+from .verdict import Verdict, VerdictConfig, judge
 
 COMPONENTS = {
     "vae": DisentangledVAE,
@@ -46,7 +54,10 @@ COMPONENTS = {
     "contrastive": ContrastiveModel,
     "identity_encoder": IdentityEncoder,
     "eval_classifier": EvalClassifier,
+    "segmenter": AnatomySegmenter,
+    "editor": PairedEditor,
 }
+MAX_CANDIDATES = 8
 Progress = Callable[[str, int, int, float | None], None]
 
 
@@ -70,19 +81,37 @@ def label_indices(labels: Sequence[str]) -> list[int]:
 
 @dataclasses.dataclass
 class CounterfactualOutput:
-    image: np.ndarray  # float32 (R, R) in [0, 1]
-    input_image: np.ndarray  # the preprocessed input, same grid
+    """A counterfactual at the input's own size, the edit region it was confined to and its verdict.
+
+    Outside `region`, `image` equals `input_image` value for value: the patient's pixels are kept.
+    """
+
+    image: np.ndarray  # float32 (H, W) in [0, 1]: the result, at the input's size
+    input_image: np.ndarray  # float32 (H, W) in [0, 1]: the input as read (`to_unit_grey`)
     difference: np.ndarray  # image - input_image, in [-1, 1]
+    region: np.ndarray  # bool (H, W): the edit region; nothing outside it changed
+    region_source: str  # "automatic" (the request's anatomy on this input) or "user"
+    model_image: np.ndarray  # float32 (R, R): the generator's own output on the model grid, before the region
+    model_input: np.ndarray  # float32 (R, R): the input on the model grid
     condition: str  # the canonical condition text the model was given
     seed: int
     seed_optimized: bool
     lp_history: list[float]
     timings: dict[str, float]  # seconds per stage
     quality: QualityReport
+    verdict: Verdict
+    candidates: list[dict]  # every candidate's seed and verdict; `chosen` is the one returned
+    chosen: int = 0
     seed_kept: bool | None = None  # the guard's verdict (SeedOptConfig.guard); None where it did not judge
 
     def to_uint8(self) -> np.ndarray:
         return np.round(self.image * 255.0).astype(np.uint8)
+
+    def to_uint16(self) -> np.ndarray:
+        return np.round(self.image * 65535.0).astype(np.uint16)
+
+    def region_uint8(self) -> np.ndarray:
+        return self.region.astype(np.uint8) * 255
 
 
 @dataclasses.dataclass
@@ -101,6 +130,7 @@ class Conditioning:
 
     text: str  # the canonical condition text
     labels: list[str]  # the target labels present (["No Finding"] for a normal target)
+    findings: list  # the structured findings (`model.refine.StructuredFinding`): added, removed, where
     cond: torch.Tensor  # (1, L, D) the conditional context c_t
     uncond: torch.Tensor  # (1, L, D) the unconditional context of classifier-free guidance
 
@@ -148,6 +178,8 @@ class CounterfactualPipeline:
         self.contrastive: ContrastiveModel = components["contrastive"].eval()
         self.identity_encoder: IdentityEncoder = components["identity_encoder"].eval()
         self.eval_classifier: EvalClassifier = components["eval_classifier"].eval()
+        self.segmenter: AnatomySegmenter = components["segmenter"].eval()
+        self.editor: PairedEditor = components["editor"].eval()
         for m in self.components.values():
             m.requires_grad_(False)
         self.centroids = centroids
@@ -156,6 +188,7 @@ class CounterfactualPipeline:
         # a bad sampling or seed_optimization section is an error at load, not at the first call
         self._settings(SamplingConfig, "sampling")
         self._settings(SeedOptConfig, "seed_optimization")
+        self._settings(VerdictConfig, "verdict")
         self._refiner = None
 
     def _settings(self, cls, key: str):
@@ -179,6 +212,11 @@ class CounterfactualPipeline:
         return self._settings(SeedOptConfig, "seed_optimization")
 
     @property
+    def verdict_config(self) -> VerdictConfig:
+        """The verdict's thresholds (`config["verdict"]`)."""
+        return self._settings(VerdictConfig, "verdict")
+
+    @property
     def components(self) -> dict[str, torch.nn.Module]:
         return {name: getattr(self, name) for name in COMPONENTS}
 
@@ -199,6 +237,7 @@ class CounterfactualPipeline:
             "text_encoder": {"kind": "project contrastive model, text tower", "tokenizer": "condition-vocabulary"},
             "sampling": p.sampling.to_dict(),
             "seed_optimization": p.seed_optimization.to_dict(),
+            "verdict": VerdictConfig().to_dict(),
             "ood": {"recon_mse_mean": 0.0, "recon_mse_std": 1.0},
             "training": {"state": "untrained", "seed": seed},
             "notice": SYNTHETIC_NOTICE,
@@ -251,8 +290,9 @@ class CounterfactualPipeline:
             self._refiner = Refiner()
         return self._refiner
 
-    def condition_for(self, target) -> tuple[str, list[str]]:
-        """(canonical condition text, labels present). `target`: free text or structured findings."""
+    def condition_for(self, target) -> tuple[str, list[str], list]:
+        """(canonical condition text, labels present, the structured findings). `target`: free text
+        or structured findings."""
         from .refine import StructuredFinding, condition_text
 
         if isinstance(target, str):
@@ -265,7 +305,7 @@ class CounterfactualPipeline:
             ]
         condition = condition_text(findings)
         labels = [f.label for f in findings if f.status == "present" and f.label != NO_FINDING] or [NO_FINDING]
-        return condition, labels
+        return condition, labels, list(findings)
 
     def conditioning(self, condition: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The denoiser's (conditional, unconditional) contexts for a condition text: c_t of Eq. 16,
@@ -322,6 +362,8 @@ class CounterfactualPipeline:
         seed_opt: SeedOptConfig | None = None,
         start: str | None = None,
         detail: float | None = None,
+        region=None,
+        candidates: int = 1,
     ) -> CounterfactualOutput:
         """Make the counterfactual of `image` with `target` (free text or structured findings).
 
@@ -335,6 +377,11 @@ class CounterfactualPipeline:
             references: optional reference images of the target (else checkpoint centroids).
             progress: called as progress(stage, step, total, current L_P or None).
             seed_opt: seed-optimisation settings (None: the checkpoint's).
+            region: None for the automatic edit region, or the user's: (H, W) of the image's size,
+                nonzero inside (`model.regions.check_user_region`; `RegionError` when unusable).
+            candidates: 1 to `MAX_CANDIDATES` candidates sampled in one batch (the first from the
+                starting or optimised seed, the others from fresh noise of `seed`); the best one
+                that passes its verdict is returned, with every candidate's verdict.
         """
         report = progress or (lambda *a: None)
         notes: list[str] = []
@@ -342,15 +389,23 @@ class CounterfactualPipeline:
 
         # 1. check inputs: the call's settings over the checkpoint's
         sampling, seed_opt = self.check_inputs(steps, guidance, start, detail, seed_opt)
+        candidates = check_candidates(candidates)
 
-        # 2. encode the input, 3. condition on the target (one "encode" stage for timings and progress)
+        # 2. encode the input, 3. condition on the target, 4. locate its anatomy (one "encode" stage)
         t = time.perf_counter()
-        encoded = self.encode(image, notes)
+        grey = cap_size(to_unit_grey(image, notes), notes)
         conditioning = self.condition(target)
+        user = None
+        if region is not None:
+            user = regions.check_user_region(region, grey.shape, regions.requested_side(conditioning.findings))
+        encoded = self.encode(grey, notes)
+        anatomy = self.locate(encoded.x)
+        if anatomy.source != "segmenter":
+            notes.append("the segmenter found no lungs on this input: the edit region uses a standard chest frame")
         timings["encode"] = time.perf_counter() - t
         report("encode", 1, 1, None)
 
-        # 4. the starting seed(s)
+        # 5. the starting seed(s)
         t = time.perf_counter()
         z_T = self.starting_seed(encoded, conditioning, sampling, seed, seed_opt.batch_seeds if optimize_seed else 1)
         if sampling.start == "inversion":
@@ -358,7 +413,7 @@ class CounterfactualPipeline:
             report("inversion", 1, 1, None)
         z_start = z_T[:1].clone()  # the seed a request without seed optimisation samples from
 
-        # 5. seed optimisation (Algorithm 2)
+        # 6. seed optimisation (Algorithm 2)
         history: list[float] = []
         if optimize_seed:
             t = time.perf_counter()
@@ -366,36 +421,70 @@ class CounterfactualPipeline:
             z_T, history = result.seed, result.history
             timings["seed_optimization"] = time.perf_counter() - t  # its iterations: len(history) - 1
 
-        # 6. sample z^n*: the guard also needs the starting seed's sample, drawn in the same batch
+        # 7. sample z^n*: the guard's starting-seed sample and the extra candidates in the same batch
         guarded = optimize_seed and seed_opt.guard and not torch.equal(z_T, z_start)
+        extra = self.extra_seeds(seed, candidates - 1)
         t = time.perf_counter()
-        z_path = self.sample(torch.cat([z_T, z_start]) if guarded else z_T, conditioning, sampling, report)
+        z_path = self.sample(torch.cat([z_T, *([z_start] if guarded else []), extra]), conditioning, sampling, report)
         timings["sampling"] = time.perf_counter() - t
 
-        # 7. compose and decode
+        # 8. compose and decode (Eq. 3), then the paired editor carries the change onto the input
         t = time.perf_counter()
+        user_grid = None if user is None else native_to_grid(user.astype(np.float32), self.resolution) > 0
+        prior = self.prior(anatomy, conditioning, encoded) if user_grid is None else user_grid
         with torch.no_grad():
-            x_cf = self.compose(encoded.z_id, z_path, encoded.x, encoded.recon, sampling.detail)
+            raw = self.compose(encoded.z_id, z_path, encoded.x, encoded.recon, 0.0)
+            x_cf = self.edit(encoded, raw, prior, conditioning)
+            generated = restore_detail(raw, encoded.x, encoded.recon, sampling.detail)
         timings["decode"] = time.perf_counter() - t
         report("decode", 1, 1, None)
 
-        # 8. guard: keep the optimised sample (first) or the starting seed's (second)
+        # 9. guard: keep the optimised sample (first) or the starting seed's (second)
         keep: bool | None = None
         if guarded:
-            verdict = self.guard(z_path, conditioning.labels)
+            verdict = self.guard(z_path[:2], conditioning.labels)
             keep = verdict.keep
             if not keep:
                 notes.append(verdict.note)
-            x_cf = x_cf[0:1] if keep else x_cf[1:2]
+            pick = [0 if keep else 1, *range(2, len(x_cf))]
+            x_cf, generated = x_cf[pick], generated[pick]
 
-        # 9. quality report
+        # 10. edit regions, 11. verdicts, one per candidate; the best that passes is returned
         t = time.perf_counter()
-        quality = self.quality(encoded, x_cf, conditioning.labels, notes)
+        weights = [self.edit_region(prior, x_cf[i : i + 1], encoded.x) for i in range(len(x_cf))]
+        edited = torch.cat([self.apply_weight(encoded.x, x_cf[i : i + 1], w) for i, w in enumerate(weights)])
+        verdicts = self.judge(encoded, edited, conditioning, anatomy)
+        chosen = choose(verdicts)
+        timings["verdict"] = time.perf_counter() - t
+        seeds = [int(seed)] + [extra_seed(seed, k) for k in range(1, candidates)]
+        listed = [{"seed": sd, "verdict": v.to_dict()} for sd, v in zip(seeds, verdicts)]
+
+        # 12. quality report, and the chosen change carried onto the input's own pixels
+        t = time.perf_counter()
+        quality = self.quality(encoded, edited[chosen : chosen + 1], conditioning.labels, notes)
         timings["quality"] = time.perf_counter() - t
-        img = ((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy()
-        inp = ((encoded.x[0, 0] + 1) / 2).numpy()
+        t = time.perf_counter()
+        delta = ((x_cf[chosen, 0].clamp(-1, 1) - encoded.x[0, 0]) / 2).numpy()  # model units [-1, 1] -> [0, 1]
+        result, used = composite(grey, delta, weights[chosen], user)
+        timings["composite"] = time.perf_counter() - t
         return CounterfactualOutput(
-            img, inp, img - inp, conditioning.text, int(seed), optimize_seed, history, timings, quality, keep
+            image=result,
+            input_image=grey,
+            difference=result - grey,
+            region=used,
+            region_source="automatic" if user is None else "user",
+            model_image=((generated[chosen, 0].clamp(-1, 1) + 1) / 2).numpy(),
+            model_input=((encoded.x[0, 0] + 1) / 2).numpy(),
+            condition=conditioning.text,
+            seed=seeds[chosen],
+            seed_optimized=optimize_seed and chosen == 0,
+            lp_history=history,
+            timings=timings,
+            quality=quality,
+            verdict=verdicts[chosen],
+            candidates=listed,
+            chosen=chosen,
+            seed_kept=keep,
         )
 
     # --- the steps --------------------------------------------------------------------------
@@ -434,9 +523,16 @@ class CounterfactualPipeline:
     def condition(self, target) -> Conditioning:
         """3. The target (free text, refined, or structured findings) -> the canonical condition
         text, its labels and the denoiser's conditional and unconditional contexts."""
-        text, labels = self.condition_for(target)
+        text, labels, findings = self.condition_for(target)
         cond, uncond = self.conditioning(text)
-        return Conditioning(text, labels, cond, uncond)
+        return Conditioning(text, labels, findings, cond, uncond)
+
+    def locate(self, x: torch.Tensor) -> regions.Anatomy:
+        """4. The input's lungs and heart on the model grid (the segmenter; a standard chest frame
+        where it finds no plausible lungs)."""
+        with torch.no_grad():
+            masks = self.segmenter.masks(x)[0].numpy()
+        return regions.Anatomy.from_masks(masks)
 
     def starting_seed(
         self, encoded: EncodedImage, conditioning: Conditioning, sampling: SamplingConfig, seed: int, batch: int = 1
@@ -502,6 +598,15 @@ class CounterfactualPipeline:
                 callback=lambda i, n: report("sampling", i, n, None),
             )
 
+    def extra_seeds(self, seed: int, count: int) -> torch.Tensor:
+        """The extra candidates' seeds z_T^n, (count, 1, h, w) in model space, candidate k from
+        `extra_seed(seed, k)`: a request with more candidates keeps the fewer ones' seeds."""
+        latent = self.diffusion.config.latent_size
+        out = torch.empty((count, 1, latent, latent))
+        for k in range(count):
+            out[k] = torch.randn((1, latent, latent), generator=torch.Generator().manual_seed(extra_seed(seed, k + 1)))
+        return out
+
     def compose(
         self, z_id: torch.Tensor, z_path: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, detail: float
     ) -> torch.Tensor:
@@ -519,6 +624,82 @@ class CounterfactualPipeline:
         with torch.no_grad():
             optimized, initial = (float(v) for v in self.target_score(z_path, labels))
         return GuardVerdict(keep_optimized(optimized, initial), optimized, initial)
+
+    def prior(self, anatomy: regions.Anatomy, conditioning: Conditioning, encoded: EncodedImage) -> np.ndarray:
+        """Where the request may change this input (`regions.request_prior`), bool (R, R). A request
+        for a normal image removes what the findings head sees on the input's z^n (`removals`)."""
+        return regions.request_prior(anatomy, self.request_findings(conditioning, encoded))
+
+    def request_findings(self, conditioning: Conditioning, encoded: EncodedImage) -> list:
+        """The request's findings; for "no finding", the removal of each finding the generator's own
+        findings head sees on the input's pathology channel (never the evaluation classifier, which
+        judges the result)."""
+        from .refine import StructuredFinding
+
+        named = [f for f in conditioning.findings if f.label != NO_FINDING and f.status != "uncertain"]
+        if named:
+            return named
+        with torch.no_grad():
+            p = torch.sigmoid(self.findings_head(encoded.z_path))[0]
+        return [
+            StructuredFinding(label=label, status="absent")
+            for i, label in enumerate(CHEXPERT_LABELS)
+            if label not in (NO_FINDING, SUPPORT_DEVICES) and float(p[i]) >= 0.5
+        ]
+
+    def edit(
+        self, encoded: EncodedImage, raw: torch.Tensor, prior: np.ndarray, conditioning: Conditioning
+    ) -> torch.Tensor:
+        """8b. The paired editor (`model.editor`): the input plus the change it draws from the
+        generator's decoding `raw` (B, 1, R, R) of each sampled z^n, inside `prior`. (B, 1, R, R)."""
+        b = len(raw)
+        request = request_vector(self.request_findings(conditioning, encoded)).expand(b, -1)
+        prior_t = torch.from_numpy(prior.astype(np.float32))[None, None].expand(b, -1, -1, -1)
+        x = encoded.x.expand(b, -1, -1, -1)
+        change = self.editor(x, raw.clamp(-1, 1), encoded.recon.clamp(-1, 1).expand(b, -1, -1, -1), prior_t, request)
+        return (x + change).clamp(-1, 1)
+
+    def edit_region(self, prior: np.ndarray, x_cf: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+        """10. The edit region's weight (R, R) in [0, 1] for one candidate `x_cf` (1, 1, R, R): the
+        prior (the request's anatomy on this input, or the user's region) where the model changed
+        the image (`regions.edit_weight`)."""
+        change = ((x_cf[0, 0].clamp(-1, 1) - x[0, 0]).abs() / 2).numpy()
+        return regions.edit_weight(prior, change)
+
+    @staticmethod
+    def apply_weight(x: torch.Tensor, x_cf: torch.Tensor, weight: np.ndarray) -> torch.Tensor:
+        """The candidate as it will be returned, on the grid: x + w (x_cf - x)."""
+        return x + (x_cf.clamp(-1, 1) - x) * torch.from_numpy(weight)[None, None]
+
+    def judge(
+        self, encoded: EncodedImage, edited: torch.Tensor, conditioning: Conditioning, anatomy: regions.Anatomy
+    ) -> list[Verdict]:
+        """11. Each candidate's verdict (`model.verdict.judge`): the evaluation classifier on the input
+        and on each edited candidate (B, 1, R, R), the side of its change, the input's OOD score."""
+        cfg = self.verdict_config
+        with torch.no_grad():
+            p = torch.sigmoid(self.eval_classifier(torch.cat([encoded.x, edited])))
+            mse = float(((encoded.recon - encoded.x) ** 2).mean())
+        ood = self.config["ood"]
+        ood_score = (mse - ood["recon_mse_mean"]) / max(ood["recon_mse_std"], 1e-8)
+        added = [f.label for f in conditioning.findings if f.status == "present" and f.label != NO_FINDING]
+        removed = [f.label for f in conditioning.findings if f.status == "absent" and f.label != NO_FINDING]
+        if not added and not removed:
+            # "No finding": every finding the input shows must go (devices are not findings to remove).
+            removed = [
+                label
+                for i, label in enumerate(CHEXPERT_LABELS)
+                if label not in (NO_FINDING, SUPPORT_DEVICES) and float(p[0, i]) >= cfg.threshold
+            ]
+        side = regions.requested_side(conditioning.findings)
+        p_in = {label: float(p[0, i]) for i, label in enumerate(CHEXPERT_LABELS)}
+        out = []
+        for b in range(len(edited)):
+            p_out = {label: float(p[b + 1, i]) for i, label in enumerate(CHEXPERT_LABELS)}
+            change = ((edited[b, 0] - encoded.x[0, 0]).abs() / 2).numpy()
+            share = None if side is None else regions.side_share(change, side, anatomy.midline)
+            out.append(judge(p_in, p_out, added, removed, side, share, ood_score, cfg))
+        return out
 
     def quality(
         self, encoded: EncodedImage, x_cf: torch.Tensor, labels: Sequence[str], notes: list[str] | None = None
@@ -544,6 +725,27 @@ class CounterfactualPipeline:
     def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
         """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""
         return torch.sigmoid(self.findings_head(z_path))[:, label_indices(labels)].mean(dim=1)
+
+
+def check_candidates(candidates) -> int:
+    if not isinstance(candidates, (int, np.integer)) or isinstance(candidates, bool):
+        raise ValueError(f"candidates must be an integer, got {candidates!r}")
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {candidates}")
+    return int(candidates)
+
+
+def extra_seed(seed: int, k: int) -> int:
+    """The seed of candidate k >= 1 of a request with seed `seed` (candidate 0 uses `seed` itself)."""
+    return (int(seed) * 1_000_003 + k) % 2**63
+
+
+def choose(verdicts: Sequence[Verdict]) -> int:
+    """The candidate to return: the best-scoring one that passes, else the best-scoring one; ties
+    go to the earlier (the first candidate is the starting or optimised seed)."""
+    passing = [i for i, v in enumerate(verdicts) if v.passed]
+    pool = passing or range(len(verdicts))
+    return max(pool, key=lambda i: (verdicts[i].score, -i))
 
 
 def default_model_card(config: dict) -> str:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import double_conv
 from .modeling import PretrainedModule, StrictConfig
 
 # The output channels, in order. The patient's right lung is on the viewer's left of the image.
@@ -28,18 +29,6 @@ class SegmenterConfig(StrictConfig):
     depth: int = 4  # levels of the U-Net (depth - 1 halvings): 4 sees 16x16 at 128 px
     norm_groups: int = 4  # GroupNorm groups (batch-size independent, unlike BatchNorm)
     image_size: int = 128  # inputs are resized to this side, the logits back to the input's
-
-
-def _block(cin: int, cout: int, groups: int) -> nn.Sequential:
-    """Two 3x3 convolutions, each with GroupNorm and SiLU."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1),
-        nn.GroupNorm(groups, cout),
-        nn.SiLU(),
-        nn.Conv2d(cout, cout, 3, padding=1),
-        nn.GroupNorm(groups, cout),
-        nn.SiLU(),
-    )
 
 
 class AnatomySegmenter(PretrainedModule):
@@ -65,11 +54,11 @@ class AnatomySegmenter(PretrainedModule):
         if c % config.norm_groups:
             raise ValueError(f"segmenter base_channels {c} must divide by norm_groups {config.norm_groups}")
         widths = [c * 2**i for i in range(d)]
-        self.down = nn.ModuleList([_block(1, widths[0], config.norm_groups)])
-        self.down.extend(_block(widths[i - 1], widths[i], config.norm_groups) for i in range(1, d))
+        self.down = nn.ModuleList([double_conv(1, widths[0], config.norm_groups)])
+        self.down.extend(double_conv(widths[i - 1], widths[i], config.norm_groups) for i in range(1, d))
         # Up path: upsample, concatenate the skip of the same level, then a block to its width.
         self.up = nn.ModuleList(
-            _block(widths[i + 1] + widths[i], widths[i], config.norm_groups) for i in reversed(range(d - 1))
+            double_conv(widths[i + 1] + widths[i], widths[i], config.norm_groups) for i in reversed(range(d - 1))
         )
         self.head = nn.Conv2d(widths[0], len(ANATOMY), 1)
 

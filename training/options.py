@@ -12,9 +12,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-STAGES = ("stage0", "stage1", "stage2", "classifier", "segmenter")
-# What `whatif train all` runs, in order. Not the segmenter: it trains on phantoms only (their exact
-# masks), where "all" also runs on real data, and it shares nothing with these; its own sitting adds it.
+STAGES = ("stage0", "stage1", "stage2", "classifier", "segmenter", "editor")
+# What `whatif train all` runs, in order. Not the segmenter nor the editor: they train on phantoms only
+# (exact masks, exact pairs), where "all" also runs on real data; their own sittings add them.
 ALL_STAGES = ("stage0", "stage1", "stage2", "classifier")
 STAGE0_PARTS = ("contrastive", "identity", "classifier")
 STAGE0_FREEZABLE = (*STAGE0_PARTS, "text", "image")
@@ -81,7 +81,7 @@ class Hyper:
         stages=STAGES,
         check=_above_zero,
         help="learning rate: stage 1's lr_1 = lr_2 (section 4.1); stages 0 and 2 and the classifier use 3x, "
-        "the segmenter 10x",
+        "the segmenter and the editor 10x",
     )
     # alpha of Eq. 9-10, on L_KL (Eq. 5) taken per latent element (mean): with the sum, 0.1 would
     # swamp a per-pixel MSE.

@@ -19,6 +19,7 @@ classifier: the evaluation classifier again, on class-balanced phantoms (so that
 segmenter: the anatomy segmenter alone (not in the paper; the product's edit regions read it), on
         the run's phantom cases against the renderer's exact masks, with the acquisition augmentation,
         positioning (rotation, zoom, shift, the masks moved with the image) and exposure gain.
+editor: the paired editor alone (not in the paper; `training.editor_stage`), on exact phantom pairs.
 """
 
 from __future__ import annotations

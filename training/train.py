@@ -19,6 +19,7 @@ from model.pipeline import CounterfactualPipeline
 from model.presets import get_preset
 
 from .centroids import compute_centroids
+from .editor_stage import editor_stage
 from .loop import RunSpec, TrainingError, distributed, open_run
 from .options import ALL_STAGES, STAGES, Hyper
 from .stages import classifier_stage, segmenter_stage, stage0, stage1, stage2
@@ -88,6 +89,14 @@ def segmenter_data(spec: str, size: int):
     return AnatomyDataset(n, size, seed)
 
 
+def editor_data(spec: str, size: int):
+    """The paired editor's data: exact edit pairs of the run's phantom identities."""
+    from .datasets.edit_pairs import EditPairDataset
+
+    n, seed = _phantom_spec(spec)
+    return EditPairDataset(n, size, seed)
+
+
 def ood_statistics(pipe, data, n: int = 128) -> dict:
     """Reconstruction MSE of training images: the reference for the input's out-of-distribution score."""
     errs = []
@@ -130,7 +139,7 @@ def train(
             name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world
         )
         if rank == 0:
-            if name != "segmenter":  # the references read E_CXR and the VAE, which it leaves alone
+            if name not in ("segmenter", "editor"):  # the references read E_CXR and the VAE, left alone by these
                 refresh_references(pipe, dataset)
             record_sitting(pipe.config, name, report[name], data, seed, steps, batch_size, hp, resume, recipe)
             pipe.save_pretrained(out / "checkpoint")
@@ -154,9 +163,9 @@ def check_request(stage: str, steps: int, batch_size: int, hp: Hyper) -> tuple[s
 
 def build_data(data: str, resolution: int, batch_size: int, hp: Hyper, todo: tuple[str, ...]):
     """The run's dataset, checked against what the sitting asks of it."""
-    if "segmenter" in todo and not data.startswith("phantom:"):
+    if {"segmenter", "editor"} & set(todo) and not data.startswith("phantom:"):
         raise TrainingError(
-            f"the segmenter trains against the phantom's exact anatomy masks, which {data} has none of; "
+            f"the segmenter and the editor train on the phantom's exact masks and pairs, which {data} has none of; "
             "use --data phantom:N[:SEED]"
         )
     dataset = make_dataset(data, resolution)
@@ -200,6 +209,8 @@ def run_stage(name, pipe, dataset, data, resolution, out, steps, batch_size, hp,
         return stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
     if name == "stage2":
         return stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+    if name == "editor":
+        return editor_stage(pipe, editor_data(data, resolution), out, steps, batch_size, hp, resume, seed, rank, world)
     if name == "segmenter":
         return segmenter_stage(
             pipe, segmenter_data(data, resolution), out, steps, batch_size, hp, resume, seed, rank, world

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from model.modeling import CheckpointError
-from model.pipeline import CounterfactualPipeline
+from model.pipeline import MAX_CANDIDATES, CounterfactualPipeline
 from model.preprocess import ImageInputError, load_image_file, to_model_input, to_unit_grey
 from model.presets import get_preset
 from model.refine import NoFindingRecognised
+from model.regions import RegionError
 from model.seed_optimization import SeedOptConfig, optimize_seed
+from model.verdict import VERDICTS
 from training.centroids import compute_centroids
 from training.phantom.renderer import render
 from whatif.cli import main
@@ -52,12 +54,19 @@ def test_output_contract(pipe, xray):
     out = pipe(
         xray, "small left pleural effusion", seed=2, steps=4, seed_opt=FAST, progress=lambda *a: stages.append(a[0])
     )
-    assert out.image.shape == (64, 64) and out.image.dtype == np.float32
+    # the result at the input's size (96), the generator's own output on the model grid (64)
+    assert out.image.shape == out.input_image.shape == out.region.shape == (96, 96) and out.image.dtype == np.float32
+    assert out.model_image.shape == out.model_input.shape == (64, 64)
     assert 0.0 <= out.image.min() and out.image.max() <= 1.0
-    assert np.allclose(out.difference, out.image - out.input_image)
+    assert np.array_equal(out.difference, out.image - out.input_image)
+    assert np.array_equal(out.image[~out.region], out.input_image[~out.region])
+    assert np.array_equal(out.input_image, to_unit_grey(xray))
     assert out.condition == "small left pleural effusion" and out.seed == 2
+    assert out.verdict.status in VERDICTS and out.region_source == "automatic"
+    assert out.candidates == [{"seed": 2, "verdict": out.verdict.to_dict()}] and out.chosen == 0
     # Seconds per stage and nothing else (the service shows them as `timings_s`).
-    assert set(out.timings) <= {"encode", "inversion", "seed_optimization", "sampling", "decode", "quality"}
+    stages_timed = {"encode", "inversion", "seed_optimization", "sampling", "decode", "verdict", "quality", "composite"}
+    assert set(out.timings) <= stages_timed
     assert set(out.timings) >= {"encode", "seed_optimization", "sampling", "decode"}
     assert out.quality.target_probability.keys() == {"Pleural Effusion"}
     assert -1.0 <= out.quality.identity_similarity <= 1.0 + 1e-6
@@ -68,15 +77,15 @@ def test_output_contract(pipe, xray):
 def test_save_load_gives_identical_outputs_and_same_seed_same_image(pipe, checkpoint, tmp_path, xray):
     a = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST)
     b = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST)
-    assert np.array_equal(a.image, b.image)
+    assert np.array_equal(a.model_image, b.model_image)
     pipe.save_pretrained(tmp_path / "again")
     c = CounterfactualPipeline.from_pretrained(tmp_path / "again")(
         xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST
     )
-    assert np.array_equal(a.image, c.image)
+    assert np.array_equal(a.model_image, c.model_image)
     d = pipe(xray, "moderate cardiomegaly", seed=6, steps=3, seed_opt=FAST, start="noise")
     e = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, seed_opt=FAST, start="noise")
-    assert not np.array_equal(d.image, e.image)
+    assert not np.array_equal(d.model_image, e.model_image)
 
 
 def test_inversion_start_keeps_the_input_and_ignores_the_seed(pipe, xray):
@@ -84,7 +93,7 @@ def test_inversion_start_keeps_the_input_and_ignores_the_seed(pipe, xray):
     a = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, optimize_seed=False)
     b = pipe(xray, "moderate cardiomegaly", seed=6, steps=3, optimize_seed=False, start="inversion")
     c = pipe(xray, "moderate cardiomegaly", seed=5, steps=3, optimize_seed=False, start="noise")
-    assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, c.image)
+    assert np.array_equal(a.model_image, b.model_image) and not np.array_equal(a.model_image, c.model_image)
     assert "inversion" in a.timings and "inversion" not in c.timings
     with pytest.raises(ValueError, match="start must be one of inversion, noise"):
         pipe(xray, "mild edema", optimize_seed=False, start="reference")
@@ -175,7 +184,7 @@ def test_guard_keeps_the_optimised_seed_only_if_the_findings_head_agrees(pipe, x
     cfg = tiny_opt(max_iters=4, patience=4)
     plain = pipe(xray, "mild edema", optimize_seed=False, **kw)
     optimised = pipe(xray, "mild edema", seed_opt=cfg, **kw)
-    assert not np.allclose(plain.image, optimised.image, atol=1e-3)  # the seed did move
+    assert not np.allclose(plain.model_image, optimised.model_image, atol=1e-3)  # the seed did move
     judged = []
 
     def score(z_path, labels):  # the findings head's verdict, fixed: first the optimised, then the start
@@ -189,7 +198,7 @@ def test_guard_keeps_the_optimised_seed_only_if_the_findings_head_agrees(pipe, x
     assert guarded.seed_kept is optimized_wins and optimised.seed_kept is None and plain.seed_kept is None
     assert "seed_optimization_kept" not in guarded.timings  # a verdict, not seconds
     # both seeds are sampled in one batch, so the kept image matches its unguarded twin to float error
-    assert np.allclose(guarded.image, (optimised if optimized_wins else plain).image, atol=1e-4)
+    assert np.allclose(guarded.model_image, (optimised if optimized_wins else plain).model_image, atol=1e-4)
     undone = [n for n in guarded.quality.notes if n.startswith("seed optimisation undone")]
     assert undone == (
         []
@@ -231,18 +240,61 @@ def test_the_public_steps_make_what_the_call_makes(pipe, xray):
         assert pipe.optimize_seed(z_T, encoded, conditioning, sampling, seed_opt).history == result.history
     z_path = pipe.sample(result.seed, conditioning, sampling)
     with torch.no_grad():
-        x_cf = pipe.compose(encoded.z_id, z_path, encoded.x, encoded.recon, sampling.detail)
-    assert np.array_equal(((x_cf[0, 0].clamp(-1, 1) + 1) / 2).numpy(), out.image)
+        raw = pipe.compose(encoded.z_id, z_path, encoded.x, encoded.recon, 0.0)
+        generated = pipe.compose(encoded.z_id, z_path, encoded.x, encoded.recon, sampling.detail)
+    assert np.array_equal(((generated[0, 0].clamp(-1, 1) + 1) / 2).numpy(), out.model_image)
     verdict = pipe.guard(pipe.sample(torch.cat([result.seed, z_T[:1]]), conditioning, sampling), conditioning.labels)
     assert verdict.keep == (verdict.optimized_score >= verdict.initial_score)
-    quality = pipe.quality(encoded, x_cf, conditioning.labels)
+    # 4., 8b., 10.-12.
+    anatomy = pipe.locate(encoded.x)
+    prior = pipe.prior(anatomy, conditioning, encoded)
+    with torch.no_grad():
+        x_cf = pipe.edit(encoded, raw, prior, conditioning)
+    weight = pipe.edit_region(prior, x_cf, encoded.x)
+    edited = pipe.apply_weight(encoded.x, x_cf, weight)
+    assert pipe.judge(encoded, edited, conditioning, anatomy)[0].to_dict() == out.verdict.to_dict()
+    quality = pipe.quality(encoded, edited, conditioning.labels)
     assert quality.target_probability == out.quality.target_probability
     assert quality.identity_similarity == out.quality.identity_similarity
 
 
 def test_batched_seeds_keep_the_best(pipe, xray):
     out = pipe(xray, "mild cardiomegaly", seed=1, steps=3, seed_opt=tiny_opt(max_iters=3, batch_seeds=3))
-    assert out.image.shape == (64, 64)
+    assert out.model_image.shape == (64, 64)
+
+
+def test_candidates_are_judged_and_the_best_passing_one_returned(pipe, xray, monkeypatch):
+    one = pipe(xray, "mild edema", seed=3, steps=3, optimize_seed=False)
+    three = pipe(xray, "mild edema", seed=3, steps=3, optimize_seed=False, candidates=3)
+    assert [c["seed"] for c in three.candidates][0] == 3 and len({c["seed"] for c in three.candidates}) == 3
+    # the first candidate is the one a single-candidate request makes, to float error (same batch math)
+    assert three.candidates[0]["verdict"]["status"] == one.verdict.status
+    assert three.verdict.to_dict() == three.candidates[three.chosen]["verdict"]
+    passing = [i for i, c in enumerate(three.candidates) if c["verdict"]["passed"]]
+    assert three.chosen in (passing or range(3))
+    for bad in (0, MAX_CANDIDATES + 1, 2.5, True):
+        with pytest.raises(ValueError, match="candidates"):
+            pipe(xray, "mild edema", steps=3, optimize_seed=False, candidates=bad)
+
+
+def test_a_user_region_bounds_the_change(pipe, xray):
+    mask = np.zeros(xray.shape, bool)
+    mask[40:70, 55:90] = True  # the viewer's right: the patient's left
+    out = pipe(xray, "moderate left pleural effusion", steps=3, optimize_seed=False, region=mask)
+    assert out.region_source == "user" and not (out.region & ~mask).any()
+    assert np.array_equal(out.image[~mask], out.input_image[~mask])
+    with pytest.raises(RegionError, match="patient's right"):
+        pipe(xray, "moderate right pleural effusion", steps=3, optimize_seed=False, region=mask)
+    with pytest.raises(RegionError, match="must match"):
+        pipe(xray, "moderate left pleural effusion", steps=3, optimize_seed=False, region=mask[:50])
+    with pytest.raises(RegionError, match="empty"):
+        pipe(xray, "moderate left pleural effusion", steps=3, optimize_seed=False, region=mask & False)
+
+
+def test_a_non_square_input_comes_back_at_its_own_size(pipe):
+    wide = render(4, [], 0, 128).image[16:112, :]  # 128 wide, 96 high
+    out = pipe(wide, "moderate cardiomegaly", steps=3, optimize_seed=False)
+    assert out.image.shape == (96, 128) and np.array_equal(out.image[~out.region], wide[~out.region] / np.float32(255))
 
 
 def test_structured_target_and_user_references(pipe, xray):
@@ -336,7 +388,7 @@ def test_cli_generate_and_init(checkpoint, tmp_path, capsys):
     args = ["generate", "--image", str(src), "--target", "moderate right pleural effusion", "--out", str(out)]
     assert main(args + ["--checkpoint", str(checkpoint), "--report", str(rep), "--steps", "3"]) == 0
     img = Image.open(out)
-    assert img.size == (64, 64) and "SYNTHETIC" in img.info["Comment"]
+    assert img.size == (128, 128) and "SYNTHETIC" in img.info["Comment"]  # the input's size
     report = json.loads(rep.read_text())
     assert report["condition"] == "moderate right pleural effusion" and report["lp_history"]
     with pytest.raises(SystemExit):

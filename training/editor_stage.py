@@ -1,0 +1,105 @@
+"""Training stage "editor": the paired editor (`model.editor`) on exact phantom edit pairs.
+
+The generator is frozen. For each pair (`training.datasets.edit_pairs`), the VAE encodes the input
+x and the truth; the truth's pathology channel z^n, in x's identity, decoded through T (Eq. 3)
+is what the generator would draw if its diffusion sampled that z^n exactly, so `raw` =
+D(T({z_x^{1:n-1}, z_truth^n})). Half of the pairs have Gaussian noise (`LATENT_NOISE` of z^n's
+spread) added to that z^n first, because at inference z^n* comes from the diffusion, not from an
+encoder. The editor must turn (x, raw, recon, prior, request) into truth - x: L1 + L2, the pixels
+the finding changes weighted `FOCUS` times, so that a small finding is not lost to the background.
+
+The frozen generator's part of each pair costs more than the editor's step, so the pairs are
+made once (`POOL` of them, deterministic in the master seed) and kept in the run directory
+(`editor_pairs.npz`, float16, no pickle); the steps draw batches from that pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .datasets.edit_pairs import collate_pairs
+from .loop import run_loop
+from .options import Hyper
+
+FOCUS = 10.0
+LATENT_NOISE = 0.3
+
+
+def editor_inputs(pipe, x: torch.Tensor, z_path: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, recon): the generator's decoding of pathology `z_path` in x's identity, and of x's own."""
+    with torch.no_grad():
+        z = pipe.vae.encode(x).mean
+        z_id, _ = pipe.vae.split(z)
+        raw = pipe.vae.decode(pipe.transformer(pipe.vae.join(z_id, z_path))).clamp(-1, 1)
+        recon = pipe.vae.decode(pipe.transformer(z)).clamp(-1, 1)
+    return raw, recon
+
+
+POOL = 4000
+
+
+def make_pool(pipe, data, path: Path, seed: int, chunk: int = 32) -> dict[str, torch.Tensor]:
+    """The pairs with the frozen generator's inputs, made once and cached at `path`."""
+    keys = ("x", "truth", "prior", "request", "mask", "raw", "recon")
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: torch.from_numpy(z[k].astype(np.float32)) for k in keys}
+    n = min(POOL, len(data))
+    parts: dict[str, list] = {k: [] for k in keys}
+    g = torch.Generator().manual_seed(seed)
+    for start in tqdm(range(0, n, chunk), desc="editor pairs", unit="chunk"):
+        b = collate_pairs([data[i] for i in range(start, min(n, start + chunk))])
+        with torch.no_grad():
+            z_path = pipe.vae.split(pipe.vae.encode(b["truth"]).mean)[1]
+            noisy = (torch.rand(len(z_path), 1, 1, 1, generator=g) < 0.5).float()
+            spread = z_path.std(dim=(1, 2, 3), keepdim=True)
+            z_path = z_path + noisy * LATENT_NOISE * spread * torch.randn(z_path.shape, generator=g)
+        b["raw"], b["recon"] = editor_inputs(pipe, b["x"], z_path)
+        for k in keys:
+            parts[k].append(b[k])
+    pool = {k: torch.cat(v) for k, v in parts.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{k: v.numpy().astype(np.float16) for k, v in pool.items()})
+    tmp.replace(path)
+    return {k: torch.from_numpy(v.numpy().astype(np.float16).astype(np.float32)) for k, v in pool.items()}
+
+
+def editor_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
+    """Train `pipe.editor` on `data` (an `EditPairDataset`) to `steps` steps."""
+    pool = make_pool(pipe, data, Path(out) / "state" / "editor_pairs.npz", seed)
+    n = len(pool["x"])
+    editor = pipe.editor
+    editor.train().requires_grad_(True)
+    opts = {"editor": torch.optim.AdamW(editor.parameters(), lr=hp.lr * 10)}  # 1e-3 at the default, as the segmenter
+
+    def step(i):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + i) % 2**63)
+        idx = (
+            torch.randint(n, (batch_size,), generator=g)[rank::world]
+            if world > 1
+            else torch.randint(n, (batch_size,), generator=g)
+        )
+        b = {k: v[idx] for k, v in pool.items()}
+        pred = editor(b["x"], b["raw"], b["recon"], b["prior"], b["request"])
+        err = pred - (b["truth"] - b["x"])
+        w = 1.0 + FOCUS * b["mask"]
+        loss = (w * (err.abs() + err**2)).mean()
+        opts["editor"].zero_grad()
+        loss.backward()
+        if world > 1:
+            for p in editor.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        opts["editor"].step()
+        inside = float((err.detach().abs() * b["mask"]).sum() / b["mask"].sum().clamp(min=1))
+        return {"editor": float(loss.detach()), "mae_in": inside}
+
+    res = run_loop(out, "editor", steps, {"editor": editor}, opts, step, resume, rank=rank)
+    editor.eval().requires_grad_(False)
+    return res

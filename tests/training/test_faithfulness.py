@@ -217,3 +217,20 @@ def test_run_scores_the_true_counterfactuals_as_faithful():
     assert lines[0].startswith("**Valid edits: 0.000** of 32 edits (34 pipeline calls")
     assert any(line.startswith("| valid additions | 0.000 (target >= 0.9: missed)") for line in lines)
     assert any("| Lung Lesion (tail) * |" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_run_through_the_tiny_pipeline(tiny_checkpoint):
+    """The runner against the real pipeline contract (an untrained tiny checkpoint): every field it
+    reads is there, the pixels outside the edit region are the input's, the result is JSON-able."""
+    from model.pipeline import CounterfactualPipeline
+    from model.verdict import VERDICTS
+
+    pipe = CounterfactualPipeline.from_pretrained(tiny_checkpoint)
+    result = fa.run_faithfulness(pipe, 1, res=64, progress=False, subset=["null", "add_then_remove"])
+    assert result["calls"] == fa.count_calls(1, ["null", "add_then_remove"]) == 4
+    assert [e["request"]["kind"] for e in result["edits"]] == ["addition", "null", "null", "add_then_remove"]
+    json.dumps(result, allow_nan=False)
+    assert result["summary"]["outside_identical"] == 1.0
+    assert all(e["verdict_status"] in VERDICTS for e in result["edits"])
+    assert fa.faithfulness_lines(result)[0].startswith("**Valid edits: ")

@@ -13,10 +13,22 @@ def test_loads_with_no_argument_within_the_size_limit_and_says_what_it_is():
     assert size <= 50 * 10**6
     pipe = CounterfactualPipeline.from_pretrained()
     assert pipe.config["preset"] == "phantom-128" and pipe.config["training"]["state"] == "trained on phantoms"
-    assert set(pipe.config["training"]["stages"]) == {"stage0", "stage1", "stage2", "classifier"}
+    assert set(pipe.config["training"]["stages"]) == {"stage0", "stage1", "stage2", "classifier", "segmenter"}
     card = (directory / "MODEL_CARD.md").read_text()
     assert "not for clinical use" in card and "synthetic phantom" in card and "Total training wall time" in card
     assert len(pipe.centroids) >= 12  # references for the 11 findings of Table 2 and "no finding"
+
+
+def test_the_shipped_segmenter_finds_the_lungs_and_heart_of_a_held_out_phantom():
+    from model.segmenter import AnatomySegmenter
+    from training.diagnostics.segmenter import IDENTITY_BASE, RENDER_SEED_BASE, acquire, dice
+    from training.phantom.findings import Finding
+
+    seg = AnatomySegmenter.from_pretrained(default_checkpoint_dir() / "segmenter")
+    effusion = [Finding("Pleural Effusion", "left", severity="moderate")]  # it moves the left lung's base
+    for condition in ("R", "combined"):  # as rendered, and from 512 through JPEG, darker and rotated
+        x, truth = acquire(condition, IDENTITY_BASE + 999, effusion, RENDER_SEED_BASE + 999, 128, 1)
+        assert dice(seg.masks(x)[0].numpy(), truth).min() > 0.9, condition
 
 
 @pytest.mark.slow

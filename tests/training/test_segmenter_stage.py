@@ -96,7 +96,7 @@ def test_a_checkpoint_without_a_segmenter_gets_one_to_train(tmp_path, tiny_check
 
 
 def test_bad_segmenter_runs_fail_before_training(tmp_path, tiny_checkpoint):
-    with pytest.raises(TrainingError, match="exact anatomy masks"):
+    with pytest.raises(TrainingError, match="exact masks"):
         train("segmenter", "tiny", str(tmp_path), tmp_path / "a", steps=2, batch_size=4)
     with pytest.raises(TrainingError, match="--kl-weight applies to stage1 only, not segmenter"):
         train("segmenter", "tiny", "phantom:8", tmp_path / "b", steps=2, batch_size=4, hp=Hyper(kl_weight=0.01))

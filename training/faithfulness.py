@@ -72,7 +72,7 @@ LATERAL = tuple(
 TARGET_VALID_ADD, TARGET_VALID_REMOVE, TARGET_VALID_FINDING = 0.90, 0.80, 0.70
 TARGET_INSIDE, TARGET_HALFWAY, TARGET_SIDE, TARGET_SEVERITY = 0.80, 0.5, 0.98, 0.90
 TARGET_NULL_GREY, TARGET_VERDICT = 1.0, 0.90
-TARGET_AUROC, TARGET_GAP = 0.85, 0.05  # the evaluation's own (docs/evaluation.md)
+TARGET_AUROC, TARGET_GAP = 0.88, 0.05  # issue 26's, on these held-out cases
 
 
 # --- metrics on arrays --------------------------------------------------------------------------
@@ -287,6 +287,15 @@ class Request:
     side: str | None = None  # "side": the side asked for, "right" or "left"
     severity: str = SEVERITY
     transform: str | None = None  # "robust": one of TRANSFORMS
+    validation: bool = False  # the validation identities and render seeds (for choosing settings)
+
+    @property
+    def identity(self) -> int:
+        return identity_seed(self.index, self.validation)
+
+    @property
+    def render_seed(self) -> int:
+        return render_seed(self.index, self.validation)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -326,11 +335,11 @@ def _rotating(k: int) -> dict:
     }
 
 
-def plan(n: int, kinds: Iterable[str] | None = None) -> list[Request]:
+def plan(n: int, kinds: Iterable[str] | None = None, validation: bool = False) -> list[Request]:
     """The protocol's pipeline calls for `n` identities, in the order they run: identity by
     identity; within one, additions first (the add-then-remove and severity requests reuse one).
     `kinds` (default all of `KINDS`) selects request kinds; additions that a chosen kind reuses are
-    kept. Deterministic."""
+    kept. `validation`: the validation identities and render seeds instead. Deterministic."""
     kinds = tuple(KINDS if kinds is None else kinds)
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
@@ -357,7 +366,7 @@ def plan(n: int, kinds: Iterable[str] | None = None) -> list[Request]:
             out += [Request("severity", k, rot["severity"], severity=s) for s in ("mild", "severe")]
         if "robust" in kinds:
             out += [Request("robust", k, f, transform=t) for f, t in rot["robust"]]
-    return out
+    return [dataclasses.replace(r, validation=True) for r in out] if validation else out
 
 
 def count_calls(n: int, kinds: Iterable[str] | None = None) -> int:
@@ -400,7 +409,7 @@ def _moderate(label: str, severity: str = SEVERITY, location: str | None = None)
 def case_for(req: Request, res: int) -> Case:
     """The input, truth and masks of one request, rendered at `res` pixels (256 or 512 for those
     robust inputs). The identity is `identity_seed(index)`, rendered with `render_seed(index)`."""
-    identity, seed = identity_seed(req.index), render_seed(req.index)
+    identity, seed = req.identity, req.render_seed
     size = {"256 px": 256, "512 px": 512}.get(req.transform or "", res)
     dilate = max(1, round(DILATE * size / res))
 
@@ -463,7 +472,7 @@ def place_blind_share(req: Request, res: int) -> float:
     the same finding rendered with another render seed, inside this request's true region. The
     ceiling of the inside share for findings the phantom places at random (`RANDOM_POSITION`)."""
     case = case_for(req, res)
-    identity, other = identity_seed(req.index), PLACE_BLIND_SEED + render_seed(req.index)
+    identity, other = req.identity, PLACE_BLIND_SEED + req.render_seed
     f = Finding(case.finding.label, case.finding.location, case.finding.severity)
     normal, drawn = render(identity, [], other, res).image, render(identity, [f], other, res).image
     return inside_share(normal / 255.0, drawn / 255.0, true_region(case.mask, case.dilate))
@@ -502,12 +511,17 @@ def run_faithfulness(
     optimize_seed: bool = False,
     progress: bool = True,
     subset: Iterable[str] | None = None,
+    validation: bool = False,
+    sheet: Iterable[tuple[int, str]] = (),
 ) -> dict:
     """Run the protocol (`plan(n, subset)`) through `pipe` on phantoms rendered at `res` pixels and
     score every call (`score_edit`). `subset`: request kinds (`KINDS`; default all). Each call uses
-    the identity's render seed as its seed. Returns a JSON-able dict: the settings, `calls`,
+    the identity's render seed as its seed. `sheet`: (identity index, finding) additions whose images
+    are kept for the contact sheet. Returns a dict, JSON-able but for `images`: the settings, `calls`,
     `seconds`, one record per call (`edits`) and `summary` (`summarize`)."""
-    requests = plan(n, subset)
+    requests = plan(n, subset, validation)
+    wanted = set(sheet)
+    images: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # additions kept for the contact sheet
     kinds = tuple(KINDS if subset is None else subset)
     edits: list[dict] = []
     results: dict[tuple[int, str], np.ndarray] = {}  # additions' results that add-then-remove reuses
@@ -517,7 +531,7 @@ def run_faithfulness(
     for req in requests:
         case = case_for(req, res)
         image = results.pop((req.index, req.finding)) if req.kind == "add_then_remove" else case.image
-        out = pipe(image, case.text, seed=render_seed(req.index), optimize_seed=optimize_seed)
+        out = pipe(image, case.text, seed=req.render_seed, optimize_seed=optimize_seed)
         if (req.index, req.finding) in needed and req.kind == "addition":
             results[(req.index, req.finding)] = out.image
         probs_in, probs_out = judge(pipe, out.input_image), judge(pipe, out.image)
@@ -559,6 +573,13 @@ def run_faithfulness(
             rec["returned_mae"] = float(np.abs(out.image - original).mean() * 255.0)
             rec["added_mae"] = float(np.abs(out.input_image - original).mean() * 255.0)
         edits.append(_clean(rec))
+        if req.kind == "addition" and (req.index, req.finding) in wanted:
+            images[(req.index, req.finding)] = {
+                "input": out.input_image,
+                "result": out.image,
+                "region": out.region,
+                "truth": case.truth.astype(np.float32) / 255.0,
+            }
         bar.update(1)
         bar.set_postfix(valid=f"{np.mean([e['valid'] for e in edits if e['request']['kind'] not in SHAMS] or [0]):.2f}")
     bar.close()
@@ -567,11 +588,13 @@ def run_faithfulness(
         "res": res,
         "resolution": int(pipe.resolution),
         "optimize_seed": bool(optimize_seed),
+        "validation": bool(validation),
         "kinds": list(kinds),
         "calls": len(requests),
         "seconds": time.perf_counter() - start,
         "edits": edits,
         "summary": summarize(edits),
+        "images": images,  # not JSON: the contact sheet's additions, (index, finding) -> arrays
     }
 
 
@@ -624,7 +647,7 @@ def _aurocs(edits: list[dict]) -> dict | None:
         r = e["request"]
         if _kind(e) == "addition" and "probs_out" in e:
             target = r["finding"]
-        elif _kind(e) == "removal" and r["finding"] == TARGETS[render_seed(r["index"]) % m]:
+        elif _kind(e) == "removal" and r["finding"] == TARGETS[render_seed(r["index"], r.get("validation", False)) % m]:
             target = NO_FINDING
         else:
             continue
@@ -774,6 +797,17 @@ def _worst(per_finding: dict, key: str, at_least: bool = True) -> str:
         return "n/a"
     f = (min if at_least else max)(vals, key=vals.__getitem__)
     return f"{f} {vals[f]:.2f}"
+
+
+def headline(result: dict) -> str:
+    """One sentence of the main numbers (the model card's line)."""
+    s = result["summary"]
+    return (
+        f"valid edits {_f(s['valid'], 3)} (additions {_f(s['valid_addition'])}, removals {_f(s['valid_removal'])}); "
+        f"change inside the true region {_f(s['inside_share'])}; halfway to the truth {_f(s['halfway'])}; "
+        f"requested side {_f(s['side'])}; null request {_f(s['null']['mean_abs_change'])} grey levels; "
+        f"verdict agrees with validity {_f(s['verdict_agrees'])}."
+    )
 
 
 def faithfulness_lines(result: dict) -> list[str]:

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 from .evaluate import sampling_text, seed_opt_text, summary, summary_lines
+from .faithfulness import headline
 from .options import STAGES, Hyper
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -58,7 +59,9 @@ def _size_mb(directory: Path) -> float:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 1e6
 
 
-def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_command: str) -> str:
+def model_card(
+    config: dict, eval_result: dict | None, checkpoint: Path, eval_command: str, faithfulness: dict | None = None
+) -> str:
     tr = config.get("training", {})
     stages = tr.get("stages", {})
     preset = config.get("preset")
@@ -131,10 +134,17 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
         lines += [
             "## Metrics",
             "",
-            f"`{eval_command}` on {eval_result['n']} held-out phantom identities per target (table and contact",
-            "sheet in docs/default-model.md):",
+            f"`{eval_command}` (tables and contact sheets in docs/default-model.md):",
             "",
-            *[f"- {line}" for line in summary_lines(eval_result)],
+            *(
+                [f"- Edit faithfulness on {faithfulness['n']} held-out identities: {headline(faithfulness)}"]
+                if faithfulness
+                else []
+            ),
+            *[
+                f"- Table 2 protocol, {eval_result['n']} identities per target: {line}"
+                for line in summary_lines(eval_result)
+            ],
             "",
             f"Seed optimisation changes mean AUROC by {s[True]['mean_auroc'] - s[False]['mean_auroc']:+.3f}. "
             f"Sampling: {sampling_text(eval_result)}.",
@@ -157,7 +167,9 @@ def model_card(config: dict, eval_result: dict | None, checkpoint: Path, eval_co
     return "\n".join(lines)
 
 
-def write_model_card(checkpoint: Path, config: dict, eval_result: dict | None, eval_command: str) -> Path:
+def write_model_card(
+    checkpoint: Path, config: dict, eval_result: dict | None, eval_command: str, faithfulness: dict | None = None
+) -> Path:
     path = Path(checkpoint) / "MODEL_CARD.md"
-    path.write_text(model_card(config, eval_result, Path(checkpoint), eval_command))
+    path.write_text(model_card(config, eval_result, Path(checkpoint), eval_command, faithfulness))
     return path

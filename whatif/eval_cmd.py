@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from whatif.errors import UsageError
 
 
 def add_parser(sub) -> None:
-    e = sub.add_parser("eval", help="score a checkpoint on held-out phantom identities (AUROC, SSIM, MAE)")
+    e = sub.add_parser(
+        "eval", help="score a checkpoint on held-out phantom identities (valid edits, regions, side, AUROC)"
+    )
     e.add_argument("--checkpoint", help="checkpoint directory (default: the embedded model)")
-    e.add_argument("--n", type=int, default=20, help="held-out identities per target (default 20)")
+    e.add_argument(
+        "--n",
+        type=int,
+        default=32,
+        help="held-out identities of the edit-faithfulness protocol (default 32; 34 requests each); 0 skips it",
+    )
+    e.add_argument(
+        "--table2-n",
+        type=int,
+        default=16,
+        help="held-out identities per target of the paper's Table 2 protocol, with and without seed "
+        "optimisation (default 16)",
+    )
     e.add_argument(
         "--out", default="docs/default-model.md", help="Markdown report; the contact sheet is written beside it"
     )
@@ -47,9 +62,10 @@ def _eval(args) -> int:
     from model.pipeline import CounterfactualPipeline
     from training.evaluate import VALIDATION_OFFSET, evaluate_counterfactuals, write_report
 
-    if not 2 <= args.n <= VALIDATION_OFFSET:
+    if not (args.n == 0 or 1 <= args.n <= VALIDATION_OFFSET) or not 2 <= args.table2_n <= VALIDATION_OFFSET:
         raise UsageError(
-            f"--n must be between 2 and {VALIDATION_OFFSET} (the evaluation's and validation's identities)"
+            f"--n must be 0 or between 1 and {VALIDATION_OFFSET}, --table2-n between 2 and {VALIDATION_OFFSET} "
+            "(the evaluation's and validation's identities)"
         )
     seed_opt = parse_seed_opt(args.seed_opt)
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
@@ -59,9 +75,17 @@ def _eval(args) -> int:
         raise UsageError(str(exc)) from None
     if args.validation and args.write_card:
         raise UsageError("--write-card reports the evaluation identities; drop --validation")
+    faith = None
+    if args.n:
+        from training.faithfulness import run_faithfulness
+
+        # overrides of the sampling are the checkpoint's for this protocol too
+        pipe.config["sampling"] = {**pipe.config["sampling"], **sampling_overrides(args)}
+        sheet = [(k, f) for k in range(2) for f in ("Pleural Effusion", "Cardiomegaly", "Pneumothorax")]
+        faith = run_faithfulness(pipe, args.n, validation=args.validation, sheet=sheet)
     result = evaluate_counterfactuals(
         pipe,
-        args.n,
+        args.table2_n,
         start=args.start,
         guidance=args.guidance,
         detail=args.detail,
@@ -69,18 +93,31 @@ def _eval(args) -> int:
         seed_opt=seed_opt,
     )
     out = Path(args.out)
-    write_report(result, pipe, args.checkpoint or "(embedded)", out, out.with_name(out.stem + "-sheet.png"))
+    command = (
+        f"whatif eval --checkpoint {args.checkpoint or '(embedded)'} --n {args.n} --table2-n {args.table2_n}"
+        f"{result['options']}"
+    )
+    edits_png = out.with_name(out.stem + "-edits.png")
+    if faith is not None:
+        from training.edit_sheet import write_edit_sheet
+
+        write_edit_sheet(faith.pop("images"), edits_png)
+        out.with_suffix(".json").write_text(json.dumps(faith, indent=1) + "\n")
+    write_report(result, pipe, command, out, out.with_name(out.stem + "-sheet.png"), faith, edits_png)
     print(f"wrote {out}")
     if args.write_card:
         from model.pipeline import default_checkpoint_dir
         from training.model_card import write_model_card
 
         ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
-        command = (
-            f"whatif eval --checkpoint {args.checkpoint or default_checkpoint_dir()} --n {args.n}{result['options']}"
-        )
-        print(f"wrote {write_model_card(ckpt, pipe.config, result, command)}")
+        print(f"wrote {write_model_card(ckpt, pipe.config, result, command, faith)}")
     return 0
+
+
+def sampling_overrides(args) -> dict:
+    """The sampling settings the command line overrides (`--start`, `--guidance`, `--detail`)."""
+    given = {"start": args.start, "guidance": args.guidance, "detail": args.detail}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _parse_bool(value: str) -> bool:

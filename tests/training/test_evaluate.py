@@ -1,6 +1,9 @@
 """training/evaluate.py: the report's verdicts against the issue's targets."""
 
+import pytest
+
 from training.evaluate import against
+from whatif.cli import main
 
 
 def test_targets_are_judged_unrounded():
@@ -94,3 +97,20 @@ def test_the_case_iterator_is_the_protocol_and_validation_shares_no_identity_wit
     assert (first.source.image == src.image).all() and (first.truth.image == true.image).all()
     assert first.text == text and (first.mask == mask).all()
     assert [c.target for c in cases(1, 64, targets=("Fracture",))] == ["Fracture"]
+
+
+@pytest.mark.slow
+def test_eval_writes_the_faithfulness_report_its_records_and_both_sheets(tiny_checkpoint, tmp_path):
+    import json
+
+    out = tmp_path / "report.md"
+    args = ["eval", "--checkpoint", str(tiny_checkpoint), "--n", "1", "--table2-n", "2", "--out", str(out)]
+    assert main([*args, "--start", "noise"]) == 0
+    text = out.read_text()
+    assert text.index("## Edit faithfulness") < text.index("## The paper's Table 2 protocol")
+    assert "**Valid edits: " in text and "--n 1 --table2-n 2 --start noise`" in text
+    records = json.loads(out.with_suffix(".json").read_text())
+    assert records["calls"] == len(records["edits"]) == 34 and "images" not in records
+    assert all(e["outside_identical"] for e in records["edits"])  # the pipeline keeps the input outside
+    for sheet in ("report-edits.png", "report-sheet.png"):
+        assert (tmp_path / sheet).stat().st_size > 5000

@@ -177,7 +177,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     assert "the findings-head guard kept: " in vtext and f"No Finding {kept[TARGETS.index('No Finding')]:.2f}." in vtext
     assert all(0.0 <= v <= 1.0 for v in truth.values())
     md, png = tmp_path / "m.md", tmp_path / "m-sheet.png"
-    write_report(result, pipe, "ckpt", md, png)
+    write_report(result, pipe, f"whatif eval --checkpoint ckpt --n 0 --table2-n 2{result['options']}", md, png)
     text = md.read_text()
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
     assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text

@@ -25,10 +25,10 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
         )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("whatif: error: --image") and err.count("\n") == 1
-    for n in ("1", "1001"):  # before any checkpoint is looked for
+    for bad in (["--n", "1001"], ["--n", "-1"], ["--table2-n", "1"]):  # before any checkpoint is looked for
         with pytest.raises(SystemExit) as exc:
-            cli.main(["eval", "--checkpoint", str(tmp_path / "none"), "--validation", "--n", n])
-        assert exc.value.code == 2 and "--n must be between 2 and 1000" in capsys.readouterr().err
+            cli.main(["eval", "--checkpoint", str(tmp_path / "none"), "--validation", *bad])
+        assert exc.value.code == 2 and "--n must be 0 or between 1 and 1000" in capsys.readouterr().err
 
 
 def test_a_checkpoint_that_is_not_one_is_a_usage_error(tmp_path, capsys):

@@ -1,15 +1,16 @@
 """Training stage "editor": the paired editor (`model.editor`) on exact phantom edit pairs.
 
-The generator is frozen. For each pair (`training.datasets.edit_pairs`), the VAE encodes the input
-x and the truth; the truth's pathology channel z^n, in x's identity, decoded through T (Eq. 3)
-is what the generator would draw if its diffusion sampled that z^n exactly, so `raw` =
-D(T({z_x^{1:n-1}, z_truth^n})). Half of the pairs have Gaussian noise (`LATENT_NOISE` of z^n's
-spread) added to that z^n first, because at inference z^n* comes from the diffusion, not from an
-encoder. The editor must turn (x, raw, recon, prior, request) into truth - x: L1 + L2, the pixels
-the finding changes weighted `FOCUS` times, so that a small finding is not lost to the background.
+The generator is frozen. For each pair (`training.datasets.edit_pairs`) the generator does what it
+does at inference: the input's z^n is inverted (DDIM) and sampled again conditioned on the
+request's canonical text (the checkpoint's sampling settings), and that z^n*, in the input's
+identity, is decoded through T (Eq. 3): `raw`. The editor must turn (x, raw, recon, prior, request)
+into truth - x: L1 + L2, the pixels the finding changes weighted `FOCUS` times, so that a small
+finding is not lost to the background. Trained first on the truth's own z^n instead (noised for
+half the pairs), the editor copied whatever the decoding showed and drew nothing right from the
+diffusion's samples (docs/experiments.md, 37): it must learn from the samples it will be given.
 
-The frozen generator's part of each pair costs more than the editor's step, so the pairs are
-made once (`POOL` of them, deterministic in the master seed) and kept in the run directory
+The generator's part of each pair costs more than the editor's step, so the pairs are made once
+(`POOL` of them, deterministic in the master seed) and kept in the run directory
 (`editor_pairs.npz`, float16, no pickle); the steps draw batches from that pool.
 """
 
@@ -26,20 +27,27 @@ from .loop import run_loop
 from .options import Hyper
 
 FOCUS = 10.0
-LATENT_NOISE = 0.3
 
 
-def editor_inputs(pipe, x: torch.Tensor, z_path: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw, recon): the generator's decoding of pathology `z_path` in x's identity, and of x's own."""
+def editor_inputs(pipe, x: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, recon) as the pipeline makes them: the decoding of the generator's own z^n* for each
+    request text in x's identity (the checkpoint's sampling: start, steps, guidance), and of x's z."""
+    sampling = pipe.sampling
     with torch.no_grad():
         z = pipe.vae.encode(x).mean
-        z_id, _ = pipe.vae.split(z)
-        raw = pipe.vae.decode(pipe.transformer(pipe.vae.join(z_id, z_path))).clamp(-1, 1)
+        z_id, z_path = pipe.vae.split(z)
+        cond, uncond = pipe.contrastive.text_tokens(texts), pipe.contrastive.text_tokens([""])
+        if sampling.start == "inversion":
+            z_T = pipe.diffusion.invert(z_path, uncond, sampling.steps)
+        else:
+            z_T = torch.randn(z_path.shape, generator=torch.Generator().manual_seed(len(texts)))
+        z_star = pipe.diffusion.sample(z_T, cond, uncond, sampling.steps, sampling.guidance)
+        raw = pipe.vae.decode(pipe.transformer(pipe.vae.join(z_id, z_star))).clamp(-1, 1)
         recon = pipe.vae.decode(pipe.transformer(z)).clamp(-1, 1)
     return raw, recon
 
 
-POOL = 4000
+POOL = 2400
 
 
 def make_pool(pipe, data, path: Path, seed: int, chunk: int = 32) -> dict[str, torch.Tensor]:
@@ -50,15 +58,10 @@ def make_pool(pipe, data, path: Path, seed: int, chunk: int = 32) -> dict[str, t
             return {k: torch.from_numpy(z[k].astype(np.float32)) for k in keys}
     n = min(POOL, len(data))
     parts: dict[str, list] = {k: [] for k in keys}
-    g = torch.Generator().manual_seed(seed)
     for start in tqdm(range(0, n, chunk), desc="editor pairs", unit="chunk"):
-        b = collate_pairs([data[i] for i in range(start, min(n, start + chunk))])
-        with torch.no_grad():
-            z_path = pipe.vae.split(pipe.vae.encode(b["truth"]).mean)[1]
-            noisy = (torch.rand(len(z_path), 1, 1, 1, generator=g) < 0.5).float()
-            spread = z_path.std(dim=(1, 2, 3), keepdim=True)
-            z_path = z_path + noisy * LATENT_NOISE * spread * torch.randn(z_path.shape, generator=g)
-        b["raw"], b["recon"] = editor_inputs(pipe, b["x"], z_path)
+        idx = range(start, min(n, start + chunk))
+        b = collate_pairs([data[i] for i in idx])
+        b["raw"], b["recon"] = editor_inputs(pipe, b["x"], [data.text(i) for i in idx])
         for k in keys:
             parts[k].append(b[k])
     pool = {k: torch.cat(v) for k, v in parts.items()}

@@ -27,6 +27,8 @@ def test_pairs_are_exact_and_the_request_matches_the_kind():
             # outside the finding's own pixels the pair is identical (same patient, same acquisition)
             assert change[item["mask"] == 0].max() == 0
         assert finding.label not in {o.label for o in others}
+        # the diffusion is conditioned on the request's canonical text: the finding, or a normal image
+        assert (finding.label.lower() in data.text(i)) == (kind != "remove")
         assert item["prior"].sum() > 0
     assert kinds == {"add", "remove", "null"}
     again = EditPairDataset(40, 64, seed=5)[7]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from model.editor import request_vector
+from model.refine.condition import condition_text
 from model.refine.schema import StructuredFinding
 from model.regions import Anatomy, request_prior
 from training.phantom.cases import sample_case
@@ -60,12 +61,21 @@ class EditPairDataset(torch.utils.data.Dataset):
         kind = list(KINDS)[int(rng.choice(len(KINDS), p=np.asarray(list(KINDS.values()))))]
         return kind, finding, others, case.identity_seed, case.render_seed
 
+    def request(self, i: int) -> list[StructuredFinding]:
+        """Pair `i`'s request, as the refiner states it."""
+        kind, finding, _, _, _ = self.pair(i)
+        return [structured(finding, "absent" if kind == "remove" else "present")]
+
+    def text(self, i: int) -> str:
+        """Pair `i`'s request as the canonical condition text the diffusion is conditioned on."""
+        return condition_text(self.request(i))
+
     def __getitem__(self, i: int) -> dict:
         kind, finding, others, identity, render_seed = self.pair(i)
         without = render(identity, others, render_seed, self.size)
         with_it = render(identity, [*others, finding], render_seed, self.size)
         source, truth = {"add": (without, with_it), "remove": (with_it, without), "null": (with_it, with_it)}[kind]
-        request = [structured(finding, "absent" if kind == "remove" else "present")]
+        request = self.request(i)
         a = source.anatomy
         prior = request_prior(Anatomy(a["right_lung"], a["left_lung"], a["heart"]), request)
         return {

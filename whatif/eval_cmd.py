@@ -102,7 +102,7 @@ def _eval(args) -> int:
         from training.edit_sheet import write_edit_sheet
 
         write_edit_sheet(faith.pop("images"), edits_png)
-        out.with_suffix(".json").write_text(json.dumps(faith, indent=1) + "\n")
+        out.with_suffix(".json").write_text(json.dumps(faith, separators=(",", ":")) + "\n")  # every edit's record
     write_report(result, pipe, command, out, out.with_name(out.stem + "-sheet.png"), faith, edits_png)
     print(f"wrote {out}")
     if args.write_card:

@@ -610,7 +610,7 @@ def test_the_shipped_recipe_is_the_shipped_history_and_the_card_names_it():
     ]
     shipped = root / "model" / "weights" / "default"
     text = "\n".join(_provenance(config["training"], "phantom-128", shipped))
-    assert "recipes/phantom-128.toml" in text and "6226866" in text and "297e628" in text
+    assert "recipes/phantom-128.toml" in text and "55df793" in text and "297e628" in text
     assert "causal" in text and "argmax" in text and "concurrently" in text and "initial weights" in text
     plain = "The stage commands, in the order they ran:"
     assert "\n".join(_provenance({"data": "phantom:24"}, "tiny", shipped)) == plain

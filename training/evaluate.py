@@ -315,17 +315,15 @@ def write_report(
     command: str,
     out_md: Path,
     out_png: Path,
-    faithfulness: dict | None = None,
+    faithfulness: list[str] | None = None,
     edits_png: Path | None = None,
 ) -> None:
-    """The report: edit faithfulness first (`training.faithfulness`, when given, with its contact
-    sheet `edits_png`), then the paper's Table 2 protocol (`result`) and its contact sheet."""
+    """The report: edit faithfulness first (`training.faithfulness.faithfulness_lines`, when given,
+    with its contact sheet `edits_png`), then the paper's Table 2 protocol (`result`) and its sheet."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .faithfulness import faithfulness_lines
 
     t = result["table"]
     lines = [
@@ -338,7 +336,7 @@ def write_report(
         "",
     ]
     if faithfulness is not None:
-        lines += ["## Edit faithfulness against the true counterfactuals", "", *faithfulness_lines(faithfulness), ""]
+        lines += ["## Edit faithfulness against the true counterfactuals", "", *faithfulness, ""]
         if edits_png is not None:
             lines += [f"![edits: input, result with its region, the changes, the truth]({edits_png.name})", ""]
         lines += ["## The paper's Table 2 protocol", ""]

@@ -103,7 +103,12 @@ def _eval(args) -> int:
 
         write_edit_sheet(faith.pop("images"), edits_png)
         out.with_suffix(".json").write_text(json.dumps(faith, separators=(",", ":")) + "\n")  # every edit's record
-    write_report(result, pipe, command, out, out.with_name(out.stem + "-sheet.png"), faith, edits_png)
+    lines = None
+    if faith is not None:
+        from training.faithfulness import faithfulness_lines
+
+        lines = faithfulness_lines(faith)
+    write_report(result, pipe, command, out, out.with_name(out.stem + "-sheet.png"), lines, edits_png)
     print(f"wrote {out}")
     if args.write_card:
         from model.pipeline import default_checkpoint_dir

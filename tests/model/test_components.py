@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.labels import CHEXPERT_LABELS
 from model.modeling import SCHEMA_VERSION, CheckpointError
 from model.pipeline import COMPONENTS, CounterfactualPipeline
 from model.presets import available_presets, get_preset, preset_from_dict
@@ -24,6 +25,10 @@ def _inputs(name, gen):
         return torch.randn((2, 4, c["transformer"].latent_size, c["transformer"].latent_size), generator=gen)
     if name == "findings_head":
         return torch.randn((2, 1, 16, 16), generator=gen)
+    if name == "editor":  # x, raw, recon, prior, request
+        side = TINY.resolution
+        images = [torch.rand((2, 1, side, side), generator=gen) * 2 - 1 for _ in range(3)]
+        return (*images, torch.ones((2, 1, side, side)), torch.randn((2, len(CHEXPERT_LABELS) + 1), generator=gen))
     raise AssertionError(name)
 
 
@@ -37,6 +42,8 @@ def _run(name, module, x):
         return module.sample(z, cond, torch.zeros_like(cond), steps=3, guidance=2.0)
     if name == "vae":
         return module(x)
+    if name == "editor":
+        return module(*x)
     return module(x)
 
 
@@ -58,6 +65,7 @@ def test_shapes_and_save_load_round_trip(name, tmp_path):
         "identity_encoder": (2, 16),
         "eval_classifier": (2, 14),
         "segmenter": (2, 3, 64, 64),
+        "editor": (2, 1, 64, 64),
     }[name]
     assert tuple(y.shape) == expected
     module.save_pretrained(tmp_path / name)

@@ -13,7 +13,7 @@ def test_loads_with_no_argument_within_the_size_limit_and_says_what_it_is():
     assert size <= 50 * 10**6
     pipe = CounterfactualPipeline.from_pretrained()
     assert pipe.config["preset"] == "phantom-128" and pipe.config["training"]["state"] == "trained on phantoms"
-    assert set(pipe.config["training"]["stages"]) == {"stage0", "stage1", "stage2", "classifier", "segmenter"}
+    assert set(pipe.config["training"]["stages"]) == {"stage0", "stage1", "stage2", "classifier", "segmenter", "editor"}
     card = (directory / "MODEL_CARD.md").read_text()
     assert "not for clinical use" in card and "synthetic phantom" in card and "Total training wall time" in card
     assert len(pipe.centroids) >= 12  # references for the 11 findings of Table 2 and "no finding"

@@ -180,7 +180,7 @@ def test_eval_writes_table_and_sheet(run, tmp_path):
     write_report(result, pipe, f"whatif eval --checkpoint ckpt --n 0 --table2-n 2{result['options']}", md, png)
     text = md.read_text()
     assert text.count("\n| ") == 2 + len(TARGETS) and "Pneumonia (tail)" in text and png.stat().st_size > 5000
-    assert "--n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
+    assert "--table2-n 2 --start noise --guidance 2.0`" in text and "guidance 2.0, start noise, steps 2" in text
     assert "| AUROC (true cf.) |" in text and "The evaluation classifier on the true counterfactuals" in text
     assert (
         "Seed optimisation: batch_seeds 1, guard False, lr 0.1, max_iters 2, method x0, " in text

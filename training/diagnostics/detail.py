@@ -39,10 +39,10 @@ def measure(pipe: CounterfactualPipeline, n: int, taus: list[float]) -> dict[flo
         out = pipe(src.image, text, seed=k, optimize_seed=False, detail=0.0)
         enc = pipe.encode(src.image)
         x, recon = enc.x, enc.recon
-        cf = torch.from_numpy(out.image)[None, None] * 2 - 1
+        cf = torch.from_numpy(out.model_image)[None, None] * 2 - 1  # the generator's own decoding
         tr = torch.from_numpy(true.image.astype(np.float32) / 127.5 - 1)[None, None]
         if target == NO_FINDING and taus[-1] > 0:  # the same as the pipeline's own restoration
-            direct = pipe(src.image, text, seed=k, optimize_seed=False, detail=taus[-1]).image
+            direct = pipe(src.image, text, seed=k, optimize_seed=False, detail=taus[-1]).model_image
             here = (restore_detail(cf, x, recon, taus[-1])[0, 0].numpy() + 1) / 2
             if not np.allclose(direct, here, atol=1e-4):
                 raise AssertionError("benchmark and pipeline disagree on the restored image")

@@ -84,7 +84,7 @@ def measure(pipe: CounterfactualPipeline, n: int, lrs: list[float]) -> dict[str,
             sims[(name, case.target)].append(s_all[j])
         if case.target == NO_FINDING:  # the same image as the pipeline's own guarded call
             cfg = dataclasses.replace(base, lr=lrs[0], guard=True)
-            direct = pipe(case.source.image, case.text, seed=case.seed, seed_opt=cfg).image
+            direct = pipe(case.source.image, case.text, seed=case.seed, seed_opt=cfg).model_image
             here = (r["images"][choice("head", 1, r), 0].numpy() + 1) / 2
             if not np.allclose(direct, here, atol=1e-3):
                 raise AssertionError("diagnostic and pipeline disagree on the guarded image")

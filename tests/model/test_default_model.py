@@ -54,3 +54,6 @@ def test_adding_edema_raises_its_probability_and_keeps_the_anatomy():
     # The quality report agrees with the independent check above.
     assert out.quality.target_probability["Edema"] > out.quality.input_probability["Edema"]
     assert out.quality.ood_score < 3.0  # a phantom is in the training distribution
+    # Edema's region is both lungs; outside it the patient's pixels are the input's, and the verdict passes.
+    assert 0 < out.region.mean() < 0.6 and np.array_equal(out.image[~out.region], out.input_image[~out.region])
+    assert out.verdict.status == "passed", out.verdict.reason

@@ -93,6 +93,7 @@ def model_card(
         "stage2": "pathology diffusion on z^n (Algorithm 1, lines 24-36)",
         "classifier": "evaluation classifier again, on class-balanced phantoms of its own seed",
         "segmenter": "anatomy segmenter (lungs, heart) for the edit regions, on the phantom's exact masks",
+        "editor": "paired editor: the generated pathology onto the input's pixels, from exact phantom pairs",
     }
     for name in STAGES:
         if name not in stages:

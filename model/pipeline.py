@@ -431,10 +431,11 @@ class CounterfactualPipeline:
         # 8. compose and decode (Eq. 3), then the paired editor carries the change onto the input
         t = time.perf_counter()
         user_grid = None if user is None else native_to_grid(user.astype(np.float32), self.resolution) > 0
-        prior = self.prior(anatomy, conditioning, encoded) if user_grid is None else user_grid
+        findings = self.request_findings(conditioning, encoded)  # read once: prior and editor share it
+        prior = regions.request_prior(anatomy, findings) if user_grid is None else user_grid
         with torch.no_grad():
             raw = self.compose(encoded.z_id, z_path, encoded.x, encoded.recon, 0.0)
-            x_cf = self.edit(encoded, raw, prior, conditioning)
+            x_cf = self.edit(encoded, raw, prior, findings)
             generated = restore_detail(raw, encoded.x, encoded.recon, sampling.detail)
         timings["decode"] = time.perf_counter() - t
         report("decode", 1, 1, None)
@@ -625,13 +626,9 @@ class CounterfactualPipeline:
             optimized, initial = (float(v) for v in self.target_score(z_path, labels))
         return GuardVerdict(keep_optimized(optimized, initial), optimized, initial)
 
-    def prior(self, anatomy: regions.Anatomy, conditioning: Conditioning, encoded: EncodedImage) -> np.ndarray:
-        """Where the request may change this input (`regions.request_prior`), bool (R, R). A request
-        for a normal image removes what the findings head sees on the input's z^n (`removals`)."""
-        return regions.request_prior(anatomy, self.request_findings(conditioning, encoded))
-
     def request_findings(self, conditioning: Conditioning, encoded: EncodedImage) -> list:
-        """The request's findings; for "no finding", the removal of each finding the generator's own
+        """The request's findings, which the edit region's prior (`regions.request_prior`) and the
+        editor read; for "no finding", the removal of each finding the generator's own
         findings head sees on the input's pathology channel (never the evaluation classifier, which
         judges the result)."""
         from .refine import StructuredFinding
@@ -647,13 +644,12 @@ class CounterfactualPipeline:
             if label not in (NO_FINDING, SUPPORT_DEVICES) and float(p[i]) >= 0.5
         ]
 
-    def edit(
-        self, encoded: EncodedImage, raw: torch.Tensor, prior: np.ndarray, conditioning: Conditioning
-    ) -> torch.Tensor:
+    def edit(self, encoded: EncodedImage, raw: torch.Tensor, prior: np.ndarray, findings: list) -> torch.Tensor:
         """8b. The paired editor (`model.editor`): the input plus the change it draws from the
-        generator's decoding `raw` (B, 1, R, R) of each sampled z^n, inside `prior`. (B, 1, R, R)."""
+        generator's decoding `raw` (B, 1, R, R) of each sampled z^n, inside `prior`, for the request's
+        `findings` (`request_findings`). (B, 1, R, R)."""
         b = len(raw)
-        request = request_vector(self.request_findings(conditioning, encoded)).expand(b, -1)
+        request = request_vector(findings).expand(b, -1)
         prior_t = torch.from_numpy(prior.astype(np.float32))[None, None].expand(b, -1, -1, -1)
         x = encoded.x.expand(b, -1, -1, -1)
         change = self.editor(x, raw.clamp(-1, 1), encoded.recon.clamp(-1, 1).expand(b, -1, -1, -1), prior_t, request)
@@ -679,9 +675,7 @@ class CounterfactualPipeline:
         cfg = self.verdict_config
         with torch.no_grad():
             p = torch.sigmoid(self.eval_classifier(torch.cat([encoded.x, edited])))
-            mse = float(((encoded.recon - encoded.x) ** 2).mean())
-        ood = self.config["ood"]
-        ood_score = (mse - ood["recon_mse_mean"]) / max(ood["recon_mse_std"], 1e-8)
+        ood_score = self.ood_score(encoded)
         added = [f.label for f in conditioning.findings if f.status == "present" and f.label != NO_FINDING]
         removed = [f.label for f in conditioning.findings if f.status == "absent" and f.label != NO_FINDING]
         if not added and not removed:
@@ -704,23 +698,28 @@ class CounterfactualPipeline:
     def quality(
         self, encoded: EncodedImage, x_cf: torch.Tensor, labels: Sequence[str], notes: list[str] | None = None
     ) -> QualityReport:
-        """9. The evaluation classifier on the counterfactual and the input, identity similarity
+        """12. The evaluation classifier on the counterfactual and the input, identity similarity
         (E_ID), and the input's OOD score; `notes` are carried into the report."""
-        x, recon = encoded.x, encoded.recon
+        x = encoded.x
         with torch.no_grad():
             p_cf = torch.sigmoid(self.eval_classifier(x_cf))[0]
             p_in = torch.sigmoid(self.eval_classifier(x))[0]
             sim = float((self.identity_encoder(x) * self.identity_encoder(x_cf)).sum())
-            mse = float(((recon - x) ** 2).mean())
-        ood = self.config["ood"]
         idx = label_indices(labels)
         return QualityReport(
             target_probability={CHEXPERT_LABELS[i]: float(p_cf[i]) for i in idx},
             input_probability={CHEXPERT_LABELS[i]: float(p_in[i]) for i in idx},
             identity_similarity=sim,
-            ood_score=(mse - ood["recon_mse_mean"]) / max(ood["recon_mse_std"], 1e-8),
+            ood_score=self.ood_score(encoded),
             notes=list(notes or []),
         )
+
+    def ood_score(self, encoded: EncodedImage) -> float:
+        """The input's reconstruction error in training SDs above the training mean (`config["ood"]`);
+        above the verdict's `ood_limit` (3) the input is unlike the training data."""
+        mse = float(((encoded.recon - encoded.x) ** 2).mean())
+        ood = self.config["ood"]
+        return (mse - ood["recon_mse_mean"]) / max(ood["recon_mse_std"], 1e-8)
 
     def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
         """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .datasets.edit_pairs import collate_pairs
 from .loop import run_loop
 from .options import Hyper
+from .stages import _sync
 
 FOCUS = 10.0
 
@@ -82,11 +83,7 @@ def editor_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, ra
 
     def step(i):
         g = torch.Generator().manual_seed((seed * 1_000_003 + i) % 2**63)
-        idx = (
-            torch.randint(n, (batch_size,), generator=g)[rank::world]
-            if world > 1
-            else torch.randint(n, (batch_size,), generator=g)
-        )
+        idx = torch.randint(n, (batch_size,), generator=g)[rank::world]  # each rank its share of one draw
         b = {k: v[idx] for k, v in pool.items()}
         pred = editor(b["x"], b["raw"], b["recon"], b["prior"], b["request"])
         err = pred - (b["truth"] - b["x"])
@@ -94,11 +91,7 @@ def editor_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, ra
         loss = (w * (err.abs() + err**2)).mean()
         opts["editor"].zero_grad()
         loss.backward()
-        if world > 1:
-            for p in editor.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
+        _sync(opts["editor"], world)
         opts["editor"].step()
         inside = float((err.detach().abs() * b["mask"]).sum() / b["mask"].sum().clamp(min=1))
         return {"editor": float(loss.detach()), "mae_in": inside}

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from model.composite import MAX_OUTPUT_SIDE, cap_size, composite, grid_to_native, native_to_grid
@@ -71,9 +70,9 @@ def test_cap_size_reduces_only_very_large_inputs():
     assert max(capped.shape) == MAX_OUTPUT_SIDE and notes and "reduced" in notes[0]
 
 
-def test_composite_accepts_model_units():
-    """The pipeline hands the change in [0, 1] units; the result stays in [0, 1]."""
+def test_the_result_is_clipped_to_the_unit_range():
+    """The pipeline hands the change in [0, 1] units; a change past white or black is clipped."""
     grey = np.full((128, 128), 0.95, np.float32)
-    result, _ = composite(grey, np.full((128, 128), 0.5, np.float32), np.ones((128, 128), np.float32))
-    assert result.max() == pytest.approx(1.0)
-    assert torch.is_tensor(torch.from_numpy(result))
+    up, _ = composite(grey, np.full((128, 128), 0.5, np.float32), np.ones((128, 128), np.float32))
+    down, _ = composite(grey, np.full((128, 128), -2.0, np.float32), np.ones((128, 128), np.float32))
+    assert up.max() == 1.0 and up.min() == 1.0 and down.max() == 0.0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import regions
 from model.modeling import CheckpointError
 from model.pipeline import MAX_CANDIDATES, CounterfactualPipeline
 from model.preprocess import ImageInputError, load_image_file, to_model_input, to_unit_grey
@@ -247,9 +248,10 @@ def test_the_public_steps_make_what_the_call_makes(pipe, xray):
     assert verdict.keep == (verdict.optimized_score >= verdict.initial_score)
     # 4., 8b., 10.-12.
     anatomy = pipe.locate(encoded.x)
-    prior = pipe.prior(anatomy, conditioning, encoded)
+    findings = pipe.request_findings(conditioning, encoded)
+    prior = regions.request_prior(anatomy, findings)
     with torch.no_grad():
-        x_cf = pipe.edit(encoded, raw, prior, conditioning)
+        x_cf = pipe.edit(encoded, raw, prior, findings)
     weight = pipe.edit_region(prior, x_cf, encoded.x)
     edited = pipe.apply_weight(encoded.x, x_cf, weight)
     assert pipe.judge(encoded, edited, conditioning, anatomy)[0].to_dict() == out.verdict.to_dict()

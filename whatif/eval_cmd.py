@@ -68,6 +68,11 @@ def _eval(args) -> int:
             "(the evaluation's and validation's identities)"
         )
     seed_opt = parse_seed_opt(args.seed_opt)
+    out = Path(args.out)
+    try:  # before an hour of cases, not after: the report's folder must be writable
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot create its folder ({exc.strerror})") from None
     pipe = CounterfactualPipeline.from_pretrained(args.checkpoint)
     try:  # the sampling overrides checked as the pipeline checks them, before any case runs
         pipe.check_inputs(guidance=args.guidance, start=args.start, detail=args.detail)
@@ -92,7 +97,6 @@ def _eval(args) -> int:
         validation=args.validation,
         seed_opt=seed_opt,
     )
-    out = Path(args.out)
     command = (
         f"whatif eval --checkpoint {args.checkpoint or '(embedded)'} --n {args.n} --table2-n {args.table2_n}"
         f"{result['options']}"
@@ -101,8 +105,9 @@ def _eval(args) -> int:
     if faith is not None:
         from training.edit_sheet import write_edit_sheet
 
-        write_edit_sheet(faith.pop("images"), edits_png)
+        images = faith.pop("images")
         out.with_suffix(".json").write_text(json.dumps(faith, separators=(",", ":")) + "\n")  # every edit's record
+        write_edit_sheet(images, edits_png)
     lines = None
     if faith is not None:
         from training.faithfulness import faithfulness_lines

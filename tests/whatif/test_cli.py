@@ -29,6 +29,11 @@ def test_usage_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             cli.main(["eval", "--checkpoint", str(tmp_path / "none"), "--validation", *bad])
         assert exc.value.code == 2 and "--n must be 0 or between 1 and 1000" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exc:  # the report's folder is made first, before any case runs
+        cli.main(["eval", "--checkpoint", str(tmp_path / "none"), "--out", str(blocker / "sub" / "r.md")])
+    assert exc.value.code == 2 and "cannot create its folder" in capsys.readouterr().err
 
 
 def test_a_checkpoint_that_is_not_one_is_a_usage_error(tmp_path, capsys):

@@ -1,10 +1,12 @@
 """Uploads at the boundary: size and pixel caps, de-identification, decoding.
 
-A DICOM upload is de-identified with deid (`api/deidentify.py`) before its pixels are decoded,
-and even then only the decoded pixels are stored (a 16-bit grey PNG), never the uploaded file:
-no DICOM header, PNG/JPEG metadata or EXIF (where PHI lives) is kept or logged. A user's edit
-region (a mask PNG or a box) is checked against the decoded image here too. Every rejection is an
-`UploadRejected` with an HTTP status and a message for the user.
+A DICOM upload is read and checked from its header (`api/dicom.py`), de-identified with deid
+(`api/deidentify.py`) before its pixels are decoded, and even then only the decoded pixels are
+stored (a 16-bit grey PNG), never the uploaded file: no DICOM header, PNG/JPEG metadata or EXIF
+(where PHI lives) is kept or logged. A PNG or JPEG's size is checked from its header before its
+pixels are decoded. A user's edit region (a mask PNG or a box) is checked against the decoded
+image here too. Every rejection is an `UploadRejected` with an HTTP status and a message for the
+user; an upload that cannot be decoded is never a server error.
 """
 
 from __future__ import annotations
@@ -21,50 +23,61 @@ class UploadRejected(Exception):
         self.status, self.message = status, message
 
 
-def _pixel_count(data: bytes) -> int:
-    if _is_dicom(data):
-        import pydicom
+def decode_upload(
+    data: bytes, max_bytes: int, max_pixels: int, max_inflated_bytes: int
+) -> tuple[bytes, list[str], str]:
+    """-> (16-bit PNG of the pixels only, notes, source format).
 
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            return int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "NumberOfFrames", 1) or 1)
-        except Exception:
-            raise UploadRejected(422, "corrupt DICOM file: the header cannot be read") from None
-    try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            return img.width * img.height
-    except Exception:
-        raise UploadRejected(415, "unsupported or corrupt image: send PNG, JPEG or DICOM") from None
-
-
-def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> tuple[bytes, list[str], str]:
-    """-> (16-bit PNG of the pixels only, notes, source format)."""
-    from model.preprocess import ImageInputError, load_image_file
+    Runs on a decode thread (`api/decode_pool.py`), never on the event loop. Everything the
+    header can refuse is refused before a pixel is decoded.
+    """
+    from model.preprocess import MAX_SIDE, MIN_SIDE, ImageInputError, load_image_file, to_unit_grey
 
     if not data:
         raise UploadRejected(422, "the image file is empty")
     if len(data) > max_bytes:
         raise UploadRejected(413, f"the image is larger than {max_bytes / 2**20:.1f} MiB")
-    pixels = _pixel_count(data)
+    if _is_dicom(data):
+        from .dicom import check_header, grey_pixels, read_dicom
+
+        ds = read_dicom(data, max_inflated_bytes)
+        check_header(ds, max_pixels, MIN_SIDE, MAX_SIDE)
+        clean, removed = _deidentified(ds)
+        grey, notes = grey_pixels(clean)
+        notes.insert(0, f"DICOM de-identified before storage ({removed} header attributes removed; only pixels kept)")
+        fmt = "dicom"
+        try:
+            grey = to_unit_grey(grey, notes)
+        except ImageInputError as exc:
+            raise UploadRejected(422, str(exc)) from None
+    else:
+        _check_image_header(data, max_pixels)
+        try:
+            loaded = load_image_file(data)
+        except ImageInputError as exc:
+            raise UploadRejected(415 if "unsupported" in str(exc) else 422, str(exc)) from None
+        except (Image.DecompressionBombError, MemoryError):
+            raise UploadRejected(413, "the image is too large to decode") from None
+        grey, notes, fmt = loaded.pixels, list(loaded.notes), loaded.source_format
+    buf = io.BytesIO()
+    Image.fromarray(np.round(grey * 65535).astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue(), notes, fmt
+
+
+def _check_image_header(data: bytes, max_pixels: int) -> None:
+    """A PNG or JPEG's pixel count from its header: PIL reads only the header until `load()`.
+
+    Only PNG and JPEG are tried, so no other PIL format's parser sees the upload.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
+            pixels = img.width * img.height
+    except Image.DecompressionBombError:
+        raise UploadRejected(413, f"the image has more than the {max_pixels:,} pixels allowed") from None
+    except Exception:
+        raise UploadRejected(415, "unsupported or corrupt image: send PNG, JPEG or DICOM") from None
     if pixels > max_pixels:
         raise UploadRejected(413, f"the image has {pixels:,} pixels, more than the {max_pixels:,} allowed")
-    notes: list[str] = []
-    if _is_dicom(data):
-        data, removed = _deidentified(data)
-        notes.append(f"DICOM de-identified before storage ({removed} header attributes removed; only pixels kept)")
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL refuses larger images while decoding too
-    try:
-        loaded = load_image_file(data)
-    except ImageInputError as exc:
-        raise UploadRejected(415 if "unsupported" in str(exc) else 422, str(exc)) from None
-    except (Image.DecompressionBombError, MemoryError):
-        raise UploadRejected(413, "the image is too large to decode") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-    buf = io.BytesIO()
-    Image.fromarray(np.round(loaded.pixels * 65535).astype(np.uint16)).save(buf, format="PNG")
-    return buf.getvalue(), notes + list(loaded.notes), loaded.source_format
 
 
 def image_shape(png: bytes) -> tuple[int, int]:
@@ -89,7 +102,7 @@ def decode_mask(data: bytes, shape: tuple[int, int], max_bytes: int) -> np.ndarr
     if not data.startswith(_PNG_MAGIC):
         raise UploadRejected(415, "the mask must be a PNG (grey or RGB, nonzero inside the region)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=["PNG"])
     except Exception:
         raise UploadRejected(415, "corrupt mask PNG: its header cannot be read") from None
     if (img.height, img.width) != tuple(shape):
@@ -139,19 +152,12 @@ def _is_dicom(data: bytes) -> bool:
     return len(data) > 132 and data[128:132] == b"DICM"
 
 
-def _deidentified(data: bytes) -> tuple[bytes, int]:
-    import pydicom
-
+def _deidentified(ds) -> tuple[object, int]:
     from .deidentify import DeidentificationError, deidentify
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception:
-        raise UploadRejected(422, "corrupt DICOM file: it cannot be read") from None
-    try:
-        clean, removed = deidentify(ds)
+        return deidentify(ds)
     except DeidentificationError as exc:
         raise UploadRejected(422, str(exc)) from None
-    buf = io.BytesIO()
-    clean.save_as(buf)
-    return buf.getvalue(), removed
+    except Exception:  # deid on a header it does not expect: nothing of it may reach a log
+        raise UploadRejected(422, "the DICOM header cannot be de-identified") from None

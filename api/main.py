@@ -8,6 +8,7 @@ from worker.blobs import BlobStore
 from worker.celery_app import make_celery
 
 from .core.config import Settings
+from .decode_pool import DecodePool
 from .metrics import observe_latency
 from .routes import counterfactual, health, jobs, web
 
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     app.state.settings = settings
     app.state.store = BlobStore(settings.blob_dir, settings.blob_ttl_s)
     app.state.celery = celery or make_celery(settings)
+    app.state.decode_pool = DecodePool(settings.decode_threads, settings.decode_queue)
     app.include_router(counterfactual.router)
     app.include_router(jobs.router)
     app.include_router(health.router)

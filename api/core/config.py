@@ -16,6 +16,18 @@ class Settings(WorkerSettings):
     bind_host: str = "127.0.0.1"
     max_upload_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+    max_inflated_bytes: int = Field(
+        96 * 1024 * 1024,
+        gt=0,
+        description="a deflated DICOM's data set once inflated; inflation stops past it (413). "
+        "The default holds a 40-megapixel 16-bit image and its header",
+    )
+    decode_threads: int = Field(
+        2, ge=1, description="uploads decoded at once, on threads off the event loop; each can take hundreds of MB"
+    )
+    decode_queue: int = Field(
+        8, ge=0, description="uploads that may wait for a decode thread; past it 503 with Retry-After"
+    )
     max_steps: int = 200
 
     @model_validator(mode="after")

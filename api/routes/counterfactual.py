@@ -1,6 +1,8 @@
 """POST /counterfactual: validate the upload, the target and the region, store them, enqueue the job.
 
 Everything is checked before anything is stored: a request refused here leaves no file behind.
+The upload and its region are decoded on the decode pool (`api/decode_pool.py`), never on the
+event loop, so other requests are answered meanwhile.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 
+from ..core.config import Settings
+from ..decode_pool import DecodePoolBusy
 from ..deps import Caller, SettingsDep, StoreDep
 from ..ingest import UploadRejected, box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
@@ -19,6 +23,8 @@ router = APIRouter()
 # model.pipeline.MAX_CANDIDATES, spelled here because the API process does not import torch
 # (tests/api/test_routes.py checks that the two agree).
 MAX_CANDIDATES = 8
+# A decode takes seconds; a client refused because the pool is full may try again this soon.
+RETRY_AFTER_S = 2
 
 
 @router.post("/counterfactual", status_code=202, response_model=JobCreated)
@@ -62,7 +68,7 @@ async def create(
     ] = 1,
 ):
     from model.refine import NoFindingRecognised, refine_request
-    from model.regions import RegionError, check_user_region, requested_side
+    from model.regions import requested_side
 
     if steps is not None and steps > settings.max_steps:
         raise HTTPException(422, f"steps must be at most {settings.max_steps}")
@@ -75,22 +81,22 @@ async def create(
         UPLOADS_REJECTED.labels("422").inc()
         raise HTTPException(422, str(exc)) from None
     data = await image.read(settings.max_upload_bytes + 1)
-    region = None
+    mask_data = await mask.read(settings.max_upload_bytes + 1) if mask is not None else None
+    side = requested_side(refinement.findings)
     try:
-        png, notes, fmt = decode_upload(data, settings.max_upload_bytes, settings.max_pixels)
-        if mask is not None or box is not None:
-            shape = image_shape(png)
-            if mask is not None:
-                drawn = decode_mask(await mask.read(settings.max_upload_bytes + 1), shape, settings.max_upload_bytes)
-            else:
-                drawn = box_mask(box, shape)
-            try:
-                region = check_user_region(drawn, shape, requested_side(refinement.findings))
-            except RegionError as exc:
-                raise UploadRejected(422, str(exc)) from None
+        png, notes, fmt, region = await request.app.state.decode_pool.run(
+            _decoded, data, mask_data, box, side, settings
+        )
     except UploadRejected as exc:
         UPLOADS_REJECTED.labels(str(exc.status)).inc()
         raise HTTPException(exc.status, exc.message) from None
+    except DecodePoolBusy:
+        UPLOADS_REJECTED.labels("503").inc()
+        raise HTTPException(
+            503,
+            "the server is decoding as many uploads as it can; send it again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
     store.purge_expired()
     job_id = store.new_id()
     store.put(job_id, "input.png", png)
@@ -122,3 +128,18 @@ async def create(
     JOBS_CREATED.inc()
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobCreated(id=job_id, status_url=f"/jobs/{job_id}", condition=refinement.condition)
+
+
+def _decoded(data: bytes, mask_data: bytes | None, box: str | None, side: str | None, settings: Settings):
+    """-> (input PNG, notes, source format, checked region or None); runs on a decode thread."""
+    from model.regions import RegionError, check_user_region
+
+    png, notes, fmt = decode_upload(data, settings.max_upload_bytes, settings.max_pixels, settings.max_inflated_bytes)
+    if mask_data is None and box is None:
+        return png, notes, fmt, None
+    shape = image_shape(png)
+    drawn = decode_mask(mask_data, shape, settings.max_upload_bytes) if mask_data is not None else box_mask(box, shape)
+    try:
+        return png, notes, fmt, check_user_region(drawn, shape, side)
+    except RegionError as exc:
+        raise UploadRejected(422, str(exc)) from None

@@ -37,14 +37,14 @@ def test_burned_in_annotations_are_refused():
     buf = io.BytesIO()
     ds.save_as(buf)
     with pytest.raises(UploadRejected) as exc:
-        decode_upload(buf.getvalue(), 64 * 2**20, 50_000_000)
+        decode_upload(buf.getvalue(), 64 * 2**20, 50_000_000, 128 * 2**20)
     assert exc.value.status == 422
 
 
 def test_upload_path_stores_pixels_only_and_says_it_deidentified():
     data = (ROOT / "RG1_J2KR.dcm").read_bytes()
     assert b"CompressedSamples^RG1" in data
-    png, notes, fmt = decode_upload(data, 64 * 2**20, 50_000_000)
+    png, notes, fmt = decode_upload(data, 64 * 2**20, 50_000_000, 128 * 2**20)
     assert fmt == "dicom" and png.startswith(b"\x89PNG") and b"RG1" not in png
     assert any("de-identified" in n for n in notes) and any("MONOCHROME1" in n for n in notes)
 

@@ -1,0 +1,210 @@
+"""A DICOM upload read with bounded work, checked from its header, then decoded to grey pixels.
+
+The order is the defence: the file meta is read first and the transfer syntax checked against an
+allow-list; a deflated dataset is inflated in steps that stop past `max_inflated_bytes` (pydicom
+would inflate all of it into memory: a 1 MB upload can hold a 1 GiB element of zeros); the
+dataset is parsed once and that `Dataset` is passed on; frames, colour, size and a compressed
+frame's own size are checked from the header before pydicom decodes a pixel.
+
+Messages name no header value except checked numbers: an exception's text may reach a log.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import pydicom.uid as uid
+
+from .codestream import j2k_size, jpeg_size
+from .ingest import UploadRejected
+
+# Transfer syntaxes read, with how to find a compressed frame's own size. RLE Lossless is left
+# out on purpose: pydicom decodes it in Python with no bound on the output (each 2-byte run can
+# yield 128 bytes), so a 32 MiB upload could grow to 2 GiB before any size check. Explicit VR
+# Big Endian is retired (PS3.5 2004) and has no use here.
+_TRANSFER_SYNTAXES = {
+    uid.ImplicitVRLittleEndian: None,
+    uid.ExplicitVRLittleEndian: None,
+    uid.DeflatedExplicitVRLittleEndian: None,
+    uid.JPEGBaseline8Bit: jpeg_size,
+    uid.JPEGExtended12Bit: jpeg_size,
+    uid.JPEGLossless: jpeg_size,
+    uid.JPEGLosslessSV1: jpeg_size,
+    uid.JPEGLSLossless: jpeg_size,
+    uid.JPEGLSNearLossless: jpeg_size,
+    uid.JPEG2000Lossless: j2k_size,
+    uid.JPEG2000: j2k_size,
+    uid.HTJ2KLossless: j2k_size,
+    uid.HTJ2KLosslessRPCL: j2k_size,
+    uid.HTJ2K: j2k_size,
+}
+_ACCEPTED = "uncompressed, deflated, JPEG, JPEG-LS or JPEG 2000"
+_INFLATE_STEP = 1 << 20  # bytes handed to zlib, and taken from it, at a time
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # PS3.3 C.11.2.1.3
+
+
+def read_dicom(data: bytes, max_inflated_bytes: int):
+    """The upload's bytes -> its `FileDataset`, parsed once, pixel data still encoded."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    fp = io.BytesIO(data)
+    fp.seek(132)  # the preamble and "DICM", which the caller has seen
+    try:
+        meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=_past_file_meta))
+        syntax = uid.UID(str(meta.get("TransferSyntaxUID", "")).strip("\0 "))
+    except Exception:
+        raise UploadRejected(422, "corrupt DICOM file: its file meta information cannot be read") from None
+    if not syntax:
+        raise UploadRejected(422, "the DICOM file meta information names no transfer syntax")
+    if syntax not in _TRANSFER_SYNTAXES or not _decodable(syntax):
+        raise UploadRejected(415, f"unsupported DICOM transfer syntax: send {_ACCEPTED}")
+    body = fp
+    if syntax == uid.DeflatedExplicitVRLittleEndian:
+        body = io.BytesIO(_inflate(memoryview(data)[fp.tell() :], max_inflated_bytes))
+    implicit = syntax == uid.ImplicitVRLittleEndian
+    try:
+        dataset = read_dataset(body, is_implicit_VR=implicit, is_little_endian=True)
+    except Exception:
+        raise UploadRejected(422, "corrupt DICOM file: its data set cannot be read") from None
+    ds = FileDataset(body, dataset, preamble=data[:128], file_meta=meta, is_implicit_VR=implicit)
+    ds.set_original_encoding(implicit, True)
+    return ds
+
+
+def check_header(ds, max_pixels: int, min_side: int, max_side: int) -> None:
+    """Refuse what the header shows cannot be one grey radiograph within the caps, before decoding."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        grey = str(ds.get("PhotometricInterpretation", "")).strip() in _GREY
+    except Exception:
+        raise UploadRejected(422, "the DICOM header lacks readable Rows, Columns or pixel description") from None
+    if "PixelData" not in ds:
+        raise UploadRejected(422, "the DICOM holds no (integer) pixel data")
+    if frames > 1:
+        raise UploadRejected(422, f"the DICOM holds {frames} frames: send one radiograph, a single frame")
+    if samples != 1 or not grey:
+        raise UploadRejected(
+            422, "the DICOM is a colour image: chest radiographs are grey, send MONOCHROME1 or MONOCHROME2"
+        )
+    if rows * columns > max_pixels:
+        raise UploadRejected(413, f"the image has {rows * columns:,} pixels, more than the {max_pixels:,} allowed")
+    if min(rows, columns) < min_side or max(rows, columns) > max_side:
+        raise UploadRejected(
+            422, f"image of {columns}x{rows} pixels: each side must be between {min_side} and {max_side}"
+        )
+    declared = _TRANSFER_SYNTAXES[ds.file_meta.TransferSyntaxUID]
+    if declared is not None:
+        _check_codestream(ds, declared, rows, columns)
+
+
+def grey_pixels(ds) -> tuple[np.ndarray, list[str]]:
+    """A checked dataset's pixels -> (float in [0, 1], white = attenuating, notes)."""
+    notes: list[str] = []
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise UploadRejected(422, f"DICOM pixel data cannot be decoded ({type(exc).__name__})") from None
+    arr = _voi(arr, ds, notes).astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    out = (arr - lo) / max(hi - lo, 1e-8)
+    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
+        out = 1.0 - out
+        notes.append("inverted MONOCHROME1")
+    return out.astype(np.float32), notes
+
+
+def _decodable(syntax) -> bool:
+    # JPEG Lossless, for one, needs a plugin (pylibjpeg-libjpeg) this installation may lack.
+    from pydicom.pixels import get_decoder
+
+    return get_decoder(syntax).is_available
+
+
+def _past_file_meta(tag, vr, length) -> bool:
+    return tag >> 16 != 2
+
+
+def _inflate(compressed: memoryview, cap: int) -> bytes:
+    """Raw deflate (PS3.5 A.5) -> bytes, refused as soon as the output would pass `cap`."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts, size = [], 0
+    try:
+        for start in range(0, len(compressed), _INFLATE_STEP):
+            pending = compressed[start : start + _INFLATE_STEP]
+            while pending and not inflater.eof:
+                # max_length bounds each step's output (zlib keeps the rest of the input for the
+                # next step), so memory grows by at most a step past what was kept.
+                part = inflater.decompress(pending, min(_INFLATE_STEP, cap + 1 - size))
+                size += len(part)
+                if size > cap:
+                    raise UploadRejected(
+                        413, f"the deflated DICOM inflates to more than {cap / 2**20:.1f} MiB, the limit"
+                    )
+                parts.append(part)
+                pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error:
+        raise UploadRejected(422, "corrupt DICOM file: its deflated data set cannot be inflated") from None
+    if not inflater.eof:
+        raise UploadRejected(422, "corrupt DICOM file: its deflated data set is cut short")
+    return b"".join(parts)
+
+
+def _check_codestream(ds, declared, rows: int, columns: int) -> None:
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception:
+        raise UploadRejected(422, "corrupt DICOM file: its compressed pixel data cannot be read") from None
+    size = declared(frame)
+    if size is None:
+        raise UploadRejected(422, "corrupt DICOM file: its compressed frame has no readable image header")
+    if size != (rows, columns, 1):
+        raise UploadRejected(
+            422,
+            f"the compressed frame is {size[1]}x{size[0]} with {size[2]} component(s), the header says "
+            f"{columns}x{rows} grey: they must agree",
+        )
+
+
+def _voi(arr: np.ndarray, ds, notes: list[str]) -> np.ndarray:
+    """The VOI LUT or window applied; a degenerate one (width below the function's minimum, an
+    unknown function, a LUT that cannot be applied) is ignored for the full pixel range, as
+    viewers do, and said so."""
+    from pydicom.pixels import apply_voi_lut
+
+    if "VOILUTSequence" not in ds and "WindowWidth" in ds and not _usable_window(ds):
+        notes.append("DICOM window unusable (width or VOI LUT function): full pixel range shown")
+        return arr
+    try:
+        return apply_voi_lut(arr, ds)
+    except Exception:
+        notes.append("DICOM VOI LUT unusable: full pixel range shown")
+        return arr
+
+
+def _usable_window(ds) -> bool:
+    try:
+        width = float(_first(ds.WindowWidth))
+        center = float(_first(ds.get("WindowCenter")))
+    except Exception:
+        return False
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    # PS3.3 C.11.2.1.3: LINEAR needs a width of at least 1, LINEAR_EXACT and SIGMOID more than 0.
+    wide_enough = width >= 1 if function == "LINEAR" else width > 0
+    return function in _VOI_FUNCTIONS and bool(np.isfinite([width, center]).all()) and wide_enough
+
+
+def _first(value):
+    from pydicom.multival import MultiValue
+
+    # A multi-valued window holds alternatives; pydicom applies the first (index 0).
+    return value[0] if isinstance(value, (MultiValue, list, tuple)) else value

@@ -212,11 +212,13 @@ def test_run_scores_the_true_counterfactuals_as_faithful():
     assert s["null"]["mean_abs_change"] == 0.0 and s["null"]["judged_valid"] == 0.0
     assert s["add_then_remove"]["returned_mae"] == 0.0 and s["add_then_remove"]["added_mae"] > 0
     assert s["valid"] == 0.0  # the judge (0.5 everywhere) never crosses
+    assert s["truth_judged_addition"] == s["truth_judged_removal"] == 0.0  # not even on the truth: the ceiling
     assert s["verdict_agrees"] == 1.0 and set(s["per_finding"]) == set(PAPER_TABLE2_LABELS)
     lines = fa.faithfulness_lines(result)
     assert lines[0].startswith("**Valid edits: 0.000** of 32 edits (34 pipeline calls")
     assert any(line.startswith("| valid additions | 0.000 (target >= 0.9: missed)") for line in lines)
     assert any("| Lung Lesion (tail) * |" in line for line in lines)
+    assert "passes the true counterfactuals of 0.00 of the additions" in lines[0]
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ import zlib
 import numpy as np
 import pydicom.uid as uid
 
+from model import dicom_grey
+
 from .codestream import j2k_size, jpeg_size
 from .ingest import UploadRejected
 
@@ -43,7 +45,6 @@ _TRANSFER_SYNTAXES = {
 _ACCEPTED = "uncompressed, deflated, JPEG, JPEG-LS or JPEG 2000"
 _INFLATE_STEP = 1 << 20  # bytes handed to zlib, and taken from it, at a time
 _GREY = ("MONOCHROME1", "MONOCHROME2")
-_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # PS3.3 C.11.2.1.3
 
 
 def read_dicom(data: bytes, max_inflated_bytes: int):
@@ -110,13 +111,7 @@ def grey_pixels(ds) -> tuple[np.ndarray, list[str]]:
         arr = ds.pixel_array
     except Exception as exc:
         raise UploadRejected(422, f"DICOM pixel data cannot be decoded ({type(exc).__name__})") from None
-    arr = _voi(arr, ds, notes).astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    out = (arr - lo) / max(hi - lo, 1e-8)
-    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
-        out = 1.0 - out
-        notes.append("inverted MONOCHROME1")
-    return out.astype(np.float32), notes
+    return dicom_grey.grey(arr, ds, notes), notes
 
 
 def _decodable(syntax) -> bool:
@@ -173,38 +168,3 @@ def _check_codestream(ds, declared, rows: int, columns: int) -> None:
             f"the compressed frame is {size[1]}x{size[0]} with {size[2]} component(s), the header says "
             f"{columns}x{rows} grey: they must agree",
         )
-
-
-def _voi(arr: np.ndarray, ds, notes: list[str]) -> np.ndarray:
-    """The VOI LUT or window applied; a degenerate one (width below the function's minimum, an
-    unknown function, a LUT that cannot be applied) is ignored for the full pixel range, as
-    viewers do, and said so."""
-    from pydicom.pixels import apply_voi_lut
-
-    if "VOILUTSequence" not in ds and "WindowWidth" in ds and not _usable_window(ds):
-        notes.append("DICOM window unusable (width or VOI LUT function): full pixel range shown")
-        return arr
-    try:
-        return apply_voi_lut(arr, ds)
-    except Exception:
-        notes.append("DICOM VOI LUT unusable: full pixel range shown")
-        return arr
-
-
-def _usable_window(ds) -> bool:
-    try:
-        width = float(_first(ds.WindowWidth))
-        center = float(_first(ds.get("WindowCenter")))
-    except Exception:
-        return False
-    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
-    # PS3.3 C.11.2.1.3: LINEAR needs a width of at least 1, LINEAR_EXACT and SIGMOID more than 0.
-    wide_enough = width >= 1 if function == "LINEAR" else width > 0
-    return function in _VOI_FUNCTIONS and bool(np.isfinite([width, center]).all()) and wide_enough
-
-
-def _first(value):
-    from pydicom.multival import MultiValue
-
-    # A multi-valued window holds alternatives; pydicom applies the first (index 0).
-    return value[0] if isinstance(value, (MultiValue, list, tuple)) else value

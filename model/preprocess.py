@@ -119,7 +119,8 @@ def load_image_file(path_or_bytes: str | Path | bytes) -> LoadedImage:
 
 def _dicom_pixels(data: bytes, notes: list[str]) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_voi_lut
+
+    from . import dicom_grey
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -131,10 +132,4 @@ def _dicom_pixels(data: bytes, notes: list[str]) -> np.ndarray:
         notes.append("multi-frame DICOM: first frame used")
     if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageInputError(f"DICOM photometric interpretation {ds.PhotometricInterpretation}: only grey radiographs")
-    arr = apply_voi_lut(arr, ds).astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    out = (arr - lo) / max(hi - lo, 1e-8)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        out = 1.0 - out
-        notes.append("inverted MONOCHROME1")
-    return to_unit_grey(out.astype(np.float32), notes)
+    return to_unit_grey(dicom_grey.grey(arr, ds, notes), notes)

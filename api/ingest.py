@@ -2,11 +2,12 @@
 
 A DICOM upload is read and checked from its header (`api/dicom.py`), de-identified with deid
 (`api/deidentify.py`) before its pixels are decoded, and even then only the decoded pixels are
-stored (a 16-bit grey PNG), never the uploaded file: no DICOM header, PNG/JPEG metadata or EXIF
-(where PHI lives) is kept or logged. A PNG or JPEG's size is checked from its header before its
-pixels are decoded. A user's edit region (a mask PNG or a box) is checked against the decoded
-image here too. Every rejection is an `UploadRejected` with an HTTP status and a message for the
-user; an upload that cannot be decoded is never a server error.
+stored (a grey PNG: 8-bit for an 8-bit PNG or JPEG, else 16-bit), never the uploaded file: no
+DICOM header, PNG/JPEG metadata or EXIF (where PHI lives) is kept or logged. A PNG or JPEG's size
+is checked from its header before its pixels are decoded. A user's edit region (a mask PNG or a
+box) is checked against the decoded image here too. Every rejection is an `UploadRejected` with
+an HTTP status and a message for the user; an upload that cannot be decoded is never a server
+error.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class UploadRejected(Exception):
 def decode_upload(
     data: bytes, max_bytes: int, max_pixels: int, max_inflated_bytes: int
 ) -> tuple[bytes, list[str], str]:
-    """-> (16-bit PNG of the pixels only, notes, source format).
+    """-> (grey PNG of the pixels only, 8-bit for an 8-bit PNG or JPEG else 16-bit; notes; source format).
 
     Runs on a decode thread (`api/decode_pool.py`), never on the event loop. Everything the
     header can refuse is refused before a pixel is decoded.
@@ -50,8 +51,9 @@ def decode_upload(
             grey = to_unit_grey(grey, notes)
         except ImageInputError as exc:
             raise UploadRejected(422, str(exc)) from None
+        eight_bit = False  # windowed and rescaled: its values need 16 bits
     else:
-        _check_image_header(data, max_pixels)
+        eight_bit = _check_image_header(data, max_pixels) in _EIGHT_BIT_MODES
         try:
             loaded = load_image_file(data)
         except ImageInputError as exc:
@@ -59,25 +61,34 @@ def decode_upload(
         except (Image.DecompressionBombError, MemoryError):
             raise UploadRejected(413, "the image is too large to decode") from None
         grey, notes, fmt = loaded.pixels, list(loaded.notes), loaded.source_format
+    # Stored no larger than needed: an 8-bit source's grey is v / 255 (colour converted by PIL to
+    # 8-bit grey first), so 8 bits keep it exactly, in half the bytes of 16 (the worker reads both).
+    depth = (255, np.uint8) if eight_bit else (65535, np.uint16)
     buf = io.BytesIO()
-    Image.fromarray(np.round(grey * 65535).astype(np.uint16)).save(buf, format="PNG")
+    Image.fromarray(np.round(grey * depth[0]).astype(depth[1])).save(buf, format="PNG")
     return buf.getvalue(), notes, fmt
 
 
-def _check_image_header(data: bytes, max_pixels: int) -> None:
+# PIL modes of PNG and JPEG with 8 bits a sample; 16-bit grey PNGs open as I;16 or I.
+_EIGHT_BIT_MODES = frozenset({"L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"})
+
+
+def _check_image_header(data: bytes, max_pixels: int) -> str:
     """A PNG or JPEG's pixel count from its header: PIL reads only the header until `load()`.
+    -> its PIL mode.
 
     Only PNG and JPEG are tried, so no other PIL format's parser sees the upload.
     """
     try:
         with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
-            pixels = img.width * img.height
+            pixels, mode = img.width * img.height, img.mode
     except Image.DecompressionBombError:
         raise UploadRejected(413, f"the image has more than the {max_pixels:,} pixels allowed") from None
     except Exception:
         raise UploadRejected(415, "unsupported or corrupt image: send PNG, JPEG or DICOM") from None
     if pixels > max_pixels:
         raise UploadRejected(413, f"the image has {pixels:,} pixels, more than the {max_pixels:,} allowed")
+    return mode
 
 
 def image_shape(png: bytes) -> tuple[int, int]:

@@ -44,9 +44,14 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
     store.update_meta(job_id, attempts=attempts, started_at=time.time())
     if attempts > s.max_deliveries:
         raise JobError(f"the job was started {attempts - 1} times without finishing; giving up")
-    input16 = np.asarray(Image.open(io.BytesIO(store.get(job_id, "input.png"))))
-    if input16.dtype != np.uint16:
-        raise JobError("the stored input is not a 16-bit PNG; submit the job again")
+    stored = np.asarray(Image.open(io.BytesIO(store.get(job_id, "input.png"))))
+    if stored.dtype == np.uint8:
+        # The API stores an 8-bit source in 8 bits; v * 257 is its exact 16-bit value (v / 255 == v * 257 / 65535).
+        input16 = stored.astype(np.uint16) * 257
+    elif stored.dtype == np.uint16:
+        input16 = stored
+    else:
+        raise JobError("the stored input is not an 8- or 16-bit grey PNG; submit the job again")
     # float32 v / 65535: the pipeline reads floats in [0, 1] as they are (an integer array would be
     # rescaled by its own maximum), and round(x * 65535) gives v back for every 16-bit v.
     pixels = input16.astype(np.float32) / 65535.0

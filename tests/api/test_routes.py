@@ -180,6 +180,12 @@ def _mask_png(mask: np.ndarray, mode="L") -> bytes:
     return buf.getvalue()
 
 
+def _as16(png: bytes) -> np.ndarray:
+    """The stored input in 16 bits: an 8-bit source is stored in 8 (v), its 16-bit value is v * 257."""
+    stored = np.asarray(Image.open(io.BytesIO(png)))
+    return stored.astype(np.uint16) * 257 if stored.dtype == np.uint8 else stored
+
+
 def _get_png(service, job, name):
     r = service.get(f"/jobs/{job}/{name}", headers=H)
     assert r.status_code == 200, (name, r.status_code)
@@ -201,7 +207,7 @@ def test_result_at_the_input_size_and_unchanged_outside_the_region(service):
     assert (res["width"], res["height"]) == (200, 150) and res["region_source"] == "automatic"
     assert res["verdict"]["status"] and res["verdict"]["reason"] and len(res["candidates"]) == 2
     assert body["links"]["region.png"] == f"/jobs/{job}/region.png"
-    given = np.asarray(Image.open(io.BytesIO(service.app.state.store.get(job, "input.png"))))
+    given = _as16(service.app.state.store.get(job, "input.png"))
     result, region = _get_png(service, job, "result.png"), _get_png(service, job, "region.png")
     assert result.dtype == np.uint16 and result.shape == region.shape == given.shape == (150, 200)
     assert np.array_equal(result[region == 0], given[region == 0])
@@ -227,7 +233,7 @@ def test_a_box_or_a_mask_is_the_edit_region_and_expires_with_the_job(service):
     assert body["status"] == "succeeded" and body["result"]["region_source"] == "user", body
     inside = np.zeros((150, 200), bool)
     inside[30:120, 110:190] = True
-    given = np.asarray(Image.open(io.BytesIO(store.get(job, "input.png"))))
+    given = _as16(store.get(job, "input.png"))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(store.get(job, "mask.png")))) > 0, inside)
     assert not _get_png(service, job, "region.png")[~inside].any()
     assert np.array_equal(_get_png(service, job, "result.png")[~inside], given[~inside])

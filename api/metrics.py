@@ -12,6 +12,12 @@ JOBS_CREATED = Counter("whatif_jobs_created_total", "jobs accepted", registry=RE
 UPLOADS_REJECTED = Counter(
     "whatif_uploads_rejected_total", "requests rejected at the boundary", ["status"], registry=REGISTRY
 )
+REQUESTS_REFUSED = Counter(
+    "whatif_requests_refused_total",
+    "requests answered with a problem (api/problems.py), by its kind",
+    ["kind"],
+    registry=REGISTRY,
+)
 REQUEST_SECONDS = Histogram("whatif_request_seconds", "API request latency", ["route", "method"], registry=REGISTRY)
 
 

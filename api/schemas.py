@@ -33,3 +33,12 @@ class JobStatus(BaseModel):
     links: dict[str, str] = {}
     result: dict | None = None
     synthetic: bool = True
+
+
+class Problem(BaseModel):
+    """An error of the service's guards (RFC 9457 problem details), as `application/problem+json`."""
+
+    type: str  # a URN naming the refusal, e.g. urn:whatif-cxr:problem:rate-limited
+    title: str  # the same for every refusal of a type
+    status: int  # the HTTP status
+    detail: str  # this refusal, in a sentence for a person

@@ -7,6 +7,7 @@ them (the API calls it on each request, the worker after each job). Ids are 128-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,6 +22,12 @@ _NAME = re.compile(r"^[a-z0-9_.]{1,32}$")
 
 class BlobNotFound(KeyError):
     pass
+
+
+@dataclasses.dataclass
+class Usage:
+    bytes: int  # every file under the root, temporary ones included
+    unfinished: int  # jobs whose metadata has no finished_at (the worker sets it on success and on failure)
 
 
 class BlobStore:
@@ -95,3 +102,17 @@ class BlobStore:
             except (OSError, ValueError):
                 continue
         return n
+
+    def usage(self) -> Usage:
+        """What the store holds now, for the API's quota and its cap on unfinished jobs. Reads every
+        file's size and every job's metadata: call `purge_expired()` first so expired jobs do not count."""
+        total = unfinished = 0
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                try:
+                    total += entry.stat(follow_symlinks=False).st_size
+                    if entry.name.endswith(".json") and not entry.name.startswith(".tmp-"):
+                        unfinished += "finished_at" not in json.loads(Path(entry.path).read_text())
+                except (OSError, ValueError):
+                    continue  # deleted meanwhile, or half written
+        return Usage(total, unfinished)

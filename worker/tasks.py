@@ -3,6 +3,7 @@ process) -> result blobs at the input's own size: result.png (16-bit), region.pn
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 
@@ -35,6 +36,19 @@ TASK_NAME = "whatif.counterfactual"
 def counterfactual(self, s, job_id: str, params: dict) -> dict:
     """The job. Registered on each Celery app by `worker.celery_app.make_celery`; `self` is the
     bound task (for progress states), `s` the worker's settings."""
+    try:
+        return _counterfactual(self, s, job_id, params)
+    except Ignore:
+        raise
+    except Exception:
+        # A failed job is finished too: the API caps the jobs whose metadata has no finished_at
+        # (WHATIF_MAX_UNFINISHED_JOBS), and a failure that left none would hold a place until it expired.
+        with contextlib.suppress(BlobNotFound, OSError, ValueError):
+            BlobStore(s.blob_dir, s.blob_ttl_s).update_meta(job_id, finished_at=time.time())
+        raise
+
+
+def _counterfactual(self, s, job_id: str, params: dict) -> dict:
     store = BlobStore(s.blob_dir, s.blob_ttl_s)
     try:
         meta = store.get_meta(job_id)

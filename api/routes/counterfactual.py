@@ -1,6 +1,8 @@
 """POST /counterfactual: validate the upload, the target and the region, store them, enqueue the job.
 
 Everything is checked before anything is stored: a request refused here leaves no file behind.
+The key, the job rate, the queue and the blob quota were checked before the body was read
+(`api/middleware/admission.py`).
 The upload and its region are decoded on the decode pool (`api/decode_pool.py`), never on the
 event loop, so other requests are answered meanwhile.
 """
@@ -17,6 +19,7 @@ from ..decode_pool import DecodePoolBusy
 from ..deps import Caller, SettingsDep, StoreDep
 from ..ingest import UploadRejected, box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
+from ..problems import KEYED, responses
 from ..schemas import JobCreated
 
 router = APIRouter()
@@ -27,7 +30,14 @@ MAX_CANDIDATES = 8
 RETRY_AFTER_S = 2
 
 
-@router.post("/counterfactual", status_code=202, response_model=JobCreated)
+_RESPONSES = responses(*KEYED, "cross-site", "rate-limited", "queue-full", "storage-full")
+_RESPONSES[413]["description"] += (
+    "\n\nThe route's own 413s (a file above WHATIF_MAX_UPLOAD_BYTES, an image above WHATIF_MAX_PIXELS, "
+    'a DICOM inflating past WHATIF_MAX_INFLATED_BYTES) keep their older shape, `{"detail": "..."}`.'
+)
+
+
+@router.post("/counterfactual", status_code=202, response_model=JobCreated, responses=_RESPONSES)
 async def create(
     request: Request,
     response: Response,
@@ -97,8 +107,7 @@ async def create(
             "the server is decoding as many uploads as it can; send it again shortly",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
-    store.purge_expired()
-    job_id = store.new_id()
+    job_id = store.new_id()  # expired jobs were purged by the admission check (api/middleware/admission.py)
     store.put(job_id, "input.png", png)
     if region is not None:
         store.put(job_id, "mask.png", mask_png(region))

@@ -6,8 +6,10 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..metrics import REGISTRY
+from ..problems import ANY_ROUTE, responses
 
-router = APIRouter()
+# Public: no API key. In local mode the connection and Host checks still apply.
+router = APIRouter(responses=responses(*ANY_ROUTE))
 
 
 @router.get("/healthz")

@@ -7,6 +7,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from worker.blobs import BlobNotFound
 
 from ..deps import Caller, StoreDep
+from ..problems import KEYED, responses
 from ..schemas import JobStatus, Progress
 
 router = APIRouter()
@@ -38,7 +39,7 @@ def _owned(store, job_id: str, owner: str) -> dict:
     return meta
 
 
-@router.get("/jobs/{job_id}", response_model=JobStatus)
+@router.get("/jobs/{job_id}", response_model=JobStatus, responses=responses(*KEYED))
 def status(job_id: str, request: Request, owner: Caller, store: StoreDep):
     res = request.app.state.celery.AsyncResult(job_id)
     # The state first, then the meta: the worker writes started_at / finished_at before Celery
@@ -71,7 +72,7 @@ def status(job_id: str, request: Request, owner: Caller, store: StoreDep):
     return body
 
 
-@router.get("/jobs/{job_id}/{name}")
+@router.get("/jobs/{job_id}/{name}", responses=responses(*KEYED))
 def file(job_id: str, name: str, request: Request, owner: Caller, store: StoreDep):
     if name not in _FILES:
         raise HTTPException(404, f"unknown file {name!r}; available: {', '.join(_FILES)}")
@@ -85,7 +86,7 @@ def file(job_id: str, name: str, request: Request, owner: Caller, store: StoreDe
     )
 
 
-@router.delete("/jobs/{job_id}", status_code=204)
+@router.delete("/jobs/{job_id}", status_code=204, responses=responses(*KEYED, "cross-site"))
 def delete(job_id: str, request: Request, owner: Caller, store: StoreDep):
     _owned(store, job_id, owner)
     request.app.state.celery.control.revoke(job_id)

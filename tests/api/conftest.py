@@ -7,8 +7,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-KEY_A = "a" * 32
-KEY_B = "b" * 32
+# Random-looking keys: the settings refuse weak ones (api/core/keys.py).
+KEY_A = "tWtkTrW8naNjQu1heSWRp4k9OHzWCwXn"
+KEY_B = "DKUi3nhhDKhYB8DAq0oczGFMv8nU9kqJ"
+# The suite creates jobs faster than a person would: no rate limit of its own gets in the way
+# (tests/api/test_limits.py tests the limits).
+UNLIMITED = {"jobs_per_minute": 1e6, "jobs_per_minute_per_address": 1e6}
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +30,7 @@ def service(tiny_checkpoint, tmp_path_factory):
         checkpoint=tiny_checkpoint,
         max_upload_bytes=8_000_000,
         max_pixels=5_000_000,
+        **UNLIMITED,
     )
     celery = make_celery(settings)
     worker = start_embedded_worker(celery)
@@ -33,6 +38,33 @@ def service(tiny_checkpoint, tmp_path_factory):
     with TestClient(app) as client:
         yield client
     worker.stop(in_sighandler=False)
+
+
+class StubCelery:
+    """Stands in for Celery where a test ends at the queue: jobs are recorded, never run."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.sent, self.revoked = [], []
+        self.control = SimpleNamespace(revoke=self.revoked.append)
+
+    def send_task(self, name, args, task_id):
+        self.sent.append(task_id)
+
+    def AsyncResult(self, job_id):  # Celery's name: every job stays queued
+        from types import SimpleNamespace
+
+        return SimpleNamespace(state="PENDING", info=None, result=None, date_done=None)
+
+
+def stub_app(blob_dir, **overrides):
+    """The app on a `StubCelery`, keyed with KEY_A and KEY_B unless `overrides` say otherwise."""
+    from api.core.config import Settings
+    from api.main import create_app
+
+    fields = {"api_keys": [KEY_A, KEY_B], "blob_dir": str(blob_dir), **overrides}
+    return create_app(Settings(**fields), celery=StubCelery())
 
 
 def png_bytes(size=96, mode="L", bits=8):

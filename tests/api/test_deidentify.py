@@ -59,7 +59,7 @@ import sys
 from fastapi.testclient import TestClient
 from api.main import create_app
 from api.core.config import Settings
-KEY = "k" * 24
+KEY = "iRGPSlFqt7UynFRu90SqmWQ_D02sUZuA"
 settings = Settings(
     api_keys=[KEY], broker_url="memory://", result_backend="cache+memory://", blob_dir={str(tmp_path)!r}
 )

@@ -29,7 +29,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from .conftest import KEY_A
+from .conftest import KEY_A, UNLIMITED
 
 H = {"X-API-Key": KEY_A}
 INFLATE_CAP = 16 * 2**20
@@ -56,7 +56,7 @@ def _app(tmp_path, **overrides):
         max_upload_bytes=8_000_000,
         max_pixels=25_000_000,
         max_inflated_bytes=INFLATE_CAP,
-        **overrides,
+        **{**UNLIMITED, **overrides},
     )
     return create_app(settings, celery=_Broker())
 

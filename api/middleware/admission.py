@@ -1,0 +1,123 @@
+"""Who may use the API, and whether a new job may start: decided from the headers alone.
+
+FastAPI reads a route's whole body before it runs the route's dependencies, so a check there
+comes after a 64 MiB upload has been spooled. Here, before the body is read:
+
+1. The API key (`X-API-Key`) of every route but the public ones. A client address that sent
+   more than `auth_failures_per_minute` missing or unknown keys gets 429 for every request
+   until its bucket refills, a right key included: otherwise the limit would not slow a search
+   for a key. The owner id (the key's SHA-256) goes to the route in the scope; in local mode it
+   is "local" (`local_only` has checked the connection).
+2. For `POST /counterfactual`: the job rate of the key and of the client address (429), the
+   jobs not yet finished against `max_unfinished_jobs` (429) and the bytes under the blob
+   directory against `blob_quota_bytes` (507).
+
+The cap and the quota are read from the blob store (shared by every API replica); uploads that
+pass the check at the same moment can overshoot them by at most the uploads decoding at once
+(`WHATIF_DECODE_THREADS` + `WHATIF_DECODE_QUEUE`). The rate limits are in this process's memory
+(`api/rate_limit.py`). The client address is the connection's peer: behind a proxy, run uvicorn
+with `--proxy-headers --forwarded-allow-ips=<the proxy>` so that it is the real client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+
+import anyio
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from worker.blobs import BlobStore, Usage
+
+from ..core.config import Settings
+from ..problems import problem
+from ..rate_limit import TokenBuckets
+
+OWNER = "whatif.owner"  # the scope key `api.deps.caller` reads
+PUBLIC = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
+JOB_ROUTE = ("POST", "/counterfactual")
+# A job takes seconds to minutes; a client refused because the queue is full may try again this soon.
+QUEUE_RETRY_AFTER_S = 10
+
+
+class Admission:
+    def __init__(self, app: ASGIApp, settings: Settings, store: BlobStore):
+        self.app, self.settings, self.store = app, settings, store
+        self.auth_failures = TokenBuckets(settings.auth_failures_per_minute)
+        self.jobs_by_key = TokenBuckets(settings.jobs_per_minute)
+        self.jobs_by_address = TokenBuckets(settings.jobs_per_minute_per_address)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _route_path(scope) in PUBLIC:
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        owner, refusal = self._authenticate(scope, address)
+        if refusal is None and (scope["method"], _route_path(scope)) == JOB_ROUTE:
+            refusal = await self._admit_job(owner, address)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        scope[OWNER] = owner
+        await self.app(scope, receive, send)
+
+    def _authenticate(self, scope: Scope, address: str):
+        """-> (owner id, None) or (None, the refusal)."""
+        if self.settings.auth_disabled:
+            return "local", None
+        if wait := self.auth_failures.wait_s(address):
+            return None, problem(
+                "auth-rate-limited",
+                f"too many missing or unknown API keys from this address; try again in {math.ceil(wait)} s",
+                retry_after_s=wait,
+            )
+        presented = next((v for k, v in scope["headers"] if k == b"x-api-key"), b"")
+        for key in self.settings.api_keys:
+            # Constant time per key: the time taken reveals no key's prefix.
+            if presented and hmac.compare_digest(presented, key.get_secret_value().encode()):
+                return hashlib.sha256(presented).hexdigest(), None
+        self.auth_failures.take(address)
+        # The 401 keeps the shape it had as the routes' dependency ({"detail": ...}).
+        return None, JSONResponse(
+            {"detail": "missing or unknown X-API-Key"}, status_code=401, headers={"WWW-Authenticate": "X-API-Key"}
+        )
+
+    async def _admit_job(self, owner: str, address: str):
+        s = self.settings
+        wait = max(self.jobs_by_key.wait_s(owner), self.jobs_by_address.wait_s(address))
+        if wait:
+            return problem(
+                "rate-limited",
+                f"jobs are created at most {s.jobs_per_minute:g} a minute per API key and "
+                f"{s.jobs_per_minute_per_address:g} per client address; try again in {math.ceil(wait)} s",
+                retry_after_s=wait,
+            )
+        usage = await anyio.to_thread.run_sync(self._usage)  # reads every job's metadata: off the event loop
+        if usage.unfinished >= s.max_unfinished_jobs:
+            return problem(
+                "queue-full",
+                f"{usage.unfinished} jobs are queued or running, the most this service takes "
+                f"({s.max_unfinished_jobs}); try again when some have finished",
+                retry_after_s=QUEUE_RETRY_AFTER_S,
+            )
+        if usage.bytes >= s.blob_quota_bytes:
+            return problem(
+                "storage-full",
+                f"the stored uploads and results take {usage.bytes / 2**20:.0f} MiB, the service's quota "
+                f"({s.blob_quota_bytes / 2**20:.0f} MiB); they expire {s.blob_ttl_s} s after their job was "
+                "created, or when their jobs are deleted",
+            )
+        self.jobs_by_key.take(owner)
+        self.jobs_by_address.take(address)
+        return None
+
+    def _usage(self) -> Usage:
+        self.store.purge_expired()  # expired files count towards neither the cap nor the quota
+        return self.store.usage()
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the router matches it: without the root path a proxy mounts the app under."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path

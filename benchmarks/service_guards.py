@@ -1,9 +1,9 @@
-"""Measure the service's guards against a real uvicorn; prints JSON. Not a test (pytest collects
-only test_*.py); the numbers in docs/service.md ("Limits before work") come from it.
+"""Measure the service's guards against a real uvicorn; prints JSON.
+The numbers in docs/service.md ("Limits before work") come from it.
 
-    .venv/bin/python tests/api/measure_guards.py                       # this checkout
+    .venv/bin/python benchmarks/service_guards.py                       # this checkout
     git worktree add /tmp/before c5aa484
-    PYTHONPATH=/tmp/before .venv/bin/python tests/api/measure_guards.py  # another one's api/
+    PYTHONPATH=/tmp/before .venv/bin/python benchmarks/service_guards.py  # another one's api/
 
 It serves the app on 127.0.0.1:8811 and 0.0.0.0:8812 with a stub queue (no worker), and measures:
 the bytes of a 300 MB upload the app took in and the most spooled to temporary files at once

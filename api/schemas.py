@@ -23,7 +23,8 @@ class Progress(BaseModel):
 
 class JobStatus(BaseModel):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    # retrying: its worker stopped (no heartbeat for WHATIF_HEARTBEAT_TIMEOUT_S) and it was sent again
+    status: Literal["queued", "running", "retrying", "succeeded", "failed"]
     condition: str
     created_at: float  # seconds since the epoch
     started_at: float | None = None

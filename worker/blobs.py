@@ -1,8 +1,9 @@
 """A blob store with a time-to-live: images travel between API and workers by id, never inside messages.
 
 Files under one directory (a shared volume in docker compose): `<id>.<name>` blobs and
-`<id>.json` metadata. Every job's files expire `ttl_s` after creation; `purge_expired()` deletes
-them (the API calls it on each request, the worker after each job). Ids are 128-bit random.
+`<id>.json` metadata (the job record, `worker/jobs.py`). Every job's files expire `ttl_s` after
+creation; `purge_expired()` deletes them (the API calls it before each new job, the worker after
+each job), and any file whose job has no record. Ids are 128-bit random.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from pathlib import Path
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 _NAME = re.compile(r"^[a-z0-9_.]{1,32}$")
+TMP_PREFIX = ".tmp-"
+# A file without a job record is removed once it is this old: the API writes a new job's input
+# before its record, and a worker's results are renamed into place a moment before it checks the
+# record again (`commit`); both take well under a second.
+ORPHAN_GRACE_S = 300
 
 
 class BlobNotFound(KeyError):
@@ -48,10 +54,34 @@ class BlobStore:
 
     def put(self, job_id: str, name: str, data: bytes) -> None:
         path = self._path(job_id, name)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        os.replace(self._temp(data), path)
+
+    def _temp(self, data: bytes) -> str:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=TMP_PREFIX)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
+        return tmp
+
+    def commit(self, job_id: str, files: dict[str, bytes], still_wanted) -> bool:
+        """Write a job's results only while its record says they are wanted (`still_wanted()`: the job
+        exists and this worker still owns it). Each file is written under a temporary name and renamed;
+        the check runs before the renames and again after them, and if the job was deleted in between,
+        everything of the job is deleted: results of a deleted job are never left behind. -> written."""
+        temps = {name: self._temp(data) for name, data in files.items()}
+        try:
+            if not still_wanted():
+                return False
+            for name, tmp in temps.items():
+                os.replace(tmp, self._path(job_id, name))
+            temps = {}
+        finally:
+            for tmp in temps.values():
+                Path(tmp).unlink(missing_ok=True)
+        if still_wanted():
+            return True
+        if not self._path(job_id, "json").is_file():
+            self.delete(job_id)  # deleted while the files were renamed into place
+        return False
 
     def get(self, job_id: str, name: str) -> bytes:
         path = self._path(job_id, name)
@@ -91,16 +121,37 @@ class BlobStore:
         for path in self.root.glob(f"{job_id}.*"):
             path.unlink(missing_ok=True)
 
+    def records(self):
+        """(job id, record) for every job with a record, expired ones included."""
+        for path in self.root.glob("*.json"):
+            job_id = path.name[: -len(".json")]
+            if not _ID.match(job_id):
+                continue
+            try:
+                yield job_id, json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # deleted meanwhile, or half written
+
     def purge_expired(self) -> int:
+        """Delete every file of each expired job, and every file whose job has no record (a result
+        written after its job was deleted, a temporary file of a process that died) once it is
+        `ORPHAN_GRACE_S` old. -> the expired jobs deleted."""
         n = 0
         now = time.time()
-        for meta in self.root.glob("*.json"):
-            try:
-                if json.loads(meta.read_text()).get("expires_at", 0) < now:
-                    self.delete(meta.name[: -len(".json")])
-                    n += 1
-            except (OSError, ValueError):
-                continue
+        for job_id, meta in list(self.records()):
+            if meta.get("expires_at", 0) < now:
+                self.delete(job_id)
+                n += 1
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                job_id = entry.name.split(".", 1)[0]
+                if entry.name.endswith(".json") or (job_id and (self.root / f"{job_id}.json").exists()):
+                    continue
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > ORPHAN_GRACE_S:
+                        Path(entry.path).unlink()
+                except OSError:
+                    continue
         return n
 
     def usage(self) -> Usage:
@@ -111,7 +162,7 @@ class BlobStore:
             for entry in entries:
                 try:
                     total += entry.stat(follow_symlinks=False).st_size
-                    if entry.name.endswith(".json") and not entry.name.startswith(".tmp-"):
+                    if entry.name.endswith(".json") and not entry.name.startswith(TMP_PREFIX):
                         unfinished += "finished_at" not in json.loads(Path(entry.path).read_text())
                 except (OSError, ValueError):
                     continue  # deleted meanwhile, or half written

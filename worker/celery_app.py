@@ -7,14 +7,22 @@ CUDA is never initialised before a fork.
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+import threading
+import time
 
+from celery import Celery, signals
+
+from .blobs import BlobStore
+from .jobs import BROKER_ERRORS, TASK_NAME, send, sweep
 from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 def make_celery(settings: WorkerSettings | None = None) -> Celery:
     s = settings or WorkerSettings()
-    from .tasks import TASK_NAME, counterfactual
+    from .tasks import counterfactual
 
     app = Celery("whatif", broker=s.broker_url, backend=s.result_backend, set_as_current=False)
     app.conf.update(
@@ -22,14 +30,28 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
         result_serializer="json",
         accept_content=["json"],  # never pickle
         result_accept_content=["json"],
-        task_acks_late=True,  # a job lost with its worker is delivered again...
+        task_acks_late=True,  # a job lost with its worker stays unacknowledged in Redis...
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # ...and a busy worker does not hoard jobs
-        task_track_started=True,
-        result_extended=True,
-        result_expires=s.blob_ttl_s,
-        # Redis re-delivers unacknowledged jobs after the visibility timeout: longer than the longest job.
-        broker_transport_options={"visibility_timeout": 2 * s.job_time_limit_s + 60},
+        # The job's state and result live in its record (worker/jobs.py), never in the result backend.
+        task_ignore_result=True,
+        # Redis hands an unacknowledged job out again after the visibility timeout: longer than the
+        # longest job, or a running job would be doubled. It is only the backstop now: a job whose
+        # worker died comes back when its heartbeat is WHATIF_HEARTBEAT_TIMEOUT_S old (worker/jobs.py).
+        # The socket timeouts and the bounded reconnects keep a publish during a Redis outage to
+        # seconds: kombu's default retries the connection forever, and the API waited past 60 s.
+        broker_transport_options={
+            "visibility_timeout": 2 * s.job_time_limit_s + 60,
+            "socket_timeout": s.broker_timeout_s,
+            "socket_connect_timeout": s.broker_timeout_s,
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 0.5,
+        },
+        broker_connection_timeout=s.broker_timeout_s,
+        # One quick retry of a publish (a connection dropped since the last one), then the error.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
         worker_hijack_root_logger=False,
     )
 
@@ -38,7 +60,27 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
     def run_counterfactual(task, job_id: str, params: dict) -> dict:
         return counterfactual(task, s, job_id, params)
 
+    def enqueue(job_id: str, params: dict, delivery: int) -> None:
+        send(app, job_id, params, delivery)
+
+    @signals.worker_ready.connect(weak=False)
+    def start_sweeper(sender=None, **kwargs):
+        # Every worker sends lost jobs again (their worker's heartbeat stopped), even if no client
+        # asks for them; signals are global, so only this app's worker starts one.
+        if getattr(sender, "app", None) is app:
+            threading.Thread(target=_sweep_forever, args=(s, enqueue), name="whatif-sweeper", daemon=True).start()
+
     return app
+
+
+def _sweep_forever(s: WorkerSettings, enqueue) -> None:
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    while True:
+        try:
+            sweep(store, s, enqueue)
+        except (*BROKER_ERRORS, ValueError):
+            log.warning("sweeping for lost jobs failed; trying again in %g s", s.heartbeat_interval_s, exc_info=True)
+        time.sleep(s.heartbeat_interval_s)
 
 
 app = make_celery()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -10,9 +10,38 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WHATIF_", extra="ignore")
 
     broker_url: str = "redis://localhost:6379/0"
-    result_backend: str = "redis://localhost:6379/1"
+    result_backend: str = Field(
+        "redis://localhost:6379/1",
+        description="Celery's result backend. Job states do not use it (they live in the job record, "
+        "worker/jobs.py) and tasks store no result there; kept for Celery's own tools",
+    )
     blob_dir: str = "/tmp/whatif-blobs"
     blob_ttl_s: int = Field(3600, gt=0, description="uploads and results are deleted after this")
     job_time_limit_s: int = Field(600, gt=0, description="a job running longer fails")
-    max_deliveries: int = Field(3, ge=1, description="a job delivered more often than this (worker crashes) fails")
+    max_deliveries: int = Field(
+        3, ge=1, description="a job started this often without finishing (its worker died each time) fails"
+    )
     checkpoint: str | None = Field(None, description="checkpoint directory (default: the embedded model)")
+    heartbeat_interval_s: float = Field(
+        10, gt=0, description="how often the worker running a job writes its heartbeat into the job record"
+    )
+    heartbeat_timeout_s: float = Field(
+        30,
+        gt=0,
+        le=60,
+        description="a running job whose heartbeat is older than this has lost its worker: it is reported "
+        "`retrying` and delivered again (worker/jobs.py)",
+    )
+    broker_timeout_s: float = Field(
+        3,
+        gt=0,
+        description="connect and read timeout of a broker connection: during a Redis outage the API answers 503 "
+        "within a few of these instead of hanging",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat(self):
+        # One late heartbeat (a slow disk, a busy CPU) must not make a live worker's job look lost.
+        if self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError("WHATIF_HEARTBEAT_TIMEOUT_S must be at least twice WHATIF_HEARTBEAT_INTERVAL_S")
+        return self

@@ -12,6 +12,8 @@ from celery.exceptions import Ignore
 from PIL import Image
 
 from .blobs import BlobNotFound, BlobStore
+from .heartbeat import Abandoned, Heartbeat
+from .jobs import FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, lost
 from .outputs import difference_png, region_png, secondary_capture_dcm, synthetic_png
 
 _PIPELINES: dict = {}
@@ -30,34 +32,68 @@ def pipeline(checkpoint: str | None):
     return _PIPELINES[checkpoint]
 
 
-TASK_NAME = "whatif.counterfactual"
+# Shown for a failure that is not one of our own JobErrors (whose messages are meant for users).
+GENERIC_ERROR = "the job failed; try again or contact the operator"
 
 
 def counterfactual(self, s, job_id: str, params: dict) -> dict:
     """The job. Registered on each Celery app by `worker.celery_app.make_celery`; `self` is the
-    bound task (for progress states), `s` the worker's settings."""
-    try:
-        return _counterfactual(self, s, job_id, params)
-    except Ignore:
-        raise
-    except Exception:
-        # A failed job is finished too: the API caps the jobs whose metadata has no finished_at
-        # (WHATIF_MAX_UNFINISHED_JOBS), and a failure that left none would hold a place until it expired.
-        with contextlib.suppress(BlobNotFound, OSError, ValueError):
-            BlobStore(s.blob_dir, s.blob_ttl_s).update_meta(job_id, finished_at=time.time())
-        raise
+    bound task (unused: progress goes to the job record), `s` the worker's settings.
 
-
-def _counterfactual(self, s, job_id: str, params: dict) -> dict:
+    The job runs only if its record wants this message (`_claim`); while it runs, a heartbeat
+    thread keeps the record fresh (`worker/heartbeat.py`), and its end is written there too:
+    `succeeded` with the result, or `failed` with the reason. A job deleted meanwhile stops at its
+    next progress step and writes nothing."""
     store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    meta, delivery = _claim(store, s, job_id, params)
+    with Heartbeat(store, job_id, delivery, s.heartbeat_interval_s) as beat:
+        try:
+            if int(meta["attempts"]) > s.max_deliveries:
+                raise JobError(f"the job was started {meta['attempts'] - 1} times without finishing; giving up")
+            result = _counterfactual(beat, store, s, job_id, params, meta)
+        except Abandoned:
+            raise Ignore() from None
+        except Exception as exc:
+            # A failed job is finished too: the API caps the jobs whose record has no finished_at
+            # (WHATIF_MAX_UNFINISHED_JOBS), and a failure that left none would hold a place until it expired.
+            error = str(exc) if isinstance(exc, JobError) else GENERIC_ERROR
+            with contextlib.suppress(Abandoned, BlobNotFound, OSError, ValueError):
+                beat.update(state=FAILED, finished_at=time.time(), error=error, progress=None)
+            raise
+    store.purge_expired()
+    return result
+
+
+def _claim(store: BlobStore, s, job_id: str, params: dict) -> tuple[dict, int]:
+    """Take the job for this message, or drop the message (`Ignore`: acknowledged, nothing run).
+
+    Dropped: the job was deleted or expired; it has ended; the message is older than the record's
+    delivery (the job was sent again since: Redis restores an unacknowledged message after its
+    visibility timeout); another worker runs it (a fresh heartbeat)."""
     try:
         meta = store.get_meta(job_id)
     except BlobNotFound:
-        raise Ignore() from None  # deleted or expired before it ran
-    attempts = int(meta.get("attempts", 0)) + 1
-    store.update_meta(job_id, attempts=attempts, started_at=time.time())
-    if attempts > s.max_deliveries:
-        raise JobError(f"the job was started {attempts - 1} times without finishing; giving up")
+        raise Ignore() from None
+    delivery = int(params.get("delivery", meta.get("delivery", 1)))
+    state = meta.get("state", QUEUED)
+    if state in FINISHED or delivery != int(meta.get("delivery", 1)):
+        raise Ignore()
+    if state == RUNNING and not lost(meta, time.time(), s.heartbeat_timeout_s):
+        raise Ignore()
+    now = time.time()
+    meta = store.update_meta(
+        job_id,
+        state=RUNNING,
+        delivery=delivery,
+        attempts=int(meta.get("attempts", 0)) + 1,
+        started_at=now,
+        heartbeat_at=now,
+        progress=None,
+    )
+    return meta, delivery
+
+
+def _counterfactual(beat: Heartbeat, store: BlobStore, s, job_id: str, params: dict, meta: dict) -> dict:
     stored = np.asarray(Image.open(io.BytesIO(store.get(job_id, "input.png"))))
     if stored.dtype == np.uint8:
         # The API stores an 8-bit source in 8 bits; v * 257 is its exact 16-bit value (v / 255 == v * 257 / 65535).
@@ -75,7 +111,8 @@ def _counterfactual(self, s, job_id: str, params: dict) -> dict:
         # The solo pool cannot enforce Celery's time limits, so the task enforces its own.
         if time.monotonic() - started > s.job_time_limit_s:
             raise JobError(f"the job ran longer than {s.job_time_limit_s} s")
-        self.update_state(state="PROGRESS", meta={"stage": stage, "step": step, "total": total, "lp": lp})
+        beat.check()  # deleted or handed on: stop now rather than at the end
+        beat.update(progress={"stage": stage, "step": step, "total": total, "lp": lp})
 
     try:
         from model.preprocess import ImageInputError
@@ -103,15 +140,17 @@ def _counterfactual(self, s, job_id: str, params: dict) -> dict:
     base = input16 if input16.shape == out.image.shape else np.round(out.input_image * 65535.0).astype(np.uint16)
     result16 = np.where(out.region, out.to_uint16(), base)
     verdict = out.verdict.to_dict()
-    store.put(job_id, "result.png", synthetic_png(result16, out.condition, out.seed, verdict))
-    store.put(job_id, "region.png", region_png(out.region, out.region_source))
-    store.put(job_id, "diff.png", difference_png((result16.astype(np.float32) - base) / 65535.0))
-    store.put(job_id, "result.dcm", secondary_capture_dcm(result16, out.condition, verdict))
-    store.update_meta(job_id, finished_at=time.time())
-    store.purge_expired()
+    files = {
+        "result.png": synthetic_png(result16, out.condition, out.seed, verdict),
+        "region.png": region_png(out.region, out.region_source),
+        "diff.png": difference_png((result16.astype(np.float32) - base) / 65535.0),
+        "result.dcm": secondary_capture_dcm(result16, out.condition, verdict),
+    }
+    if not store.commit(job_id, files, beat.owned):
+        raise Abandoned(beat.reason)
     q = out.quality
     h, w = result16.shape
-    return {
+    result = {
         "condition": out.condition,
         "seed": out.seed,
         "seed_optimized": out.seed_optimized,
@@ -133,6 +172,13 @@ def _counterfactual(self, s, job_id: str, params: dict) -> dict:
             "notes": meta.get("notes", []) + q.notes,
         },
     }
+    try:
+        beat.update(state=SUCCEEDED, finished_at=time.time(), result=result, progress=None)
+    except Abandoned:
+        if beat.reason == "deleted":
+            store.delete(job_id)  # deleted between the files' commit and this write
+        raise
+    return result
 
 
 def _user_region(store: BlobStore, job_id: str) -> np.ndarray:

@@ -1,26 +1,24 @@
-"""GET /jobs/{id} (state, progress, results), the result files, DELETE /jobs/{id}."""
+"""GET /jobs/{id} (state, progress, results), the result files, DELETE /jobs/{id}.
+
+A job's state is its record's (`worker/jobs.py`), written by this API and the workers into the
+blob store; Celery's own states are never read. So a job Redis forgot is not shown as queued, a
+finished one reads succeeded whatever Redis lost, and these routes answer during a Redis outage.
+"""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from worker import jobs
 from worker.blobs import BlobNotFound
 
-from ..deps import Caller, StoreDep
+from ..deps import Caller, SettingsDep, StoreDep
 from ..problems import KEYED, responses
 from ..schemas import JobStatus, Progress
 
 router = APIRouter()
-_STATUS = {
-    "PENDING": "queued",
-    "RECEIVED": "queued",
-    "STARTED": "running",
-    "PROGRESS": "running",
-    "RETRY": "running",
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "REVOKED": "failed",
-}
 _FILES = {
     "result.png": "image/png",
     "region.png": "image/png",
@@ -40,35 +38,29 @@ def _owned(store, job_id: str, owner: str) -> dict:
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses=responses(*KEYED))
-def status(job_id: str, request: Request, owner: Caller, store: StoreDep):
-    res = request.app.state.celery.AsyncResult(job_id)
-    # The state first, then the meta: the worker writes started_at / finished_at before Celery
-    # records the state, so a state read before the meta never runs ahead of them (read the other
-    # way round, a job finishing between the two reads showed "succeeded" with no finished_at).
-    raw_state = res.state  # each read of res.state asks the backend again
+def status(job_id: str, request: Request, owner: Caller, store: StoreDep, settings: SettingsDep):
     meta = _owned(store, job_id, owner)
-    state = _STATUS.get(raw_state, "queued")
+    celery = request.app.state.celery
+    # A job whose worker stopped is sent again by the first to see it: this route, or a worker's
+    # sweep (worker/celery_app.py). Sending is bounded by the broker's timeouts; if the broker is
+    # down the job still reads "retrying" and the next look tries again.
+    meta = jobs.redeliver_if_lost(store, job_id, meta, settings, lambda *args: jobs.send(celery, *args))
+    state = jobs.state_of(meta, time.time(), settings.heartbeat_timeout_s)
     body = JobStatus(
         id=job_id,
         status=state,
         condition=meta["condition"],
         created_at=meta["created_at"],
         started_at=meta.get("started_at"),
-        finished_at=meta.get("finished_at"),
+        finished_at=meta.get("finished_at") if state in jobs.FINISHED else None,
     )
-    if state == "failed" and body.finished_at is None and res.date_done is not None:
-        body.finished_at = res.date_done.timestamp()
-    if raw_state == "PROGRESS" and isinstance(res.info, dict):
-        body.progress = Progress(**{k: res.info.get(k) for k in ("stage", "step", "total", "lp")})
-    elif state == "succeeded":
-        body.result = res.result
+    if state == jobs.RUNNING and meta.get("progress"):
+        body.progress = Progress(**meta["progress"])
+    elif state == jobs.SUCCEEDED:
+        body.result = meta.get("result")
         body.links = {name: f"/jobs/{job_id}/{name}" for name in _FILES}
-    elif state == "failed":
-        # Only our own job errors carry a message meant for users; anything else is generic.
-        err = res.result
-        body.error = (
-            str(err) if type(err).__name__ == "JobError" else "the job failed; try again or contact the operator"
-        )
+    elif state == jobs.FAILED:
+        body.error = meta.get("error") or "the job failed; try again or contact the operator"
     return body
 
 
@@ -87,8 +79,10 @@ def file(job_id: str, name: str, request: Request, owner: Caller, store: StoreDe
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses=responses(*KEYED, "cross-site"))
-def delete(job_id: str, request: Request, owner: Caller, store: StoreDep):
+def delete(job_id: str, owner: Caller, store: StoreDep):
+    # No message to the broker (a revoke reaches only workers that are up, and hung during an
+    # outage): a queued job's worker finds no record and drops it, a running one stops at its next
+    # progress step or heartbeat and writes nothing (worker/heartbeat.py, BlobStore.commit).
     _owned(store, job_id, owner)
-    request.app.state.celery.control.revoke(job_id)
     store.delete(job_id)
     return Response(status_code=204)

@@ -141,30 +141,6 @@ def test_settings_refuse_weak_keys_and_open_public_mode():
         Settings(auth_disabled=True, single_machine=True, bind_host="0.0.0.0")
 
 
-def test_status_never_shows_a_finish_without_its_timestamps():
-    # The worker finishes between the route's reads: it writes finished_at, then Celery records
-    # SUCCESS. Whatever the route reports must agree with the timestamps it read.
-    from types import SimpleNamespace
-
-    from api.routes.jobs import status
-
-    result = SimpleNamespace(state="STARTED", info=None, result=None, date_done=None)
-    meta = {"owner": "me", "condition": "mild edema", "created_at": 1.0, "started_at": 2.0}
-
-    class Store:
-        def get_meta(self, job_id):
-            snapshot = dict(meta)
-            meta["finished_at"] = 3.0  # the job ends right after this read
-            result.state, result.result = "SUCCESS", {"condition": "mild edema"}
-            return snapshot
-
-    app = SimpleNamespace(state=SimpleNamespace(celery=SimpleNamespace(AsyncResult=lambda job_id: result)))
-    body = status("j" * 22, SimpleNamespace(app=app), "me", Store())
-    assert body.status == "running" and body.finished_at is None
-    body = status("j" * 22, SimpleNamespace(app=app), "me", Store())
-    assert body.status == "succeeded" and body.finished_at == 3.0
-
-
 def _wide_png(w=200, h=150) -> bytes:
     from training.phantom.renderer import render
 

@@ -304,7 +304,7 @@ def test_an_unexpected_error_is_a_problem_with_the_headers(keyed, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("something internal: /secret/path")
 
-    monkeypatch.setattr(keyed.app.state.celery, "AsyncResult", boom)
+    monkeypatch.setattr(keyed.app.state.store, "get_meta", boom)
     r = keyed.get("/jobs/abcdefghijklmnopqrstuv", headers={"X-API-Key": KEY_A})
     assert r.status_code == 500 and _kind(r) == "internal" and "secret" not in r.text
     _secure(r, "500")

@@ -80,6 +80,12 @@ KINDS = {
         "Blob store quota reached",
         "the files under WHATIF_BLOB_DIR reach WHATIF_BLOB_QUOTA_BYTES; they expire after WHATIF_BLOB_TTL_S",
     ),
+    "broker-unavailable": Kind(
+        503,
+        "Job queue unavailable",
+        "the broker (Redis) cannot be reached; nothing was stored, send the job again after Retry-After",
+        retry_after=True,
+    ),
     "internal": Kind(500, "Internal server error", "an unexpected error; the log has its details"),
 }
 

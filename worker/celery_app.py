@@ -1,4 +1,4 @@
-"""The Celery application: Redis broker and result backend, JSON only, one solo-pool worker per GPU.
+"""The Celery application: a Redis broker (no result backend), JSON only, one solo-pool worker per GPU.
 
 Run a worker per GPU with `celery -A worker.celery_app worker --pool=solo --concurrency=1`
 (CUDA_VISIBLE_DEVICES picks the GPU): the solo pool never forks after the model is loaded, so
@@ -24,7 +24,9 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
     s = settings or WorkerSettings()
     from .tasks import counterfactual
 
-    app = Celery("whatif", broker=s.broker_url, backend=s.result_backend, set_as_current=False)
+    # No result backend: a job's state and result live in its record (worker/jobs.py). With one,
+    # each publish also subscribed to the backend, and during an outage retried that for 20 s.
+    app = Celery("whatif", broker=s.broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -33,8 +35,7 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
         task_acks_late=True,  # a job lost with its worker stays unacknowledged in Redis...
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # ...and a busy worker does not hoard jobs
-        # The job's state and result live in its record (worker/jobs.py), never in the result backend.
-        task_ignore_result=True,
+        task_ignore_result=True,  # nowhere to store it (above)
         # Redis hands an unacknowledged job out again after the visibility timeout: longer than the
         # longest job, or a running job would be doubled. It is only the backstop now: a job whose
         # worker died comes back when its heartbeat is WHATIF_HEARTBEAT_TIMEOUT_S old (worker/jobs.py).

@@ -10,11 +10,6 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WHATIF_", extra="ignore")
 
     broker_url: str = "redis://localhost:6379/0"
-    result_backend: str = Field(
-        "redis://localhost:6379/1",
-        description="Celery's result backend. Job states do not use it (they live in the job record, "
-        "worker/jobs.py) and tasks store no result there; kept for Celery's own tools",
-    )
     blob_dir: str = "/tmp/whatif-blobs"
     blob_ttl_s: int = Field(3600, gt=0, description="uploads and results are deleted after this")
     job_time_limit_s: int = Field(600, gt=0, description="a job running longer fails")

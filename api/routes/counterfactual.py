@@ -9,17 +9,21 @@ event loop, so other requests are answered meanwhile.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+
+from worker import jobs
 
 from ..core.config import Settings
 from ..decode_pool import DecodePoolBusy
 from ..deps import Caller, SettingsDep, StoreDep
 from ..ingest import UploadRejected, box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
-from ..problems import KEYED, responses
+from ..problems import KEYED, problem, responses
 from ..schemas import JobCreated
 
 router = APIRouter()
@@ -28,9 +32,12 @@ router = APIRouter()
 MAX_CANDIDATES = 8
 # A decode takes seconds; a client refused because the pool is full may try again this soon.
 RETRY_AFTER_S = 2
+# A Redis restart takes seconds; a client refused because the broker is down may try again this soon.
+BROKER_RETRY_AFTER_S = 5
+log = logging.getLogger(__name__)
 
 
-_RESPONSES = responses(*KEYED, "cross-site", "rate-limited", "queue-full", "storage-full")
+_RESPONSES = responses(*KEYED, "cross-site", "rate-limited", "queue-full", "storage-full", "broker-unavailable")
 _RESPONSES[413]["description"] += (
     "\n\nThe route's own 413s (a file above WHATIF_MAX_UPLOAD_BYTES, an image above WHATIF_MAX_PIXELS, "
     'a DICOM inflating past WHATIF_MAX_INFLATED_BYTES) keep their older shape, `{"detail": "..."}`.'
@@ -131,9 +138,26 @@ async def create(
             "notes": notes,
             "source_format": fmt,
             "params": params,
+            "state": jobs.QUEUED,
+            "delivery": 1,
         },
     )
-    request.app.state.celery.send_task("whatif.counterfactual", args=[job_id, params], task_id=job_id)
+    # The record is written before the message is sent, so a worker always finds it. If the broker
+    # cannot take the job, everything written is removed again: no job that will never run is left
+    # reading "queued". The publish is bounded by the broker's timeouts (worker/celery_app.py) and
+    # runs off the event loop, which keeps answering meanwhile.
+    try:
+        await anyio.to_thread.run_sync(jobs.send, request.app.state.celery, job_id, params, 1)
+    except Exception as exc:
+        store.delete(job_id)
+        if not isinstance(exc, jobs.BROKER_ERRORS):
+            raise
+        log.warning("job refused: the broker cannot be reached (%s)", type(exc).__name__)
+        return problem(
+            "broker-unavailable",
+            f"the job queue cannot be reached; nothing was stored, send the job again in {BROKER_RETRY_AFTER_S} s",
+            retry_after_s=BROKER_RETRY_AFTER_S,
+        )
     JOBS_CREATED.inc()
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobCreated(id=job_id, status_url=f"/jobs/{job_id}", condition=refinement.condition)

@@ -25,7 +25,6 @@ def service(tiny_checkpoint, tmp_path_factory):
     settings = Settings(
         api_keys=[KEY_A, KEY_B],
         broker_url="memory://",
-        result_backend="cache+memory://",
         blob_dir=str(tmp_path_factory.mktemp("blobs")),
         checkpoint=tiny_checkpoint,
         max_upload_bytes=8_000_000,

@@ -61,7 +61,7 @@ from api.main import create_app
 from api.core.config import Settings
 KEY = "iRGPSlFqt7UynFRu90SqmWQ_D02sUZuA"
 settings = Settings(
-    api_keys=[KEY], broker_url="memory://", result_backend="cache+memory://", blob_dir={str(tmp_path)!r}
+    api_keys=[KEY], broker_url="memory://", blob_dir={str(tmp_path)!r}
 )
 app = create_app(settings)
 client = TestClient(app)

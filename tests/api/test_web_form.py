@@ -22,7 +22,6 @@ def live_server(tiny_checkpoint, tmp_path):
         single_machine=True,
         auth_disabled=True,
         broker_url="memory://",
-        result_backend="cache+memory://",
         blob_dir=str(tmp_path / "blobs"),
         checkpoint=tiny_checkpoint,
     )

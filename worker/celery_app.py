@@ -14,7 +14,7 @@ import time
 from celery import Celery, signals
 
 from .blobs import BlobStore
-from .jobs import BROKER_ERRORS, TASK_NAME, send, sweep
+from .jobs import BROKER_ERRORS, TASK_NAME, Queue, sweep
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -61,24 +61,21 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
     def run_counterfactual(task, job_id: str, params: dict) -> dict:
         return counterfactual(task, s, job_id, params)
 
-    def enqueue(job_id: str, params: dict, delivery: int) -> None:
-        send(app, job_id, params, delivery)
-
     @signals.worker_ready.connect(weak=False)
     def start_sweeper(sender=None, **kwargs):
-        # Every worker sends lost jobs again (their worker's heartbeat stopped), even if no client
-        # asks for them; signals are global, so only this app's worker starts one.
+        # Every worker sends lost jobs again (their worker's heartbeat stopped, or Redis lost their
+        # message), even if no client asks for them; signals are global: only this app's worker.
         if getattr(sender, "app", None) is app:
-            threading.Thread(target=_sweep_forever, args=(s, enqueue), name="whatif-sweeper", daemon=True).start()
+            threading.Thread(target=_sweep_forever, args=(s, Queue(app)), name="whatif-sweeper", daemon=True).start()
 
     return app
 
 
-def _sweep_forever(s: WorkerSettings, enqueue) -> None:
+def _sweep_forever(s: WorkerSettings, queue: Queue) -> None:
     store = BlobStore(s.blob_dir, s.blob_ttl_s)
     while True:
         try:
-            sweep(store, s, enqueue)
+            sweep(store, s, queue)
         except (*BROKER_ERRORS, ValueError):
             log.warning("sweeping for lost jobs failed; trying again in %g s", s.heartbeat_interval_s, exc_info=True)
         time.sleep(s.heartbeat_interval_s)

@@ -11,18 +11,25 @@ nothing else.
     running, heartbeat older than WHATIF_HEARTBEAT_TIMEOUT_S -> retrying (sent again) -> running ...
     ... started WHATIF_MAX_DELIVERIES times without finishing -> failed, with the reason
 
-Fields the service reads: `state`, `delivery` (which message may run the job: the API raises it
-when it sends the job again, and the worker runs only a message of the record's delivery, so an
-old message Redis restores later is dropped), `attempts` (starts by a worker), `heartbeat_at`,
-`progress`, `started_at`, `finished_at` (set for both ends: the API's queue cap counts the
-records without it), `result` and `error`.
+Fields the service reads: `state`, `delivery` (which message may run the job: it is raised each
+time the job is sent again, and the worker runs only a message of the record's delivery, so an
+old message Redis restores later is dropped), `broker_epoch` (the broker's epoch when the job was
+sent, below), `attempts` (starts by a worker), `heartbeat_at`, `progress`, `started_at`,
+`finished_at` (set for both ends: the API's queue cap counts the records without it), `result`
+and `error`.
+
+The broker's epoch is a random value kept in Redis under `EPOCH_KEY`, made when missing. Redis
+restarted without persistence (or flushed) has lost it with every queued message; a worker's sweep
+that finds a queued job sent in another epoch sends it again. With AOF (compose, k8s) it survives
+with the queue and nothing is sent twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 import time
-from collections.abc import Callable
 
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
@@ -35,6 +42,7 @@ TASK_NAME = "whatif.counterfactual"
 # What a broker that is down or unreachable raises from a publish (kombu wraps most; the redis
 # client's timeouts and the socket's errors can come through bare).
 BROKER_ERRORS = (OperationalError, RedisError, OSError)
+EPOCH_KEY = "whatif:broker-epoch"
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +60,51 @@ def lost(meta: dict, now: float, heartbeat_timeout_s: float) -> bool:
     return meta.get("state") == RUNNING and now - meta.get("heartbeat_at", 0.0) > heartbeat_timeout_s
 
 
-def send(celery, job_id: str, params: dict, delivery: int) -> None:
-    """Put the job on the queue. The message carries its delivery number (see the module's docstring)."""
-    celery.send_task(TASK_NAME, args=[job_id, {**params, "delivery": delivery}], task_id=job_id)
+class Queue:
+    """The job queue on a Celery app: send a job, read the broker's epoch. Every call is bounded by
+    the broker's timeouts (worker/celery_app.py) and raises one of BROKER_ERRORS when it is down."""
+
+    def __init__(self, celery):
+        self.celery = celery
+
+    def send(self, job_id: str, params: dict, delivery: int) -> None:
+        """The message carries the delivery number (see the module's docstring)."""
+        self.celery.send_task(TASK_NAME, args=[job_id, {**params, "delivery": delivery}], task_id=job_id)
+
+    def epoch(self) -> str | None:
+        """The broker's epoch, made if Redis has none; None for a broker without one (memory://, a stub)."""
+        if not hasattr(self.celery, "connection_for_write"):
+            return None
+        with self.celery.connection_for_write() as conn:
+            client = getattr(conn.default_channel, "client", None)  # kombu's Redis channel has one
+            if client is None:
+                return None
+            client.set(EPOCH_KEY, secrets.token_hex(8), nx=True)
+            value = client.get(EPOCH_KEY)
+        return value.decode() if isinstance(value, bytes) else value
 
 
-def redeliver_if_lost(store: BlobStore, job_id: str, meta: dict, s, enqueue: Callable[[str, dict, int], None]) -> dict:
-    """A running job whose worker stopped writing its heartbeat: send it again, or, once it has
-    been started `s.max_deliveries` times, end it failed with the reason. -> the record as it is now.
+def lost_in_broker(meta: dict, epoch: str | None) -> bool:
+    """A job waiting for a worker whose message went with a Redis that lost its data."""
+    sent_in = meta.get("broker_epoch")
+    return meta.get("state") in (QUEUED, RETRYING) and None not in (epoch, sent_in) and sent_in != epoch
+
+
+def redeliver_if_lost(store: BlobStore, job_id: str, meta: dict, s, queue: Queue, epoch: str | None = None) -> dict:
+    """Send the job again if it is lost: its worker stopped writing its heartbeat, or (given the
+    broker's current `epoch`) the broker lost its message. A job that lost its worker and has been
+    started `s.max_deliveries` times ends failed instead, with the reason. -> the record as it is now.
 
     The record is written before the message is sent, so the new message is never older than the
-    record it finds; if the broker cannot take it, the record goes back to running (stale) and the
-    next reader tries again. Two readers at once may both send it: the second message finds the job
-    running with a fresh heartbeat and is dropped (`worker.tasks`)."""
+    record it finds; if the broker cannot take it, the record goes back as it was and the next look
+    tries again. Two lookers at once may both send it: the second message finds the job running
+    with a fresh heartbeat and is dropped (`worker.tasks`)."""
     now = time.time()
-    if not lost(meta, now, s.heartbeat_timeout_s):
+    no_worker = lost(meta, now, s.heartbeat_timeout_s)
+    if not (no_worker or lost_in_broker(meta, epoch)):
         return meta
     try:
-        if int(meta.get("attempts", 0)) >= s.max_deliveries:
+        if no_worker and int(meta.get("attempts", 0)) >= s.max_deliveries:
             return store.update_meta(
                 job_id,
                 state=FAILED,
@@ -79,28 +114,32 @@ def redeliver_if_lost(store: BlobStore, job_id: str, meta: dict, s, enqueue: Cal
                 f"(no heartbeat for {s.heartbeat_timeout_s:g} s); giving up",
             )
         delivery = int(meta.get("delivery", 1)) + 1
-        new = store.update_meta(job_id, state=RETRYING, delivery=delivery, progress=None, requeued_at=now)
+        epoch = epoch or queue.epoch()
+        new = store.update_meta(
+            job_id, state=RETRYING, delivery=delivery, progress=None, requeued_at=now, broker_epoch=epoch
+        )
+        queue.send(job_id, meta.get("params", {}), delivery)
     except BlobNotFound:
         return meta  # deleted or expired meanwhile
-    try:
-        enqueue(job_id, meta.get("params", {}), delivery)
     except BROKER_ERRORS as exc:
-        log.warning("job %s lost its worker; the broker could not take it again (%s)", job_id, type(exc).__name__)
-        try:
-            return store.update_meta(job_id, state=RUNNING, delivery=delivery - 1)
-        except BlobNotFound:
-            return meta
-    log.info("job %s lost its worker (no heartbeat for %.0f s); sent again", job_id, now - meta.get("heartbeat_at", 0))
+        log.warning("job %s is lost; the broker cannot take it again (%s)", job_id, type(exc).__name__)
+        with contextlib.suppress(BlobNotFound):
+            store.update_meta(
+                job_id, **{k: meta.get(k) for k in ("state", "delivery", "progress", "requeued_at", "broker_epoch")}
+            )
+        return meta
+    log.info("job %s was lost (%s); sent again", job_id, "no heartbeat" if no_worker else "the broker lost it")
     return new
 
 
-def sweep(store: BlobStore, s, enqueue: Callable[[str, dict, int], None]) -> int:
-    """`redeliver_if_lost` for every job in the store (the workers run this every heartbeat
-    interval, so a lost job comes back even if nobody asks for it). -> how many were lost."""
+def sweep(store: BlobStore, s, queue: Queue) -> int:
+    """`redeliver_if_lost` for every job in the store: the workers run this every heartbeat interval,
+    so a lost job comes back even if nobody asks for it. -> how many were lost."""
     n = 0
+    epoch = queue.epoch()
     now = time.time()
     for job_id, meta in store.records():
-        if lost(meta, now, s.heartbeat_timeout_s):
-            redeliver_if_lost(store, job_id, meta, s, enqueue)
+        if lost(meta, now, s.heartbeat_timeout_s) or lost_in_broker(meta, epoch):
+            redeliver_if_lost(store, job_id, meta, s, queue, epoch)
             n += 1
     return n

@@ -114,6 +114,14 @@ async def create(
             "the server is decoding as many uploads as it can; send it again shortly",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
+    # The broker first: while it is down nothing is written. Its epoch goes into the record, so that
+    # a Redis that loses the message also loses the epoch and the job is sent again (worker/jobs.py).
+    # Each call is bounded by the broker's timeouts (worker/celery_app.py) and runs off the event loop.
+    queue = jobs.Queue(request.app.state.celery)
+    try:
+        epoch = await anyio.to_thread.run_sync(queue.epoch)
+    except jobs.BROKER_ERRORS as exc:
+        return _broker_down(exc)
     job_id = store.new_id()  # expired jobs were purged by the admission check (api/middleware/admission.py)
     store.put(job_id, "input.png", png)
     if region is not None:
@@ -140,27 +148,31 @@ async def create(
             "params": params,
             "state": jobs.QUEUED,
             "delivery": 1,
+            "broker_epoch": epoch,
         },
     )
     # The record is written before the message is sent, so a worker always finds it. If the broker
-    # cannot take the job, everything written is removed again: no job that will never run is left
-    # reading "queued". The publish is bounded by the broker's timeouts (worker/celery_app.py) and
-    # runs off the event loop, which keeps answering meanwhile.
+    # cannot take the job after all, everything written is removed again: no job that will never run
+    # is left reading "queued".
     try:
-        await anyio.to_thread.run_sync(jobs.send, request.app.state.celery, job_id, params, 1)
+        await anyio.to_thread.run_sync(queue.send, job_id, params, 1)
     except Exception as exc:
         store.delete(job_id)
         if not isinstance(exc, jobs.BROKER_ERRORS):
             raise
-        log.warning("job refused: the broker cannot be reached (%s)", type(exc).__name__)
-        return problem(
-            "broker-unavailable",
-            f"the job queue cannot be reached; nothing was stored, send the job again in {BROKER_RETRY_AFTER_S} s",
-            retry_after_s=BROKER_RETRY_AFTER_S,
-        )
+        return _broker_down(exc)
     JOBS_CREATED.inc()
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobCreated(id=job_id, status_url=f"/jobs/{job_id}", condition=refinement.condition)
+
+
+def _broker_down(exc: Exception):
+    log.warning("job refused: the broker cannot be reached (%s)", type(exc).__name__)
+    return problem(
+        "broker-unavailable",
+        f"the job queue cannot be reached; nothing was stored, send the job again in {BROKER_RETRY_AFTER_S} s",
+        retry_after_s=BROKER_RETRY_AFTER_S,
+    )
 
 
 def _decoded(data: bytes, mask_data: bytes | None, box: str | None, side: str | None, settings: Settings):

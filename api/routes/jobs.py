@@ -40,11 +40,10 @@ def _owned(store, job_id: str, owner: str) -> dict:
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses=responses(*KEYED))
 def status(job_id: str, request: Request, owner: Caller, store: StoreDep, settings: SettingsDep):
     meta = _owned(store, job_id, owner)
-    celery = request.app.state.celery
     # A job whose worker stopped is sent again by the first to see it: this route, or a worker's
-    # sweep (worker/celery_app.py). Sending is bounded by the broker's timeouts; if the broker is
-    # down the job still reads "retrying" and the next look tries again.
-    meta = jobs.redeliver_if_lost(store, job_id, meta, settings, lambda *args: jobs.send(celery, *args))
+    # sweep (worker/celery_app.py). Only then is the broker asked, within its timeouts; if it is down
+    # the job still reads "retrying" and the next look tries again.
+    meta = jobs.redeliver_if_lost(store, job_id, meta, settings, jobs.Queue(request.app.state.celery))
     state = jobs.state_of(meta, time.time(), settings.heartbeat_timeout_s)
     body = JobStatus(
         id=job_id,

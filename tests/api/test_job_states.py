@@ -114,16 +114,44 @@ def test_after_the_maximum_deliveries_a_lost_job_fails_with_the_reason(client):
     assert queue.sent == [(job, 1)] and store.usage().unfinished == 0  # no longer holds a place in the queue cap
 
 
+class _Broker:
+    """`worker.jobs.Queue` with the broker's epoch given: "b" after a Redis restart that lost "a"."""
+
+    def __init__(self, epoch):
+        self.sent, self._epoch = [], epoch
+
+    def epoch(self):
+        return self._epoch
+
+    def send(self, job_id, params, delivery):
+        self.sent.append((job_id, delivery))
+
+
 def test_the_workers_sweep_sends_lost_jobs_without_a_client_asking(tmp_path):
     s = WorkerSettings(blob_dir=str(tmp_path), heartbeat_interval_s=1, heartbeat_timeout_s=5)
     store = BlobStore(s.blob_dir, s.blob_ttl_s)
-    sent = []
     lost, alive, queued = store.new_id(), store.new_id(), store.new_id()
     store.put_meta(lost, {"state": "running", "attempts": 1, "heartbeat_at": time.time() - 10, "params": {}})
     store.put_meta(alive, {"state": "running", "attempts": 1, "heartbeat_at": time.time(), "params": {}})
-    store.put_meta(queued, {"state": "queued", "params": {}})
-    assert jobs.sweep(store, s, lambda job, params, delivery: sent.append((job, delivery))) == 1
-    assert sent == [(lost, 2)]
+    store.put_meta(queued, {"state": "queued", "params": {}, "broker_epoch": "a"})
+    broker = _Broker("a")
+    assert jobs.sweep(store, s, broker) == 1
+    assert broker.sent == [(lost, 2)] and store.get_meta(lost)["state"] == "retrying"
+
+
+def test_jobs_queued_in_a_redis_that_lost_its_data_are_sent_again(tmp_path):
+    s = WorkerSettings(blob_dir=str(tmp_path))
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    queued, retrying, running, done = (store.new_id() for _ in range(4))
+    store.put_meta(queued, {"state": "queued", "params": {}, "broker_epoch": "a"})
+    store.put_meta(retrying, {"state": "retrying", "delivery": 2, "params": {}, "broker_epoch": "a"})
+    store.put_meta(running, {"state": "running", "heartbeat_at": time.time(), "params": {}, "broker_epoch": "a"})
+    store.put_meta(done, {"state": "succeeded", "params": {}, "broker_epoch": "a"})
+    broker = _Broker("b")  # Redis restarted without AOF: the epoch "a" went with the queue
+    assert jobs.sweep(store, s, broker) == 2
+    assert sorted(broker.sent) == sorted([(queued, 2), (retrying, 3)])
+    assert store.get_meta(queued)["broker_epoch"] == "b" and store.get_meta(running)["state"] == "running"
+    assert jobs.sweep(store, s, broker) == 0  # sent once: now of this epoch
 
 
 # --- the worker's side: which message runs, the heartbeat, results bound to the job ---------------

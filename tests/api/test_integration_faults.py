@@ -1,0 +1,151 @@
+"""Faults through a real redis-server and real Celery worker processes: a worker killed with -9
+mid-job (its job reads `retrying` within the heartbeat limit and then succeeds on another worker),
+and Redis restarted without persistence (finished jobs still read succeeded, queued ones run)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import free_port, require_binary
+
+from .conftest import KEY_A, UNLIMITED, png_bytes
+
+H = {"X-API-Key": KEY_A}
+# Short enough for a test; the defaults are 10 s and 30 s (docs/service.md).
+HEARTBEAT = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 3}
+
+
+class Redis:
+    """A redis-server without persistence (as a Redis restarted without AOF loses its data)."""
+
+    def __init__(self, tmp_path):
+        self.server, self.port, self.dir, self.proc = require_binary("redis-server"), free_port(), tmp_path, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [self.server, *args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        import redis
+
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture()
+def env(tmp_path, tiny_checkpoint):
+    redis = Redis(tmp_path)
+    redis.start()
+    workers = []
+
+    def worker():
+        environ = {
+            **os.environ,
+            "WHATIF_BROKER_URL": redis.url,
+            "WHATIF_BLOB_DIR": str(tmp_path / "blobs"),
+            "WHATIF_CHECKPOINT": tiny_checkpoint,
+            "WHATIF_HEARTBEAT_INTERVAL_S": "1",
+            "WHATIF_HEARTBEAT_TIMEOUT_S": "3",
+            "OMP_NUM_THREADS": "1",
+        }
+        args = ["worker", "--pool=solo", "--concurrency=1", "--loglevel=WARNING"]
+        args += ["--without-mingle", "--without-gossip"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", *args],
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        workers.append(proc)
+        return proc
+
+    from api.core.config import Settings
+    from api.main import create_app
+
+    settings = Settings(
+        api_keys=[KEY_A], broker_url=redis.url, blob_dir=str(tmp_path / "blobs"), **HEARTBEAT, **UNLIMITED
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client, redis, worker
+    for proc in workers:
+        proc.kill()
+        proc.wait(10)
+    redis.stop()
+
+
+def _post(client, **data):
+    r = client.post(
+        "/counterfactual",
+        headers=H,
+        files={"image": ("x.png", png_bytes(), "image/png")},
+        data={"target": "mild edema", "optimize_seed": "false", **data},
+    )
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def _until(client, job, states, timeout):
+    """Poll until the job's status is one of `states`; -> (status, seconds waited)."""
+    started, seen = time.monotonic(), []
+    while time.monotonic() - started < timeout:
+        status = client.get(f"/jobs/{job}", headers=H).json()["status"]
+        seen.append(status)
+        if status in states:
+            return status, time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"job {job} never reached {states}: {seen[-5:]}")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job(env):
+    client, _, worker = env
+    first = worker()
+    job = _post(client, steps="200")  # a few seconds of sampling: time to kill it
+    _until(client, job, ("running",), timeout=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    status, to_retrying = _until(client, job, ("retrying",), timeout=60)
+    worker()
+    status, to_succeeded = _until(client, job, ("succeeded", "failed"), timeout=120)
+    print(f"SIGKILL -> retrying {to_retrying:.1f} s, -> succeeded {to_retrying + to_succeeded:.1f} s")
+    assert status == "succeeded" and to_retrying < 3 + 2  # the heartbeat limit and one poll's slack
+    body = client.get(f"/jobs/{job}", headers=H).json()
+    assert body["result"] and client.get(f"/jobs/{job}/result.png", headers=H).status_code == 200
+    assert client.app.state.store.get_meta(job)["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_redis_restarted_without_persistence(env):
+    client, redis, worker = env
+    first = worker()
+    done = _post(client)
+    assert _until(client, done, ("succeeded", "failed"), timeout=120)[0] == "succeeded"
+    first.terminate()  # no worker: the next job stays queued in Redis...
+    first.wait(20)
+    waiting = _post(client)
+    redis.stop()  # ...and is lost with Redis's data
+    redis.start()
+    # Celery alone would read PENDING ("queued") for both; the records tell the truth.
+    assert client.get(f"/jobs/{done}", headers=H).json()["status"] == "succeeded"
+    assert client.get(f"/jobs/{done}/result.png", headers=H).status_code == 200
+    assert client.get(f"/jobs/{waiting}", headers=H).json()["status"] == "queued"
+    worker()  # its sweep finds the queued job of another broker epoch and sends it again
+    status, took = _until(client, waiting, ("succeeded", "failed"), timeout=120)
+    print(f"the job queued before the restart succeeded {took:.1f} s after a worker started")
+    assert status == "succeeded" and client.app.state.store.get_meta(waiting)["delivery"] == 2

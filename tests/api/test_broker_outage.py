@@ -18,8 +18,11 @@ from .conftest import KEY_A, UNLIMITED, png_bytes
 
 H = {"X-API-Key": KEY_A}
 ROOT = Path(__file__).resolve().parents[2]
-# The longest a request may take while the broker is down: a few broker timeouts (1 s here).
-BOUND_S = 8
+# The broker's connect and read timeout: 1 s here, the default (3 s) or another value from the
+# environment to measure it (WHATIF_BROKER_TIMEOUT_S=3 pytest -s tests/api/test_broker_outage.py).
+TIMEOUT_S = float(os.environ.get("WHATIF_BROKER_TIMEOUT_S", 1))
+# The longest a request may take while the broker is down: a few timeouts.
+BOUND_S = 4 * TIMEOUT_S + 2
 
 
 def _app(broker_url, blob_dir):
@@ -27,7 +30,7 @@ def _app(broker_url, blob_dir):
     from api.main import create_app
 
     settings = Settings(
-        api_keys=[KEY_A], broker_url=broker_url, blob_dir=str(blob_dir), broker_timeout_s=1, **UNLIMITED
+        api_keys=[KEY_A], broker_url=broker_url, blob_dir=str(blob_dir), broker_timeout_s=TIMEOUT_S, **UNLIMITED
     )
     return create_app(settings)
 
@@ -46,6 +49,7 @@ def _post(client):
 def _refused(r, took, blob_dir):
     assert r.status_code == 503, r.text
     assert r.json()["type"] == "urn:whatif-cxr:problem:broker-unavailable" and int(r.headers["retry-after"]) > 0
+    print(f"503 in {took:.2f} s")
     assert took < BOUND_S, f"the 503 took {took:.1f} s"
     assert not list(Path(blob_dir).iterdir()), "a refused job left files behind"
 
@@ -73,7 +77,6 @@ def _owner():
     return hashlib.sha256(KEY_A.encode()).hexdigest()
 
 
-@pytest.mark.slow
 def test_a_hung_broker_is_503_in_bounded_time(tmp_path):
     """Redis stopped (SIGSTOP): connections open but nothing answers. Without socket timeouts the
     publish waited forever."""

@@ -16,8 +16,12 @@ from tests.helpers import free_port, require_binary
 from .conftest import KEY_A, UNLIMITED, png_bytes
 
 H = {"X-API-Key": KEY_A}
-# Short enough for a test; the defaults are 10 s and 30 s (docs/service.md).
-HEARTBEAT = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 3}
+# Short enough for a test; the defaults are 10 s and 30 s (docs/service.md). The same variables set
+# in the environment measure other values: WHATIF_HEARTBEAT_TIMEOUT_S=30 ... pytest -s -k killed.
+HEARTBEAT = {
+    "heartbeat_interval_s": float(os.environ.get("WHATIF_HEARTBEAT_INTERVAL_S", 1)),
+    "heartbeat_timeout_s": float(os.environ.get("WHATIF_HEARTBEAT_TIMEOUT_S", 3)),
+}
 
 
 class Redis:
@@ -60,8 +64,8 @@ def env(tmp_path, tiny_checkpoint):
             "WHATIF_BROKER_URL": redis.url,
             "WHATIF_BLOB_DIR": str(tmp_path / "blobs"),
             "WHATIF_CHECKPOINT": tiny_checkpoint,
-            "WHATIF_HEARTBEAT_INTERVAL_S": "1",
-            "WHATIF_HEARTBEAT_TIMEOUT_S": "3",
+            "WHATIF_HEARTBEAT_INTERVAL_S": str(HEARTBEAT["heartbeat_interval_s"]),
+            "WHATIF_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT["heartbeat_timeout_s"]),
             "OMP_NUM_THREADS": "1",
         }
         args = ["worker", "--pool=solo", "--concurrency=1", "--loglevel=WARNING"]
@@ -120,11 +124,12 @@ def test_a_worker_killed_mid_job(env):
     _until(client, job, ("running",), timeout=60)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    status, to_retrying = _until(client, job, ("retrying",), timeout=60)
+    status, to_retrying = _until(client, job, ("retrying",), timeout=65)
     worker()
     status, to_succeeded = _until(client, job, ("succeeded", "failed"), timeout=120)
     print(f"SIGKILL -> retrying {to_retrying:.1f} s, -> succeeded {to_retrying + to_succeeded:.1f} s")
-    assert status == "succeeded" and to_retrying < 3 + 2  # the heartbeat limit and one poll's slack
+    # Within the heartbeat limit and a little slack; never more than the 60 s the service promises.
+    assert status == "succeeded" and to_retrying < min(HEARTBEAT["heartbeat_timeout_s"] + 2, 60)
     body = client.get(f"/jobs/{job}", headers=H).json()
     assert body["result"] and client.get(f"/jobs/{job}/result.png", headers=H).status_code == 200
     assert client.app.state.store.get_meta(job)["attempts"] == 2
@@ -133,19 +138,22 @@ def test_a_worker_killed_mid_job(env):
 @pytest.mark.slow
 def test_redis_restarted_without_persistence(env):
     client, redis, worker = env
-    first = worker()
+    worker()
     done = _post(client)
     assert _until(client, done, ("succeeded", "failed"), timeout=120)[0] == "succeeded"
-    first.terminate()  # no worker: the next job stays queued in Redis...
-    first.wait(20)
-    waiting = _post(client)
+    running = _post(client, steps="200")
+    _until(client, running, ("running",), timeout=60)
+    waiting = _post(client)  # the only worker is busy: this one waits in Redis...
     redis.stop()  # ...and is lost with Redis's data
     redis.start()
-    # Celery alone would read PENDING ("queued") for both; the records tell the truth.
+    # Celery alone would read PENDING ("queued") for all three; the records tell the truth.
     assert client.get(f"/jobs/{done}", headers=H).json()["status"] == "succeeded"
     assert client.get(f"/jobs/{done}/result.png", headers=H).status_code == 200
-    assert client.get(f"/jobs/{waiting}", headers=H).json()["status"] == "queued"
-    worker()  # its sweep finds the queued job of another broker epoch and sends it again
+    assert client.get(f"/jobs/{running}", headers=H).json()["status"] in ("running", "succeeded")
+    # The worker's sweep finds the queued job of another broker epoch and sends it again (retrying);
+    # the worker lives through the restart and runs it after its running job.
+    assert client.get(f"/jobs/{waiting}", headers=H).json()["status"] in ("queued", "retrying")
+    assert _until(client, running, ("succeeded", "failed"), timeout=120)[0] == "succeeded"
     status, took = _until(client, waiting, ("succeeded", "failed"), timeout=120)
-    print(f"the job queued before the restart succeeded {took:.1f} s after a worker started")
+    print(f"the job queued before the restart succeeded {took:.1f} s after the running one")
     assert status == "succeeded" and client.app.state.store.get_meta(waiting)["delivery"] == 2

@@ -4,6 +4,10 @@ Files under one directory (a shared volume in docker compose): `<id>.<name>` blo
 `<id>.json` metadata (the job record, `worker/jobs.py`). Every job's files expire `ttl_s` after
 creation; `purge_expired()` deletes them (the API calls it before each new job, the worker after
 each job), and any file whose job has no record. Ids are 128-bit random.
+
+A deleted job leaves a tombstone (`<id>.deleted`, empty) for `ORPHAN_GRACE_S`: a worker's record
+update is a read and then a write, and a write that lands just after the delete would bring the
+record back; with the tombstone the record reads as deleted and the writer removes it again.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 _ID = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 _NAME = re.compile(r"^[a-z0-9_.]{1,32}$")
 TMP_PREFIX = ".tmp-"
+TOMBSTONE = "deleted"
 # A file without a job record is removed once it is this old: the API writes a new job's input
 # before its record, and a worker's results are renamed into place a moment before it checks the
 # record again (`commit`); both take well under a second.
@@ -79,7 +84,7 @@ class BlobStore:
                 Path(tmp).unlink(missing_ok=True)
         if still_wanted():
             return True
-        if not self._path(job_id, "json").is_file():
+        if self._path(job_id, TOMBSTONE).exists() or not self._path(job_id, "json").is_file():
             self.delete(job_id)  # deleted while the files were renamed into place
         return False
 
@@ -95,7 +100,7 @@ class BlobStore:
 
     def get_meta(self, job_id: str) -> dict:
         path = self._path(job_id, "json")
-        if not path.is_file():
+        if not path.is_file() or self._path(job_id, TOMBSTONE).exists():
             raise BlobNotFound(job_id)
         meta = json.loads(path.read_text())
         if meta.get("expires_at", 0) < time.time():
@@ -106,6 +111,9 @@ class BlobStore:
     def update_meta(self, job_id: str, **changes) -> dict:
         meta = {**self.get_meta(job_id), **changes}
         self.put(job_id, "json", json.dumps(meta).encode())
+        if self._path(job_id, TOMBSTONE).exists():  # deleted between the read and the write
+            self._path(job_id, "json").unlink(missing_ok=True)
+            raise BlobNotFound(job_id)
         return meta
 
     def expired(self, job_id: str) -> bool:
@@ -116,10 +124,19 @@ class BlobStore:
             return True
 
     def delete(self, job_id: str) -> None:
+        """Delete every file of the job, leaving its tombstone (see the module's docstring)."""
+        if not _ID.match(job_id):
+            return
+        self._path(job_id, TOMBSTONE).touch()
+        self.discard(job_id, keep=(TOMBSTONE,))
+
+    def discard(self, job_id: str, keep: tuple[str, ...] = ()) -> None:
+        """Delete every file of a job no worker has seen (never sent): no tombstone needed."""
         if not _ID.match(job_id):
             return
         for path in self.root.glob(f"{job_id}.*"):
-            path.unlink(missing_ok=True)
+            if path.name.split(".", 1)[1] not in keep:
+                path.unlink(missing_ok=True)
 
     def records(self):
         """(job id, record) for every job with a record, expired ones included."""

@@ -157,7 +157,7 @@ async def create(
     try:
         await anyio.to_thread.run_sync(queue.send, job_id, params, 1)
     except Exception as exc:
-        store.delete(job_id)
+        store.discard(job_id)  # never sent: no worker can write to it
         if not isinstance(exc, jobs.BROKER_ERRORS):
             raise
         return _broker_down(exc)

@@ -16,13 +16,18 @@ from kombu.exceptions import OperationalError
 from PIL import Image
 
 from worker import jobs
-from worker.blobs import ORPHAN_GRACE_S, BlobStore
+from worker.blobs import ORPHAN_GRACE_S, BlobNotFound, BlobStore
 from worker.heartbeat import Abandoned, Heartbeat
 from worker.settings import WorkerSettings
 
 from .conftest import KEY_A, UNLIMITED, png_bytes, stub_app
 
 H = {"X-API-Key": KEY_A}
+
+
+def _left(root) -> list[str]:
+    """The files under `root` but the tombstones a delete leaves for ORPHAN_GRACE_S (worker/blobs.py)."""
+    return [p.name for p in root.iterdir() if not p.name.endswith(".deleted")]
 
 
 class Queue:
@@ -200,7 +205,7 @@ def test_the_heartbeat_thread_refreshes_the_record_and_notices_a_delete(tmp_path
         time.sleep(0.2)
         with pytest.raises(Abandoned, match="deleted"):
             beat.check()
-    assert not list(tmp_path.iterdir())  # the heartbeat did not write the record back
+    assert not _left(tmp_path)  # the heartbeat did not write the record back
 
 
 def _fake_pipeline(during=lambda: None):
@@ -244,7 +249,7 @@ def test_a_job_deleted_while_it_runs_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "pipeline", lambda checkpoint: _fake_pipeline(during=lambda: store.delete(job)))
     with pytest.raises(Ignore):
         tasks.counterfactual(None, s, job, PARAMS)
-    assert not list(store.root.iterdir())
+    assert not _left(store.root)
 
 
 def test_a_job_deleted_while_its_results_are_written_leaves_no_file(tmp_path):
@@ -260,8 +265,24 @@ def test_a_job_deleted_while_its_results_are_written_leaves_no_file(tmp_path):
         return True
 
     assert not store.commit(job, {"result.png": b"r", "diff.png": b"d"}, still_wanted)
-    assert not list(tmp_path.iterdir())  # ...and the results renamed meanwhile are gone too
-    assert not store.commit(job, {"result.png": b"r"}, lambda: False) and not list(tmp_path.iterdir())
+    assert not _left(tmp_path)  # ...and the results renamed meanwhile are gone too
+    assert not store.commit(job, {"result.png": b"r"}, lambda: False) and not _left(tmp_path)
+
+
+def test_a_record_write_racing_a_delete_does_not_bring_the_job_back(tmp_path):
+    store = BlobStore(tmp_path, 3600)
+    job = _input(store)
+    read = store.get_meta
+
+    def read_then_deleted(job_id):
+        meta = read(job_id)
+        store.delete(job_id)  # DELETE /jobs/{id} lands between a heartbeat's read and its write
+        return meta
+
+    store.get_meta = read_then_deleted
+    with pytest.raises(BlobNotFound):
+        store.update_meta(job, heartbeat_at=time.time())
+    assert not _left(tmp_path)
 
 
 def test_a_succeeded_job_records_its_result(tmp_path, monkeypatch):
@@ -306,9 +327,11 @@ def test_expiry_removes_every_file_of_a_job(tmp_path):
     store.put_meta(kept, {})
     os.utime(tmp_path / f"{kept}.result.png", (old, old))
     assert store.purge_expired() == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{orphan_new}.input.png", f"{kept}.result.png", f"{kept}.json"]
-    )
+    assert sorted(_left(tmp_path)) == sorted([f"{orphan_new}.input.png", f"{kept}.result.png", f"{kept}.json"])
+    tombstone = tmp_path / f"{expired}.deleted"  # the expired job's, removed after the grace period
+    os.utime(tombstone, (old, old))
+    store.purge_expired()
+    assert not tombstone.exists()
 
 
 def test_progress_and_the_heartbeat_do_not_lose_each_others_writes(tmp_path):

@@ -157,3 +157,6 @@ def test_redis_restarted_without_persistence(env):
     status, took = _until(client, waiting, ("succeeded", "failed"), timeout=120)
     print(f"the job queued before the restart succeeded {took:.1f} s after the running one")
     assert status == "succeeded" and client.app.state.store.get_meta(waiting)["delivery"] == 2
+    # The API's pooled broker connection died with the old Redis: a new job is accepted all the same.
+    after = _post(client)
+    assert _until(client, after, ("succeeded", "failed"), timeout=120)[0] == "succeeded"

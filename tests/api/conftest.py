@@ -40,21 +40,14 @@ def service(tiny_checkpoint, tmp_path_factory):
 
 
 class StubCelery:
-    """Stands in for Celery where a test ends at the queue: jobs are recorded, never run."""
+    """Stands in for Celery where a test ends at the queue: jobs are recorded, never run. The API
+    reads job states from the job records (worker/jobs.py), never from Celery."""
 
     def __init__(self):
-        from types import SimpleNamespace
-
-        self.sent, self.revoked = [], []
-        self.control = SimpleNamespace(revoke=self.revoked.append)
+        self.sent = []
 
     def send_task(self, name, args, task_id):
         self.sent.append(task_id)
-
-    def AsyncResult(self, job_id):  # Celery's name: every job stays queued
-        from types import SimpleNamespace
-
-        return SimpleNamespace(state="PENDING", info=None, result=None, date_done=None)
 
 
 def stub_app(blob_dir, **overrides):

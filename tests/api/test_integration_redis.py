@@ -55,7 +55,6 @@ def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_pa
     env = {
         **os.environ,
         "WHATIF_BROKER_URL": f"{redis_url}/0",
-        "WHATIF_RESULT_BACKEND": f"{redis_url}/1",
         "WHATIF_BLOB_DIR": str(tmp_path / "blobs"),
         "WHATIF_CHECKPOINT": tiny_checkpoint,
         "OMP_NUM_THREADS": "1",
@@ -83,7 +82,6 @@ def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_pa
         settings = Settings(
             api_keys=[KEY_A],
             broker_url=f"{redis_url}/0",
-            result_backend=f"{redis_url}/1",
             blob_dir=str(tmp_path / "blobs"),
             checkpoint=tiny_checkpoint,
         )

@@ -354,3 +354,13 @@ def test_a_job_of_a_deleted_record_is_dropped(tmp_path):
     s = WorkerSettings(blob_dir=str(tmp_path))
     with pytest.raises(Ignore):
         counterfactual(None, s, BlobStore.new_id(), PARAMS)
+
+
+def test_the_heartbeat_limit_is_at_most_60_s_and_twice_the_interval():
+    from pydantic import ValidationError
+
+    assert WorkerSettings().heartbeat_timeout_s <= 60
+    with pytest.raises(ValidationError, match="less than or equal to 60"):
+        WorkerSettings(heartbeat_timeout_s=61)
+    with pytest.raises(ValidationError, match="at least twice"):
+        WorkerSettings(heartbeat_interval_s=10, heartbeat_timeout_s=15)

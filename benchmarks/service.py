@@ -52,7 +52,6 @@ def main() -> None:
         single_machine=True,
         auth_disabled=True,
         broker_url="memory://",
-        result_backend="cache+memory://",
         blob_dir=f"{tmp}/blobs",
         checkpoint=checkpoint,
     )

@@ -66,7 +66,6 @@ def _settings(args, checkpoint):
             auth_disabled=local,
             bind_host=args.host,
             broker_url="memory://",
-            result_backend="cache+memory://",
             blob_dir=str(cache_dir() / "blobs"),
             checkpoint=checkpoint,
         )

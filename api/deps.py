@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, Request
 
 from worker.blobs import BlobStore
 
 from .core.config import Settings
 from .middleware.admission import OWNER
+from .problems import ProblemError
 
 
 def get_settings(request: Request) -> Settings:
@@ -29,7 +30,7 @@ def caller(
     `api/middleware/admission.py` found it."""
     owner = request.scope.get(OWNER)
     if owner is None:  # the middleware did not run for this route: fail closed
-        raise HTTPException(401, "missing or unknown X-API-Key", headers={"WWW-Authenticate": "X-API-Key"})
+        raise ProblemError("unauthorized", "missing or unknown X-API-Key")
     return owner
 
 

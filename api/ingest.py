@@ -13,9 +13,14 @@ error.
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 from PIL import Image
+
+# Pillow logs every EXIF tag it parses, its value included (a patient's name in ImageDescription or
+# Artist), at DEBUG: the API's log must not carry them whatever level the operator sets.
+logging.getLogger("PIL").setLevel(logging.INFO)
 
 
 class UploadRejected(Exception):

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from worker.blobs import BlobStore
 from worker.celery_app import make_celery
 
+from . import errors
 from .core.config import Settings
 from .decode_pool import DecodePool
 from .metrics import observe_latency
@@ -14,7 +15,7 @@ from .middleware import security_headers
 from .middleware.admission import Admission
 from .middleware.body_limit import BodyLimit
 from .middleware.local_only import LocalOnly
-from .problems import problem
+from .problems import problem, responses
 from .routes import counterfactual, health, jobs, web
 
 
@@ -50,10 +51,40 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
 
     async def internal_error(request: Request, exc: Exception):
         # Starlette sends this from outside the middleware stack: the security headers are set here.
-        # It raises the error again afterwards, so the server logs it with its traceback.
+        # It raises the error again afterwards; errors.ScrubbedErrors logs its type and frames, not its message.
         response = problem("internal", "an unexpected error; the operator's log has the details")
         security_headers.apply(response.headers, secure)
         return response
 
     app.add_exception_handler(Exception, internal_error)
+    errors.install(app)
+    app.openapi = _openapi(app, app.openapi, settings)
+    # The server logs an error the app raises with its message; errors.ScrubbedErrors logs it without.
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: errors.ScrubbedErrors(build())
     return app
+
+
+def _openapi(app: FastAPI, generate, settings: Settings):
+    """FastAPI's schema, made to say what the app does: `steps` is bounded by the setting, and a 422
+    is a problem (`api/errors.py`), not FastAPI's own validation error shape."""
+    invalid = responses("invalid-request")[422]
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for ops in schema["paths"].values():
+            for op in ops.values():
+                if "422" in op.get("responses", {}) and "application/json" in op["responses"]["422"].get("content", {}):
+                    op["responses"]["422"] = invalid
+        form = schema["components"]["schemas"].get("Body_create_counterfactual_post", {}).get("properties", {})
+        for branch in form.get("steps", {}).get("anyOf", []):
+            if branch.get("type") == "integer":
+                branch["maximum"] = settings.max_steps
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    return openapi

@@ -1,10 +1,12 @@
 """The service's guards answer in one JSON error shape: RFC 9457 (formerly 7807) problem details.
 
-`{"type", "title", "status", "detail"}` as `application/problem+json`. `type` is a URN naming the
-refusal (`urn:whatif-cxr:problem:rate-limited`); the table in docs/service.md lists them. A
-client that reads only `detail` (a sentence for a person) works for these and for the routes'
-older errors alike, which keep FastAPI's `{"detail": ...}` shape (422 validation errors carry a
-list there).
+`{"type", "title", "status", "detail"}` as `application/problem+json`, for every 4xx and 5xx the
+service answers: its guards', its routes' (`ProblemError`), FastAPI's own (a form field that
+does not validate, an unknown path, a wrong method) and an unexpected error's. `type` is a URN
+naming the refusal (`urn:whatif-cxr:problem:rate-limited`); the table in docs/service.md lists
+them. `detail` is always a sentence for a person, so a client that read the older
+`{"detail": ...}` errors reads these too; a 422 for the form's fields adds `errors`, one entry
+per field, without the value sent (it could be a patient's text).
 
 Every kind is declared once here, with the text that documents it in the OpenAPI of each route
 that can answer it (`responses(...)`).
@@ -87,24 +89,79 @@ KINDS = {
         retry_after=True,
     ),
     "internal": Kind(500, "Internal server error", "an unexpected error; the log has its details"),
+    "unauthorized": Kind(401, "API key missing or unknown", "the X-API-Key header is missing or not a known key"),
+    "not-found": Kind(404, "Not found", "no such job for this API key (unknown, deleted or expired), or no such file"),
+    "bad-request": Kind(400, "Request not readable", "the multipart body cannot be parsed"),
+    "method-not-allowed": Kind(
+        405, "Method not allowed", "the path does not answer this method; `Allow` lists those it does"
+    ),
+    "invalid-request": Kind(
+        422,
+        "Request not valid",
+        "a field is missing or out of its range, no finding is recognised in `target`, the region does not fit "
+        "the image, or the image cannot be used (burned-in annotations, its size, its frames, its colour); "
+        "`errors` lists a form's fields",
+    ),
+    "idempotency-key-reused": Kind(
+        422,
+        "Idempotency-Key reused",
+        "this Idempotency-Key was sent before, within the job's lifetime, with a different request",
+    ),
+    "upload-too-large": Kind(
+        413,
+        "Upload too large",
+        "an uploaded file is larger than WHATIF_MAX_UPLOAD_BYTES, an image has more than WHATIF_MAX_PIXELS pixels, "
+        "or a deflated DICOM inflates past WHATIF_MAX_INFLATED_BYTES",
+    ),
+    "unsupported-media-type": Kind(
+        415,
+        "Upload type not supported",
+        "the image is not a PNG, JPEG or DICOM of an allowed transfer syntax, or the mask is not a PNG",
+    ),
+    "decoder-busy": Kind(
+        503,
+        "Decoder busy",
+        "WHATIF_DECODE_QUEUE uploads already wait for a decode thread; send the upload again after Retry-After",
+        retry_after=True,
+    ),
 }
+# HTTP errors raised by FastAPI or Starlette themselves, by status.
+BY_STATUS = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed"}
 
 # What any route can answer: the local-mode checks run before routing, and a Content-Length above
 # the limit is refused whatever the route.
 ANY_ROUTE = ("host-missing", "host-not-local", "not-loopback", "body-too-large", "internal")
 # Routes that need an API key.
-KEYED = (*ANY_ROUTE, "auth-rate-limited")
+KEYED = (*ANY_ROUTE, "auth-rate-limited", "unauthorized")
 
 
-def problem(kind: str, detail: str, retry_after_s: float | None = None) -> JSONResponse:
+class ProblemError(Exception):
+    """Raised by a route (or a dependency) to answer `problem(kind, detail, ...)`."""
+
+    def __init__(self, kind: str, detail: str, retry_after_s: float | None = None, headers: dict | None = None):
+        super().__init__(kind)  # never the detail: an exception's message can reach a log
+        self.kind, self.detail, self.retry_after_s, self.headers = kind, detail, retry_after_s, headers or {}
+
+
+def problem(
+    kind: str,
+    detail: str,
+    retry_after_s: float | None = None,
+    headers: dict | None = None,
+    errors: list[dict] | None = None,
+) -> JSONResponse:
     """The response for a refusal of `kind`, counted in `whatif_requests_refused_total`."""
     k = KINDS[kind]
     REQUESTS_REFUSED.labels(kind).inc()
-    headers = {}
+    headers = dict(headers or {})
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))  # whole seconds: RFC 9110
-    body = Problem(type=TYPE_PREFIX + kind, title=k.title, status=k.status, detail=detail)
-    return JSONResponse(body.model_dump(), status_code=k.status, headers=headers, media_type=MEDIA_TYPE)
+    if kind == "unauthorized":
+        headers.setdefault("WWW-Authenticate", "X-API-Key")
+    body = Problem(type=TYPE_PREFIX + kind, title=k.title, status=k.status, detail=detail, errors=errors)
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=k.status, headers=headers, media_type=MEDIA_TYPE
+    )
 
 
 def responses(*kinds: str) -> dict[int | str, dict]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
+
+State = Literal["queued", "running", "retrying", "succeeded", "failed"]
 
 
 class JobCreated(BaseModel):
     id: str
-    status: Literal["queued"] = "queued"
+    status: State = "queued"
     status_url: str
     condition: str
 
@@ -24,7 +26,7 @@ class Progress(BaseModel):
 class JobStatus(BaseModel):
     id: str
     # retrying: its worker stopped (no heartbeat for WHATIF_HEARTBEAT_TIMEOUT_S) and it was sent again
-    status: Literal["queued", "running", "retrying", "succeeded", "failed"]
+    status: State
     condition: str
     created_at: float  # seconds since the epoch
     started_at: float | None = None
@@ -43,3 +45,5 @@ class Problem(BaseModel):
     title: str  # the same for every refusal of a type
     status: int  # the HTTP status
     detail: str  # this refusal, in a sentence for a person
+    # A 422 for the form's fields: one entry each, {"loc", "msg", "type"}; never the value sent.
+    errors: list[dict[str, Any]] | None = None

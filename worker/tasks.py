@@ -119,9 +119,12 @@ def _counterfactual(beat: Heartbeat, store: BlobStore, s, job_id: str, params: d
         from model.refine import NoFindingRecognised
 
         region = _user_region(store, job_id) if params.get("mask") else None
+        # The API sends the refined findings, never the request's free text (it may name a patient);
+        # "target" is a message queued before that change.
+        target = params["findings"] if "findings" in params else params["target"]
         out = pipeline(s.checkpoint)(
             pixels,
-            params["target"],
+            target,
             seed=params["seed"],
             optimize_seed=params["optimize_seed"],
             steps=params.get("steps"),

@@ -26,7 +26,6 @@ import hmac
 import math
 
 import anyio
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker.blobs import BlobStore, Usage
@@ -78,10 +77,7 @@ class Admission:
             if presented and hmac.compare_digest(presented, key.get_secret_value().encode()):
                 return hashlib.sha256(presented).hexdigest(), None
         self.auth_failures.take(address)
-        # The 401 keeps the shape it had as the routes' dependency ({"detail": ...}).
-        return None, JSONResponse(
-            {"detail": "missing or unknown X-API-Key"}, status_code=401, headers={"WWW-Authenticate": "X-API-Key"}
-        )
+        return None, problem("unauthorized", "missing or unknown X-API-Key")
 
     async def _admit_job(self, owner: str, address: str):
         s = self.settings

@@ -5,6 +5,10 @@ The key, the job rate, the queue and the blob quota were checked before the body
 (`api/middleware/admission.py`).
 The upload and its region are decoded on the decode pool (`api/decode_pool.py`), never on the
 event loop, so other requests are answered meanwhile.
+
+The free-text target may name a patient ("... for <name> born <date>"): it is refined here, and
+only the refinement (structured findings and the canonical condition text) is stored, queued,
+logged or answered; the text itself is dropped with the request.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from worker import jobs
 
@@ -23,7 +27,7 @@ from ..decode_pool import DecodePoolBusy
 from ..deps import Caller, SettingsDep, StoreDep
 from ..ingest import UploadRejected, box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
-from ..problems import KEYED, problem, responses
+from ..problems import KEYED, ProblemError, problem, responses
 from ..schemas import JobCreated
 
 router = APIRouter()
@@ -37,11 +41,27 @@ BROKER_RETRY_AFTER_S = 5
 log = logging.getLogger(__name__)
 
 
-_RESPONSES = responses(*KEYED, "cross-site", "rate-limited", "queue-full", "storage-full", "broker-unavailable")
-_RESPONSES[413]["description"] += (
-    "\n\nThe route's own 413s (a file above WHATIF_MAX_UPLOAD_BYTES, an image above WHATIF_MAX_PIXELS, "
-    'a DICOM inflating past WHATIF_MAX_INFLATED_BYTES) keep their older shape, `{"detail": "..."}`.'
+_RESPONSES = responses(
+    *KEYED,
+    "bad-request",
+    "cross-site",
+    "rate-limited",
+    "queue-full",
+    "storage-full",
+    "broker-unavailable",
+    "decoder-busy",
+    "upload-too-large",
+    "unsupported-media-type",
+    "invalid-request",
 )
+_RESPONSES[202] = {
+    "description": "the job was made",
+    "headers": {
+        "Location": {"description": "the job: /jobs/{id}", "schema": {"type": "string"}},
+    },
+}
+# Where the route's own refusals come from (api/ingest.py's UploadRejected carries the status).
+_KIND_OF_STATUS = {413: "upload-too-large", 415: "unsupported-media-type", 422: "invalid-request"}
 
 
 @router.post("/counterfactual", status_code=202, response_model=JobCreated, responses=_RESPONSES)
@@ -52,7 +72,8 @@ async def create(
     settings: SettingsDep,
     store: StoreDep,
     image: Annotated[UploadFile, File(description="PNG, JPEG or DICOM radiograph")],
-    target: Annotated[str, Form(description="finding(s) wanted, e.g. 'small left pleural effusion'")],
+    # min_length: an empty form field reads as a missing one, so the schema says it is required non-empty.
+    target: Annotated[str, Form(min_length=1, description="finding(s) wanted, e.g. 'small left pleural effusion'")],
     seed: Annotated[int, Form(ge=0, lt=2**32)] = 0,
     optimize_seed: Annotated[bool, Form()] = True,
     steps: Annotated[int | None, Form(ge=1)] = None,
@@ -85,20 +106,37 @@ async def create(
     ] = 1,
 ):
     from model.refine import NoFindingRecognised, refine_request
+    from model.refine.refiner import UNDERSTOOD_HELP
     from model.regions import requested_side
 
     if steps is not None and steps > settings.max_steps:
-        raise HTTPException(422, f"steps must be at most {settings.max_steps}")
+        raise ProblemError("invalid-request", f"steps must be at most {settings.max_steps}")
     box = box.strip() if box is not None and box.strip() else None  # a form's empty field: no box
     if mask is not None and box is not None:
-        raise HTTPException(422, "send either a mask or a box, not both")
+        raise ProblemError("invalid-request", "send either a mask or a box, not both")
     try:
         refinement = refine_request(target)
-    except NoFindingRecognised as exc:
+    except NoFindingRecognised:
+        # The refiner's message quotes the text, which may name a patient: answer without it.
         UPLOADS_REJECTED.labels("422").inc()
-        raise HTTPException(422, str(exc)) from None
+        what = "the target text is empty" if not target.strip() else "no finding recognised in the target"
+        raise ProblemError("invalid-request", f"{what}; {UNDERSTOOD_HELP}") from None
+    del target  # from here on only the refinement: nothing below may store, queue or log the text
     data = await image.read(settings.max_upload_bytes + 1)
     mask_data = await mask.read(settings.max_upload_bytes + 1) if mask is not None else None
+    params = {
+        # The structured findings, which the worker's pipeline takes as they are, and their condition text.
+        "findings": [f.model_dump(mode="json") for f in refinement.findings],
+        "condition": refinement.condition,
+        "seed": seed,
+        "optimize_seed": optimize_seed,
+        "steps": steps,
+        "guidance": guidance,
+        "start": start,
+        "detail": detail,
+        "candidates": candidates,
+        "mask": mask_data is not None or box is not None,  # the worker reads the region from mask.png
+    }
     side = requested_side(refinement.findings)
     try:
         png, notes, fmt, region = await request.app.state.decode_pool.run(
@@ -106,13 +144,13 @@ async def create(
         )
     except UploadRejected as exc:
         UPLOADS_REJECTED.labels(str(exc.status)).inc()
-        raise HTTPException(exc.status, exc.message) from None
+        raise ProblemError(_KIND_OF_STATUS.get(exc.status, "invalid-request"), exc.message) from None
     except DecodePoolBusy:
         UPLOADS_REJECTED.labels("503").inc()
-        raise HTTPException(
-            503,
+        raise ProblemError(
+            "decoder-busy",
             "the server is decoding as many uploads as it can; send it again shortly",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            retry_after_s=RETRY_AFTER_S,
         ) from None
     # The broker first: while it is down nothing is written. Its epoch goes into the record, so that
     # a Redis that loses the message also loses the epoch and the job is sent again (worker/jobs.py).
@@ -126,17 +164,6 @@ async def create(
     store.put(job_id, "input.png", png)
     if region is not None:
         store.put(job_id, "mask.png", mask_png(region))
-    params = {
-        "target": target,
-        "seed": seed,
-        "optimize_seed": optimize_seed,
-        "steps": steps,
-        "guidance": guidance,
-        "start": start,
-        "detail": detail,
-        "candidates": candidates,
-        "mask": region is not None,  # the worker reads the region from mask.png
-    }
     store.put_meta(
         job_id,
         {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from ..metrics import REGISTRY
 from ..problems import ANY_ROUTE, responses
@@ -12,12 +15,26 @@ from ..problems import ANY_ROUTE, responses
 router = APIRouter(responses=responses(*ANY_ROUTE))
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    broker: str  # "ok", or "unreachable (<error type>)"
+    workers: int  # workers that answered a ping
+
+
+@router.get("/healthz", response_model=Health)
 def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready: the broker is unreachable or no worker answers"}},
+)
 def readyz(request: Request, response: Response):
     app = request.app.state.celery
     try:
@@ -33,6 +50,12 @@ def readyz(request: Request, response: Response):
     return {"status": "ready", "broker": "ok", "workers": len(workers)}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+)
 def metrics():
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

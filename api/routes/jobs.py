@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from worker import jobs
 from worker.blobs import BlobNotFound
 
 from ..deps import Caller, SettingsDep, StoreDep
-from ..problems import KEYED, responses
+from ..problems import KEYED, ProblemError, responses
 from ..schemas import JobStatus, Progress
 
 router = APIRouter()
@@ -31,13 +31,16 @@ def _owned(store, job_id: str, owner: str) -> dict:
     try:
         meta = store.get_meta(job_id)
     except BlobNotFound:
-        raise HTTPException(404, "no such job (unknown, deleted or expired)") from None
+        raise ProblemError("not-found", "no such job (unknown, deleted or expired)") from None
     if meta.get("owner") != owner:
-        raise HTTPException(404, "no such job (unknown, deleted or expired)")  # do not reveal others' jobs
+        raise ProblemError("not-found", "no such job (unknown, deleted or expired)")  # do not reveal others' jobs
     return meta
 
 
-@router.get("/jobs/{job_id}", response_model=JobStatus, responses=responses(*KEYED))
+_KEYED_JOB = responses(*KEYED, "not-found")
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus, responses=_KEYED_JOB)
 def status(job_id: str, request: Request, owner: Caller, store: StoreDep, settings: SettingsDep):
     meta = _owned(store, job_id, owner)
     # A job whose worker stopped is sent again by the first to see it: this route, or a worker's
@@ -63,21 +66,36 @@ def status(job_id: str, request: Request, owner: Caller, store: StoreDep, settin
     return body
 
 
-@router.get("/jobs/{job_id}/{name}", responses=responses(*KEYED))
+@router.get(
+    "/jobs/{job_id}/{name}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the file: result.png, region.png or diff.png (PNG), result.dcm (DICOM)",
+            "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in set(_FILES.values())},
+        },
+        **_KEYED_JOB,
+    },
+)
 def file(job_id: str, name: str, request: Request, owner: Caller, store: StoreDep):
     if name not in _FILES:
-        raise HTTPException(404, f"unknown file {name!r}; available: {', '.join(_FILES)}")
+        raise ProblemError("not-found", f"unknown file; available: {', '.join(_FILES)}")
     _owned(store, job_id, owner)
     try:
         data = store.get(job_id, name)
     except BlobNotFound:
-        raise HTTPException(404, "not ready: the job has not succeeded (yet)") from None
+        raise ProblemError("not-found", "not ready: the job has not succeeded (yet)") from None
     return Response(
         data, media_type=_FILES[name], headers={"Content-Disposition": f'inline; filename="{job_id}-{name}"'}
     )
 
 
-@router.delete("/jobs/{job_id}", status_code=204, responses=responses(*KEYED, "cross-site"))
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "deleted"}, **responses(*KEYED, "not-found", "cross-site")},
+)
 def delete(job_id: str, owner: Caller, store: StoreDep):
     # No message to the broker (a revoke reaches only workers that are up, and hung during an
     # outage): a queued job's worker finds no record and drops it, a running one stops at its next

@@ -1,6 +1,7 @@
 """A single-machine service on the tiny checkpoint (tests/conftest.py): in-memory broker, in-process worker."""
 
 import io
+import json
 import time
 
 import pytest
@@ -45,9 +46,11 @@ class StubCelery:
 
     def __init__(self):
         self.sent = []
+        self.messages = []  # what a broker would hold: the task's name and arguments, as JSON
 
     def send_task(self, name, args, task_id):
         self.sent.append(task_id)
+        self.messages.append(json.dumps({"task": name, "args": args, "id": task_id}))
 
 
 def stub_app(blob_dir, **overrides):

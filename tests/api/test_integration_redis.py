@@ -107,3 +107,49 @@ def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_pa
             out, _ = worker.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
+
+
+def _redis_dump(client) -> str:
+    """Every key and value in Redis, as text: what a queued message leaves there."""
+    out = []
+    for key in client.scan_iter():
+        kind = client.type(key).decode()
+        value = {
+            "string": lambda: client.get(key),
+            "list": lambda: client.lrange(key, 0, -1),
+            "hash": lambda: client.hgetall(key),
+            "set": lambda: client.smembers(key),
+            "zset": lambda: client.zrange(key, 0, -1),
+        }.get(kind, lambda: b"")()
+        out.append(f"{key!r} {kind} {value!r}")
+    return "\n".join(out)
+
+
+def test_a_queued_job_keeps_no_free_text_in_redis(redis_url, tmp_path):
+    """The target may name a patient: Redis holds the refined condition, never the text."""
+    import base64
+
+    import redis
+
+    from api.core.config import Settings
+    from api.main import create_app
+
+    from .test_phi import PLANTED, TARGET
+
+    settings = Settings(api_keys=[KEY_A], broker_url=f"{redis_url}/0", blob_dir=str(tmp_path / "blobs"))
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/counterfactual",
+            headers={"X-API-Key": KEY_A, "Idempotency-Key": PLANTED[0]},
+            files={"image": (f"{PLANTED[1]}.png", png_bytes(), "image/png")},
+            data={"target": TARGET},
+        )
+    assert r.status_code == 202, r.text
+    dump = _redis_dump(redis.Redis.from_url(f"{redis_url}/0"))
+    # Kombu keeps a message's body base64-encoded: look inside it too.
+    decoded = []
+    for chunk in dump.split('"body": "')[1:]:
+        decoded.append(base64.b64decode(chunk.split('"', 1)[0] + "==").decode("latin-1"))
+    text = (dump + "\n".join(decoded)).lower()
+    assert decoded and "pleural effusion" in "\n".join(decoded)
+    assert not [p for p in PLANTED if p.lower() in text], text

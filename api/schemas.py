@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 State = Literal["queued", "running", "retrying", "succeeded", "failed"]
 
 
 class JobCreated(BaseModel):
     id: str
+    # queued for a new job; a job an Idempotency-Key made before is in whatever state it has reached
     status: State = "queued"
     status_url: str
     condition: str
@@ -29,6 +30,12 @@ class JobStatus(BaseModel):
     status: State
     condition: str
     created_at: float  # seconds since the epoch
+    queue_position: int | None = Field(
+        None,
+        ge=0,
+        description="while queued: how many jobs created before this one are still queued (0: it is next); "
+        "counted from the blob store's job records, all keys together",
+    )
     started_at: float | None = None
     finished_at: float | None = None
     progress: Progress | None = None

@@ -123,6 +123,10 @@ class BlobStore:
         except BlobNotFound:
             return True
 
+    def deleted(self, job_id: str) -> bool:
+        """The job was deleted (its tombstone is there; a racing record write may still be)."""
+        return self._path(job_id, TOMBSTONE).exists()
+
     def delete(self, job_id: str) -> None:
         """Delete every file of the job, leaving its tombstone (see the module's docstring)."""
         if not _ID.match(job_id):
@@ -137,6 +141,17 @@ class BlobStore:
         for path in self.root.glob(f"{job_id}.*"):
             if path.name.split(".", 1)[1] not in keep:
                 path.unlink(missing_ok=True)
+
+    def find(self, name: str) -> str | None:
+        """The unexpired job that holds a blob named `name` (an idempotency key's: `api/idempotency.py`),
+        or None. Such a blob is one of the job's files, so it expires and is deleted with the job."""
+        if not _NAME.match(name):
+            return None
+        for path in self.root.glob(f"*.{name}"):
+            job_id = path.name[: -len(name) - 1]
+            if _ID.match(job_id) and not self.expired(job_id):
+                return job_id
+        return None
 
     def records(self):
         """(job id, record) for every job with a record, expired ones included."""

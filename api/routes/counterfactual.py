@@ -18,10 +18,12 @@ import time
 from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
 from worker import jobs
+from worker.blobs import BlobNotFound
 
+from .. import idempotency
 from ..core.config import Settings
 from ..decode_pool import DecodePoolBusy
 from ..deps import Caller, SettingsDep, StoreDep
@@ -53,11 +55,16 @@ _RESPONSES = responses(
     "upload-too-large",
     "unsupported-media-type",
     "invalid-request",
+    "idempotency-key-reused",
 )
 _RESPONSES[202] = {
-    "description": "the job was made",
+    "description": "the job was made, or (the same Idempotency-Key and request again) was made before",
     "headers": {
         "Location": {"description": "the job: /jobs/{id}", "schema": {"type": "string"}},
+        "Idempotent-Replayed": {
+            "description": "`true` when this is the job an earlier request with this Idempotency-Key made",
+            "schema": {"type": "string", "enum": ["true"]},
+        },
     },
 }
 # Where the route's own refusals come from (api/ingest.py's UploadRejected carries the status).
@@ -104,6 +111,17 @@ async def create(
         int,
         Form(ge=1, le=MAX_CANDIDATES, description="candidates sampled; the best that passes its verdict is returned"),
     ] = 1,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=idempotency.MAX_KEY_CHARS,
+            pattern=idempotency.KEY_PATTERN,
+            description="send the request again with the same key (e.g. a UUID) after a lost answer: within "
+            "the job's lifetime the answer is the same job, nothing new stored; a different request with the "
+            "same key is 422",
+        ),
+    ] = None,
 ):
     from model.refine import NoFindingRecognised, refine_request
     from model.refine.refiner import UNDERSTOOD_HELP
@@ -137,6 +155,14 @@ async def create(
         "candidates": candidates,
         "mask": mask_data is not None or box is not None,  # the worker reads the region from mask.png
     }
+    key_blob = fingerprint = None
+    if idempotency_key is not None:
+        key_blob = idempotency.blob_name(owner, idempotency_key)
+        fingerprint = idempotency.fingerprint(data, mask_data, {**params, "box": box})
+        if (earlier := _earlier_job(store, key_blob, fingerprint, owner, settings)) is not None:
+            response.headers["Location"] = earlier.status_url
+            response.headers["Idempotent-Replayed"] = "true"
+            return earlier
     side = requested_side(refinement.findings)
     try:
         png, notes, fmt, region = await request.app.state.decode_pool.run(
@@ -178,6 +204,8 @@ async def create(
             "broker_epoch": epoch,
         },
     )
+    if key_blob is not None:
+        store.put(job_id, key_blob, fingerprint)  # a file of the job's: it expires and is deleted with it
     # The record is written before the message is sent, so a worker always finds it. If the broker
     # cannot take the job after all, everything written is removed again: no job that will never run
     # is left reading "queued".
@@ -191,6 +219,29 @@ async def create(
     JOBS_CREATED.inc()
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobCreated(id=job_id, status_url=f"/jobs/{job_id}", condition=refinement.condition)
+
+
+def _earlier_job(store, key_blob: str, fingerprint: bytes, owner: str, settings: Settings) -> JobCreated | None:
+    """The job this caller's Idempotency-Key made, if it is still there; a refusal if the key was
+    sent with another request."""
+    job_id = store.find(key_blob)
+    if job_id is None:
+        return None
+    try:
+        meta = store.get_meta(job_id)
+        same = store.get(job_id, key_blob) == fingerprint
+    except BlobNotFound:
+        return None  # expired or deleted meanwhile: a new job
+    if meta.get("owner") != owner:  # the name holds the owner; a 104-bit collision is not a reason to leak
+        return None
+    if not same:
+        raise ProblemError(
+            "idempotency-key-reused",
+            "this Idempotency-Key was used for a different request (another image, region, target or "
+            "parameter); use a new key for a new request",
+        )
+    state = jobs.state_of(meta, time.time(), settings.heartbeat_timeout_s)
+    return JobCreated(id=job_id, status=state, status_url=f"/jobs/{job_id}", condition=meta["condition"])
 
 
 def _broker_down(exc: Exception):

@@ -56,6 +56,8 @@ def status(job_id: str, request: Request, owner: Caller, store: StoreDep, settin
         started_at=meta.get("started_at"),
         finished_at=meta.get("finished_at") if state in jobs.FINISHED else None,
     )
+    if state == jobs.QUEUED:
+        body.queue_position = jobs.queue_position(store, job_id, meta)
     if state == jobs.RUNNING and meta.get("progress"):
         body.progress = Progress(**meta["progress"])
     elif state == jobs.SUCCEEDED:

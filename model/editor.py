@@ -12,7 +12,7 @@ Input, on the model grid: the image x, the generator's decoding of the target pa
 identity (`raw`, Eq. 3 without detail restoration) and of x's own pathology (`recon`), the edit
 region's prior (`model.regions.request_prior`: where the request's anatomy lies on this input),
 and the request as a vector (`request_vector`: +1 for each added label, -1 for each removed one,
-and the severity). Output: the change, zero outside the prior.
+the severity, the side and the lung zone). Output: the change, zero outside the prior.
 """
 
 from __future__ import annotations
@@ -42,10 +42,31 @@ class EditorConfig(StrictConfig):
     image_size: int = 128  # the model grid it works on
 
 
+# The request's location, after its labels and severity: the side, then the lung zone (thirds).
+SIDES = ("right", "left")
+ZONES = ("upper", "middle", "lower")
+ZONE_OF = {
+    "upper": "upper",
+    "apical": "upper",
+    "middle": "middle",
+    "perihilar": "middle",
+    "lower": "lower",
+    "basal": "lower",
+}
+
+
+def request_size(label_count: int = len(CHEXPERT_LABELS)) -> int:
+    """The length of `request_vector`: the labels, the severity, the sides and the zones."""
+    return label_count + 1 + len(SIDES) + len(ZONES)
+
+
 def request_vector(findings: Sequence, label_count: int = len(CHEXPERT_LABELS)) -> torch.Tensor:
-    """(label_count + 1,): +1 per added label, -1 per removed one, then the severity of the added
-    ones (their mean, `SEVERITY_VALUE`; moderate where none is given)."""
-    v = torch.zeros(label_count + 1)
+    """(request_size(label_count),): +1 per added label, -1 per removed one; the severity of the
+    added ones (their mean, `SEVERITY_VALUE`; moderate where none is given); then 1 for each side
+    and lung zone a named finding lies in ("bilateral": both sides; none stated: all zeros). The
+    prior already confines the change to that anatomy; the vector tells the editor *which part*
+    of a wide prior (a whole hemithorax, both lungs) the finding fills."""
+    v = torch.zeros(request_size(label_count))
     severities = []
     for f in findings:
         if f.label == NO_FINDING or f.status == "uncertain":
@@ -53,7 +74,12 @@ def request_vector(findings: Sequence, label_count: int = len(CHEXPERT_LABELS)) 
         v[CHEXPERT_LABELS.index(f.label)] = 1.0 if f.status == "present" else -1.0
         if f.status == "present":
             severities.append(SEVERITY_VALUE.get(f.severity, 0.5))
-    v[-1] = sum(severities) / len(severities) if severities else 0.5
+        for side in SIDES:
+            if f.side in (side, "bilateral"):
+                v[label_count + 1 + SIDES.index(side)] = 1.0
+        for zone in f.zones:
+            v[label_count + 1 + len(SIDES) + ZONES.index(ZONE_OF[zone])] = 1.0
+    v[label_count] = sum(severities) / len(severities) if severities else 0.5
     return v
 
 
@@ -62,7 +88,7 @@ class PairedEditor(PretrainedModule):
 
     Args (`EditorConfig`):
         base_channels, depth, norm_groups: the U-Net (widths base * 2**level).
-        label_count: length of the request vector's label part (CheXpert's 14).
+        label_count: length of the request vector's label part (CheXpert's 14; `request_size`).
         image_size: the grid side; inputs must have it.
     """
 
@@ -85,7 +111,7 @@ class PairedEditor(PretrainedModule):
             double_conv(widths[i + 1] + widths[i], widths[i], config.norm_groups) for i in reversed(range(d - 1))
         )
         # The request scales and shifts every level's features (FiLM), so one network draws each finding.
-        self.film = nn.ModuleList(nn.Linear(config.label_count + 1, 2 * w) for w in widths)
+        self.film = nn.ModuleList(nn.Linear(request_size(config.label_count), 2 * w) for w in widths)
         f = config.fine_channels
         self.fine = nn.Sequential(
             nn.Conv2d(widths[0] + self.in_channels, f, 3, padding=1),

@@ -11,7 +11,7 @@ diffusion's samples (docs/experiments.md, 37): it must learn from the samples it
 
 The generator's part of each pair costs more than the editor's step, so the pairs are made once
 (`POOL` of them, deterministic in the master seed) and kept in the run directory
-(`editor_pairs.npz`, float16, no pickle); the steps draw batches from that pool.
+(`state/editor_pairs/`, float16 chunks, no pickle); the steps draw batches from that pool.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
+
+from model.editor import request_vector
 
 from .datasets.edit_pairs import collate_pairs
 from .loop import run_loop
@@ -28,6 +31,8 @@ from .options import Hyper
 from .stages import _sync
 
 FOCUS = 10.0
+COARSE = 0.0  # weight of the error of the change's sum per CELL x CELL block (0: pixels only)
+CELL = 8
 
 
 def editor_inputs(pipe, x: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,33 +54,36 @@ def editor_inputs(pipe, x: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor
 
 
 POOL = 2400
+_CACHED = ("x", "truth", "prior", "mask", "raw", "recon")  # the request vector is rebuilt: it is cheap
 
 
-def make_pool(pipe, data, path: Path, seed: int, chunk: int = 32) -> dict[str, torch.Tensor]:
-    """The pairs with the frozen generator's inputs, made once and cached at `path`."""
-    keys = ("x", "truth", "prior", "request", "mask", "raw", "recon")
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return {k: torch.from_numpy(z[k].astype(np.float32)) for k in keys}
+def make_pool(pipe, data, folder: Path, chunk: int = 32) -> dict[str, torch.Tensor]:
+    """The first `POOL` pairs with the frozen generator's inputs, cached in `folder` one chunk per
+    file, so that an interrupted run goes on where it stopped. The request vectors are not cached:
+    they are made again from the pairs, so a change to `request_vector` needs no new pool."""
     n = min(POOL, len(data))
-    parts: dict[str, list] = {k: [] for k in keys}
+    folder.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, list] = {k: [] for k in _CACHED}
     for start in tqdm(range(0, n, chunk), desc="editor pairs", unit="chunk"):
         idx = range(start, min(n, start + chunk))
-        b = collate_pairs([data[i] for i in idx])
-        b["raw"], b["recon"] = editor_inputs(pipe, b["x"], [data.text(i) for i in idx])
-        for k in keys:
-            parts[k].append(b[k])
+        path = folder / f"pairs-{data.seed}-{data.size}-{start:06d}-{len(idx)}.npz"
+        if not path.is_file():
+            b = collate_pairs([data[i] for i in idx])
+            b["raw"], b["recon"] = editor_inputs(pipe, b["x"], [data.text(i) for i in idx])
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **{k: b[k].numpy().astype(np.float16) for k in _CACHED})
+            tmp.replace(path)
+        with np.load(path, allow_pickle=False) as z:
+            for k in _CACHED:
+                parts[k].append(torch.from_numpy(z[k].astype(np.float32)))
     pool = {k: torch.cat(v) for k, v in parts.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **{k: v.numpy().astype(np.float16) for k, v in pool.items()})
-    tmp.replace(path)
-    return {k: torch.from_numpy(v.numpy().astype(np.float16).astype(np.float32)) for k, v in pool.items()}
+    pool["request"] = torch.stack([request_vector(data.request(i)) for i in range(n)])
+    return pool
 
 
 def editor_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, rank=0, world=1):
     """Train `pipe.editor` on `data` (an `EditPairDataset`) to `steps` steps."""
-    pool = make_pool(pipe, data, Path(out) / "state" / "editor_pairs.npz", seed)
+    pool = make_pool(pipe, data, Path(out) / "state" / "editor_pairs")
     n = len(pool["x"])
     editor = pipe.editor
     editor.train().requires_grad_(True)
@@ -89,6 +97,8 @@ def editor_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, ra
         err = pred - (b["truth"] - b["x"])
         w = 1.0 + FOCUS * b["mask"]
         loss = (w * (err.abs() + err**2)).mean()
+        if COARSE:
+            loss = loss + COARSE * (F.avg_pool2d(w, CELL) * F.avg_pool2d(err, CELL).abs()).mean()
         opts["editor"].zero_grad()
         loss.backward()
         _sync(opts["editor"], world)

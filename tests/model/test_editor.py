@@ -2,23 +2,36 @@
 
 import torch
 
-from model.editor import EditorConfig, PairedEditor, request_vector
+from model.editor import EditorConfig, PairedEditor, request_size, request_vector
 from model.labels import CHEXPERT_LABELS
 from model.refine.schema import StructuredFinding
 
 
-def _f(label, status="present", severity=None):
-    return StructuredFinding(label=label, status=status, severity=severity)
+def _f(label, status="present", severity=None, side=None, zones=()):
+    return StructuredFinding(label=label, status=status, severity=severity, side=side, zones=zones)
+
+
+SEV = len(CHEXPERT_LABELS)  # the severity's place; the sides and zones follow it
 
 
 def test_request_vector_signs_and_severity():
     v = request_vector(
         [_f("Pleural Effusion", severity="severe"), _f("Pneumothorax", "absent"), _f("Edema", "uncertain")]
     )
+    assert len(v) == request_size()
     assert v[CHEXPERT_LABELS.index("Pleural Effusion")] == 1 and v[CHEXPERT_LABELS.index("Pneumothorax")] == -1
-    assert v[CHEXPERT_LABELS.index("Edema")] == 0 and v[-1] == 1.0
-    assert request_vector([_f("No Finding")]).abs()[:-1].sum() == 0 and request_vector([])[-1] == 0.5
-    assert request_vector([_f("Fracture", severity="mild")])[-1] == 0.0
+    assert v[CHEXPERT_LABELS.index("Edema")] == 0 and v[SEV] == 1.0
+    assert request_vector([_f("No Finding")]).abs()[:SEV].sum() == 0 and request_vector([])[SEV] == 0.5
+    assert request_vector([_f("Fracture", severity="mild")])[SEV] == 0.0
+    assert v[SEV + 1 :].abs().sum() == 0  # no side nor zone stated
+
+
+def test_request_vector_location():
+    where = lambda f: [float(a) for a in request_vector([f])[SEV + 1 :]]  # noqa: E731
+    assert where(_f("Atelectasis", side="left", zones=("lower",))) == [0, 1, 0, 0, 1]
+    assert where(_f("Lung Lesion", "absent", side="right", zones=("apical",))) == [1, 0, 1, 0, 0]
+    assert where(_f("Edema", side="bilateral", zones=("perihilar", "basal"))) == [1, 1, 0, 1, 1]
+    assert where(_f("Pneumonia", "uncertain", side="left")) == [0, 0, 0, 0, 0]
 
 
 def _editor():

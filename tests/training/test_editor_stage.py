@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from model.editor import request_size
 from model.labels import CHEXPERT_LABELS
 from model.pipeline import CounterfactualPipeline
+from model.presets import get_preset
+from training import editor_stage
 from training.datasets.edit_pairs import EditPairDataset
 from training.options import Hyper
-from training.train import train
+from training.train import editor_data, train
 
 
 def test_pairs_are_exact_and_the_request_matches_the_kind():
@@ -36,7 +39,7 @@ def test_pairs_are_exact_and_the_request_matches_the_kind():
 
 
 @pytest.mark.slow
-def test_stage_lowers_its_loss_and_the_pipeline_uses_it(tmp_path):
+def test_stage_lowers_its_loss_and_the_pipeline_uses_it(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train("editor", "tiny", "phantom:24", out, steps=30, batch_size=4, hp=Hyper(lr=3e-4))
     rows = (out / "metrics" / "editor.jsonl").read_text().splitlines()
@@ -47,3 +50,9 @@ def test_stage_lowers_its_loss_and_the_pipeline_uses_it(tmp_path):
     pipe = CounterfactualPipeline.from_pretrained(out / "checkpoint")
     assert pipe.editor.head.weight.abs().sum() > 0  # trained: no longer the zero head
     assert "editor" in pipe.config["training"]["stages"]
+    # The generator's part of the pool is cached chunk by chunk: made again, it is only read back.
+    monkeypatch.setattr(editor_stage, "editor_inputs", lambda *a: pytest.fail("the cached pool was made again"))
+    pool = editor_stage.make_pool(
+        pipe, editor_data("phantom:24", get_preset("tiny").resolution), out / "state" / "editor_pairs"
+    )
+    assert len(pool["x"]) == 24 and pool["request"].shape == (24, request_size())

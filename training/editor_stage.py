@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.editor import request_vector
@@ -31,8 +30,6 @@ from .options import Hyper
 from .stages import _sync
 
 FOCUS = 10.0
-COARSE = 0.0  # weight of the error of the change's sum per CELL x CELL block (0: pixels only)
-CELL = 8
 
 
 def editor_inputs(pipe, x: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +94,6 @@ def editor_stage(pipe, data, out, steps, batch_size, hp: Hyper, resume, seed, ra
         err = pred - (b["truth"] - b["x"])
         w = 1.0 + FOCUS * b["mask"]
         loss = (w * (err.abs() + err**2)).mean()
-        if COARSE:
-            loss = loss + COARSE * (F.avg_pool2d(w, CELL) * F.avg_pool2d(err, CELL).abs()).mean()
         opts["editor"].zero_grad()
         loss.backward()
         _sync(opts["editor"], world)

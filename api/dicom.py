@@ -20,7 +20,7 @@ import pydicom.uid as uid
 from model import dicom_grey
 
 from .codestream import j2k_size, jpeg_size
-from .ingest import UploadRejected
+from .rejection import UploadRejected
 
 # Transfer syntaxes read, with how to find a compressed frame's own size. RLE Lossless is left
 # out on purpose: pydicom decodes it in Python with no bound on the output (each 2-byte run can

@@ -18,15 +18,11 @@ import logging
 import numpy as np
 from PIL import Image
 
+from .rejection import UploadRejected
+
 # Pillow logs every EXIF tag it parses, its value included (a patient's name in ImageDescription or
 # Artist), at DEBUG: the API's log must not carry them whatever level the operator sets.
 logging.getLogger("PIL").setLevel(logging.INFO)
-
-
-class UploadRejected(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def decode_upload(

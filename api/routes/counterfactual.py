@@ -27,9 +27,10 @@ from .. import idempotency
 from ..core.config import Settings
 from ..decode_pool import DecodePoolBusy
 from ..deps import Caller, SettingsDep, StoreDep
-from ..ingest import UploadRejected, box_mask, decode_mask, decode_upload, image_shape, mask_png
+from ..ingest import box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
 from ..problems import KEYED, ProblemError, problem, responses
+from ..rejection import UploadRejected
 from ..schemas import JobCreated
 
 router = APIRouter()

@@ -8,7 +8,8 @@ import pydicom
 import pytest
 
 from api.deidentify import DeidentificationError, deidentify, remaining_identifiers
-from api.ingest import UploadRejected, decode_upload
+from api.ingest import decode_upload
+from api.rejection import UploadRejected
 
 ROOT = Path(next(iter(importlib.util.find_spec("data_store").submodule_search_locations))) / "data"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.labels import CHEXPERT_LABELS
+from model.editor import request_size
 from model.modeling import SCHEMA_VERSION, CheckpointError
 from model.pipeline import COMPONENTS, CounterfactualPipeline
 from model.presets import available_presets, get_preset, preset_from_dict
@@ -28,7 +28,7 @@ def _inputs(name, gen):
     if name == "editor":  # x, raw, recon, prior, request
         side = TINY.resolution
         images = [torch.rand((2, 1, side, side), generator=gen) * 2 - 1 for _ in range(3)]
-        return (*images, torch.ones((2, 1, side, side)), torch.randn((2, len(CHEXPERT_LABELS) + 1), generator=gen))
+        return (*images, torch.ones((2, 1, side, side)), torch.randn((2, request_size()), generator=gen))
     raise AssertionError(name)
 
 

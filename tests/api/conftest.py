@@ -3,7 +3,9 @@
 import io
 import json
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -83,3 +85,29 @@ def wait(client, job_id, key, timeout=120):
             return body, seen
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish: {seen[-5:]}")
+
+
+def fake_result(pixels, target, region_source="automatic"):
+    """What `CounterfactualPipeline.__call__` returns, as the worker reads it, for tests that stand
+    in for the model: the input unchanged, an 8 x 8 region in the corner, a passed verdict."""
+    region = np.zeros(pixels.shape, bool)
+    region[:8, :8] = True
+    return SimpleNamespace(
+        image=pixels,
+        region=region,
+        to_uint16=lambda: np.zeros(pixels.shape, np.uint16),
+        verdict=SimpleNamespace(to_dict=lambda: {"status": "passed", "passed": True, "reason": "", "numbers": {}}),
+        input_image=pixels,
+        condition=target,
+        seed=0,
+        seed_optimized=False,
+        seed_kept=None,
+        candidates=[],
+        chosen=0,
+        region_source=region_source,
+        lp_history=[],
+        timings={},
+        quality=SimpleNamespace(
+            target_probability={}, input_probability={}, identity_similarity=1.0, ood_score=0.0, notes=[]
+        ),
+    )

@@ -4,14 +4,13 @@ AOF, the configuration in which a Redis restart loses no job (docs/service.md)."
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import yaml
 from fastapi.testclient import TestClient
 
-from tests.helpers import free_port, require_binary
+from tests.helpers import free_port, start_redis
 
 from .conftest import KEY_A, UNLIMITED, png_bytes
 
@@ -80,28 +79,10 @@ def _owner():
 def test_a_hung_broker_is_503_in_bounded_time(tmp_path):
     """Redis stopped (SIGSTOP): connections open but nothing answers. Without socket timeouts the
     publish waited forever."""
-    server = require_binary("redis-server")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_redis(port, tmp_path)
     blobs = tmp_path / "blobs"
     try:
-        _wait_for_redis(port)
         with TestClient(_app(f"redis://127.0.0.1:{port}/0", blobs)) as client:
             r, took = _post(client)
             assert r.status_code == 202, r.text  # up: accepted
@@ -115,19 +96,6 @@ def test_a_hung_broker_is_503_in_bounded_time(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _wait_for_redis(port):
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("redis-server did not start")
 
 
 def _appendonly(args) -> str:

@@ -11,7 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import free_port, require_binary
+from tests.helpers import free_port, start_redis
 
 from .conftest import KEY_A, UNLIMITED, png_bytes
 
@@ -28,24 +28,11 @@ class Redis:
     """A redis-server without persistence (as a Redis restarted without AOF loses its data)."""
 
     def __init__(self, tmp_path):
-        self.server, self.port, self.dir, self.proc = require_binary("redis-server"), free_port(), tmp_path, None
+        self.port, self.dir, self.proc = free_port(), tmp_path, None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self):
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [self.server, *args, "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        import redis
-
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
+        self.proc = start_redis(self.port, self.dir)
 
     def stop(self):
         self.proc.terminate()

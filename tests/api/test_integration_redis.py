@@ -8,41 +8,15 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import free_port, require_binary
+from tests.helpers import free_port, start_redis
 
 from .conftest import KEY_A, png_bytes, wait
 
 
 @pytest.fixture()
 def redis_url(tmp_path):
-    server = require_binary("redis-server")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    proc = start_redis(port, tmp_path)
     yield f"redis://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)

@@ -6,7 +6,6 @@ import io
 import os
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from worker.blobs import ORPHAN_GRACE_S, BlobNotFound, BlobStore
 from worker.heartbeat import Abandoned, Heartbeat
 from worker.settings import WorkerSettings
 
-from .conftest import KEY_A, UNLIMITED, png_bytes, stub_app
+from .conftest import KEY_A, UNLIMITED, fake_result, png_bytes, stub_app
 
 H = {"X-API-Key": KEY_A}
 
@@ -215,27 +214,7 @@ def _fake_pipeline(during=lambda: None):
         progress("sampling", 1, 2, 0.5)
         during()
         progress("sampling", 2, 2, 0.4)
-        region = np.zeros(pixels.shape, bool)
-        region[:8, :8] = True
-        return SimpleNamespace(
-            image=pixels,
-            region=region,
-            to_uint16=lambda: np.zeros(pixels.shape, np.uint16),
-            verdict=SimpleNamespace(to_dict=lambda: {"status": "passed", "passed": True, "reason": "", "numbers": {}}),
-            input_image=pixels,
-            condition=target,
-            seed=0,
-            seed_optimized=False,
-            seed_kept=None,
-            candidates=[],
-            chosen=0,
-            region_source="automatic",
-            lp_history=[],
-            timings={},
-            quality=SimpleNamespace(
-                target_probability={}, input_probability={}, identity_similarity=1.0, ood_score=0.0, notes=[]
-            ),
-        )
+        return fake_result(pixels, target, "automatic")
 
     return run
 

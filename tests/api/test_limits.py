@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from .conftest import KEY_A, KEY_B, UNLIMITED, stub_app
+from .conftest import KEY_A, KEY_B, UNLIMITED, fake_result, stub_app
 
 MiB = 2**20
 PROBLEM = "application/problem+json"
@@ -287,27 +287,7 @@ def test_the_worker_reads_an_8_bit_input_as_its_exact_16_bit_value(tmp_path, mon
 
     def fake_pipeline(pixels, target, **kw):
         seen["pixels"] = pixels
-        region = np.zeros(pixels.shape, bool)
-        region[:8, :8] = True
-        return SimpleNamespace(
-            image=pixels,
-            region=region,
-            to_uint16=lambda: np.zeros(pixels.shape, np.uint16),
-            verdict=SimpleNamespace(to_dict=lambda: {"status": "passed", "passed": True, "reason": "", "numbers": {}}),
-            input_image=pixels,
-            condition=target,
-            seed=0,
-            seed_optimized=False,
-            seed_kept=None,
-            candidates=[],
-            chosen=0,
-            region_source="user",
-            lp_history=[],
-            timings={},
-            quality=SimpleNamespace(
-                target_probability={}, input_probability={}, identity_similarity=1.0, ood_score=0.0, notes=[]
-            ),
-        )
+        return fake_result(pixels, target, "user")
 
     monkeypatch.setattr(tasks, "pipeline", lambda checkpoint: fake_pipeline)
     task = SimpleNamespace(update_state=lambda **kw: None)

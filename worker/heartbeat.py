@@ -7,10 +7,16 @@ callback, because a stage may run minutes between two progress steps (loading th
 Every write first checks that the job is still this worker's: the record exists (the job was not
 deleted) and carries this worker's delivery (it was not given to another worker meanwhile). If
 not, the job is abandoned: the next progress step raises `Abandoned` and no result is written.
+
+Each write also carries this worker's timeout (`heartbeat_timeout_s`), and the first is made as
+the heartbeat starts: the API and the other workers judge the job's staleness by it
+(`worker.jobs.lost`), so a process started with another WHATIF_HEARTBEAT_TIMEOUT_S cannot call a
+live job lost, nor wait longer than this worker meant for a dead one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -23,14 +29,19 @@ class Abandoned(Exception):
 
 
 class Heartbeat:
-    def __init__(self, store: BlobStore, job_id: str, delivery: int, interval_s: float):
+    def __init__(self, store: BlobStore, job_id: str, delivery: int, interval_s: float, timeout_s: float | None = None):
         self.store, self.job_id, self.delivery, self.interval_s = store, job_id, delivery, interval_s
+        # Written with each beat; None writes none, and readers judge by their own setting.
+        self.stamp = {} if timeout_s is None else {"heartbeat_timeout_s": timeout_s}
         self.reason: str | None = None  # why the job is no longer ours, once it is not
         self._lock = threading.Lock()  # one read-modify-write of the record at a time (thread vs task)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
+        # A first beat now, so that the record carries this worker's timeout from the start.
+        with contextlib.suppress(Abandoned, OSError):  # Abandoned: `check()` raises it in the task
+            self.update()
         self._thread.start()
         return self
 
@@ -64,7 +75,7 @@ class Heartbeat:
         with self._lock:
             if self.reason or not self.owned():
                 raise Abandoned(self.reason)
-            return self.store.update_meta(self.job_id, heartbeat_at=time.time(), **changes)
+            return self.store.update_meta(self.job_id, heartbeat_at=time.time(), **self.stamp, **changes)
 
     def check(self) -> None:
         """`Abandoned` if the heartbeat thread found the job no longer ours."""

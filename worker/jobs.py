@@ -14,7 +14,8 @@ nothing else.
 Fields the service reads: `state`, `delivery` (which message may run the job: it is raised each
 time the job is sent again, and the worker runs only a message of the record's delivery, so an
 old message Redis restores later is dropped), `broker_epoch` (the broker's epoch when the job was
-sent, below), `attempts` (starts by a worker), `heartbeat_at`, `progress`, `started_at`,
+sent, below), `attempts` (starts by a worker), `heartbeat_at`, `heartbeat_timeout_s` (the running
+worker's WHATIF_HEARTBEAT_TIMEOUT_S, written with each heartbeat), `progress`, `started_at`,
 `finished_at` (set for both ends: the API's queue cap counts the records without it), `result`
 and `error`.
 
@@ -57,7 +58,18 @@ def state_of(meta: dict, now: float, heartbeat_timeout_s: float) -> str:
 
 
 def lost(meta: dict, now: float, heartbeat_timeout_s: float) -> bool:
-    return meta.get("state") == RUNNING and now - meta.get("heartbeat_at", 0.0) > heartbeat_timeout_s
+    """A running job whose heartbeat is older than its worker's timeout. The worker writes its
+    WHATIF_HEARTBEAT_TIMEOUT_S into the record with each heartbeat (`worker/heartbeat.py`), so the
+    API and every worker judge by the value that goes with that worker's interval; `heartbeat_timeout_s`,
+    the reader's own setting, is for a record without one (written before the worker's first beat, or
+    by an older worker)."""
+    return meta.get("state") == RUNNING and now - meta.get("heartbeat_at", 0.0) > timeout_of(meta, heartbeat_timeout_s)
+
+
+def timeout_of(meta: dict, heartbeat_timeout_s: float) -> float:
+    """The heartbeat timeout that judges this record: its worker's, else the reader's own."""
+    written = meta.get("heartbeat_timeout_s")
+    return float(written) if isinstance(written, (int, float)) and written > 0 else heartbeat_timeout_s
 
 
 class Queue:
@@ -127,7 +139,7 @@ def redeliver_if_lost(store: BlobStore, job_id: str, meta: dict, s, queue: Queue
                 finished_at=now,
                 progress=None,
                 error=f"the worker running the job stopped answering {meta.get('attempts')} times "
-                f"(no heartbeat for {s.heartbeat_timeout_s:g} s); giving up",
+                f"(no heartbeat for {timeout_of(meta, s.heartbeat_timeout_s):g} s); giving up",
             )
         delivery = int(meta.get("delivery", 1)) + 1
         epoch = epoch or queue.epoch()

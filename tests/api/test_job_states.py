@@ -118,6 +118,35 @@ def test_after_the_maximum_deliveries_a_lost_job_fails_with_the_reason(client):
     assert queue.sent == [(job, 1)] and store.usage().unfinished == 0  # no longer holds a place in the queue cap
 
 
+def test_staleness_is_judged_by_the_timeout_the_worker_wrote(client):
+    """The API's own limit is 5 s; the record's worker wrote 20 s (or 2 s): the record's value decides,
+    so an API and workers started with different WHATIF_HEARTBEAT_TIMEOUT_S agree on a job."""
+    store, queue = client.app.state.store, client.app.state.celery
+    job = _create(client)
+    store.update_meta(job, state="running", attempts=1, heartbeat_at=time.time() - 10, heartbeat_timeout_s=20)
+    assert _get(client, job)["status"] == "running" and queue.sent == [(job, 1)]  # stale by 5 s, fresh by 20 s
+    store.update_meta(job, heartbeat_at=time.time() - 3, heartbeat_timeout_s=2)
+    assert _get(client, job)["status"] == "retrying" and queue.sent == [(job, 1), (job, 2)]  # stale by 2 s
+    # A record without the field (an older worker, or before the first beat): the reader's own 5 s.
+    other = _create(client)
+    store.update_meta(other, state="running", attempts=1, heartbeat_at=time.time() - 4)
+    assert _get(client, other)["status"] == "running"
+
+
+def test_the_sweep_judges_by_the_records_timeout_and_says_it_when_it_gives_up(tmp_path):
+    s = WorkerSettings(blob_dir=str(tmp_path), heartbeat_interval_s=1, heartbeat_timeout_s=5)
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    slow, done_for = store.new_id(), store.new_id()
+    beat = {"state": "running", "attempts": 1, "heartbeat_at": time.time() - 10, "params": {}}
+    store.put_meta(slow, {**beat, "heartbeat_timeout_s": 30})
+    store.put_meta(done_for, {**beat, "attempts": 3, "heartbeat_timeout_s": 8})
+    broker = _Broker(None)
+    assert jobs.sweep(store, s, broker) == 1 and broker.sent == []
+    assert store.get_meta(slow)["state"] == "running"
+    failed = store.get_meta(done_for)
+    assert failed["state"] == "failed" and "no heartbeat for 8 s" in failed["error"]
+
+
 class _Broker:
     """`worker.jobs.Queue` with the broker's epoch given: "b" after a Redis restart that lost "a"."""
 
@@ -205,6 +234,24 @@ def test_the_heartbeat_thread_refreshes_the_record_and_notices_a_delete(tmp_path
         with pytest.raises(Abandoned, match="deleted"):
             beat.check()
     assert not _left(tmp_path)  # the heartbeat did not write the record back
+
+
+def test_the_heartbeat_writes_its_workers_timeout_from_its_first_beat(tmp_path):
+    store = BlobStore(tmp_path, 3600)
+    job = _input(store)
+    store.update_meta(job, state="running", heartbeat_at=0.0)
+    with Heartbeat(store, job, delivery=1, interval_s=30, timeout_s=45):
+        record = store.get_meta(job)  # long before the thread's first beat (30 s)
+        assert record["heartbeat_timeout_s"] == 45 and time.time() - record["heartbeat_at"] < 1
+        assert not jobs.lost(record, time.time() + 40, heartbeat_timeout_s=5)  # judged by 45 s, not 5 s
+        assert jobs.lost(record, time.time() + 50, heartbeat_timeout_s=60)
+    # A job deleted before the heartbeat starts: no error at the start, `check` says why, nothing written back.
+    gone = _input(store)
+    store.update_meta(gone, state="running", heartbeat_at=0.0)
+    store.delete(gone)
+    with Heartbeat(store, gone, delivery=1, interval_s=30, timeout_s=45) as beat, pytest.raises(Abandoned):
+        beat.check()
+    assert not [p for p in _left(tmp_path) if p.startswith(gone)]
 
 
 def _fake_pipeline(during=lambda: None):

@@ -57,6 +57,7 @@ _RESPONSES = responses(
     "unsupported-media-type",
     "invalid-request",
     "idempotency-key-reused",
+    "idempotency-key-in-flight",
 )
 _RESPONSES[202] = {
     "description": "the job was made, or (the same Idempotency-Key and request again) was made before",
@@ -120,13 +121,13 @@ async def create(
             pattern=idempotency.KEY_PATTERN,
             description="send the request again with the same key (e.g. a UUID) after a lost answer: within "
             "the job's lifetime the answer is the same job, nothing new stored; a different request with the "
-            "same key is 422",
+            "same key is 422; sent again while the first is still being made into a job, it waits for that job "
+            "(409 if it is not made within seconds)",
         ),
     ] = None,
 ):
     from model.refine import NoFindingRecognised, refine_request
     from model.refine.refiner import UNDERSTOOD_HELP
-    from model.regions import requested_side
 
     if steps is not None and steps > settings.max_steps:
         raise ProblemError("invalid-request", f"steps must be at most {settings.max_steps}")
@@ -156,14 +157,53 @@ async def create(
         "candidates": candidates,
         "mask": mask_data is not None or box is not None,  # the worker reads the region from mask.png
     }
-    key_blob = fingerprint = None
-    if idempotency_key is not None:
-        key_blob = idempotency.blob_name(owner, idempotency_key)
-        fingerprint = idempotency.fingerprint(data, mask_data, {**params, "box": box})
-        if (earlier := _earlier_job(store, key_blob, fingerprint, owner, settings)) is not None:
-            response.headers["Location"] = earlier.status_url
-            response.headers["Idempotent-Replayed"] = "true"
-            return earlier
+    if idempotency_key is None:
+        return await _make_job(request, response, owner, settings, store, refinement, params, data, mask_data, box)
+    key_blob = idempotency.blob_name(owner, idempotency_key)
+    fingerprint = idempotency.fingerprint(data, mask_data, {**params, "box": box})
+    # The key is claimed before any work, so that requests with it at the same moment make one job
+    # (api/idempotency.py); the others wait for that job and answer it.
+    try:
+        claim, earlier = await idempotency.claim_or_find(
+            idempotency.Claim(store.root, key_blob),
+            lambda: _earlier_job(store, key_blob, fingerprint, owner, settings),
+        )
+    except idempotency.InFlight:
+        raise ProblemError(
+            "idempotency-key-in-flight",
+            "another request with this Idempotency-Key is still being made into a job; send this one "
+            f"again in {idempotency.RETRY_AFTER_S} s to get that job",
+            retry_after_s=idempotency.RETRY_AFTER_S,
+        ) from None
+    if earlier is not None:
+        response.headers["Location"] = earlier.status_url
+        response.headers["Idempotent-Replayed"] = "true"
+        return earlier
+    try:
+        return await _make_job(
+            request, response, owner, settings, store, refinement, params, data, mask_data, box, key_blob, fingerprint
+        )
+    finally:
+        claim.release()  # made, refused or failed: the next request with the key finds the job or tries itself
+
+
+async def _make_job(
+    request: Request,
+    response: Response,
+    owner: str,
+    settings: Settings,
+    store,
+    refinement,
+    params: dict,
+    data: bytes,
+    mask_data: bytes | None,
+    box: str | None,
+    key_blob: str | None = None,
+    fingerprint: bytes | None = None,
+):
+    """Decode, store and send the job; 202 with it, or the problem that refused it."""
+    from model.regions import requested_side
+
     side = requested_side(refinement.findings)
     try:
         png, notes, fmt, region = await request.app.state.decode_pool.run(

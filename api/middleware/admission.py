@@ -14,9 +14,10 @@ comes after a 64 MiB upload has been spooled. Here, before the body is read:
 
 The cap and the quota are read from the blob store (shared by every API replica); uploads that
 pass the check at the same moment can overshoot them by at most the uploads decoding at once
-(`WHATIF_DECODE_THREADS` + `WHATIF_DECODE_QUEUE`). The rate limits are in this process's memory
-(`api/rate_limit.py`). The client address is the connection's peer: behind a proxy, run uvicorn
-with `--proxy-headers --forwarded-allow-ips=<the proxy>` so that it is the real client.
+(`WHATIF_DECODE_THREADS` + `WHATIF_DECODE_QUEUE`). The rate limits are in Redis with a Redis
+broker, shared by every replica, else in this process's memory (`api/rate_limit.py`). The client
+address is the connection's peer: behind a proxy, run uvicorn with `--proxy-headers
+--forwarded-allow-ips=<the proxy>` so that it is the real client.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker.blobs import BlobStore, Usage
 
+from .. import rate_limit
 from ..core.config import Settings
 from ..problems import problem
-from ..rate_limit import TokenBuckets
 
 OWNER = "whatif.owner"  # the scope key `api.deps.caller` reads
 PUBLIC = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
@@ -44,9 +45,10 @@ QUEUE_RETRY_AFTER_S = 10
 class Admission:
     def __init__(self, app: ASGIApp, settings: Settings, store: BlobStore):
         self.app, self.settings, self.store = app, settings, store
-        self.auth_failures = TokenBuckets(settings.auth_failures_per_minute)
-        self.jobs_by_key = TokenBuckets(settings.jobs_per_minute)
-        self.jobs_by_address = TokenBuckets(settings.jobs_per_minute_per_address)
+        # In Redis with a Redis broker, shared by every replica; in this process in single-machine mode.
+        self.auth_failures = rate_limit.buckets(settings, "auth-failures", settings.auth_failures_per_minute)
+        self.jobs_by_key = rate_limit.buckets(settings, "jobs-by-key", settings.jobs_per_minute)
+        self.jobs_by_address = rate_limit.buckets(settings, "jobs-by-address", settings.jobs_per_minute_per_address)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _route_path(scope) in PUBLIC:

@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from worker.blobs import BlobStore
 from worker.celery_app import make_celery
 
-from . import errors
+from . import access_log, errors
 from .core.config import Settings
 from .decode_pool import DecodePool
 from .metrics import observe_latency
@@ -21,6 +21,7 @@ from .routes import counterfactual, health, jobs, web
 
 def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     settings = settings or Settings()
+    access_log.install()  # request lines without query strings, however the app is served
     app = FastAPI(
         title="whatif-cxr",
         description="Counterfactual chest X-rays. Every output is SYNTHETIC; the embedded model is trained on "

@@ -49,6 +49,8 @@ def _serve(args) -> int:
         f"{'off: local only' if settings.auth_disabled else 'on'})",
         file=sys.stderr,
     )
+    # "warning": no request lines at all; create_app's filter would cut their query strings anyway
+    # (api/access_log.py), as it does under the deployed `uvicorn --factory` command.
     uvicorn.run(create_app(settings, celery), host=args.host, port=args.port, log_level="warning")
     return 0
 

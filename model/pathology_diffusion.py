@@ -205,7 +205,7 @@ class PathologyDiffusion(PretrainedModule):
         """
         ts = self.timesteps(steps)[::-1]  # ascending: 1, ..., the first sampling step
         z = self.to_model_space(z_path)
-        a_prev = torch.ones((), device=z.device)
+        a_prev = torch.ones((), device=z.device, dtype=z.dtype)
         ctx = uncond.expand(z.shape[0], -1, -1)
         for t in ts:
             tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)

@@ -220,6 +220,32 @@ class CounterfactualPipeline:
     def components(self) -> dict[str, torch.nn.Module]:
         return {name: getattr(self, name) for name in COMPONENTS}
 
+    # --- device and precision ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are; every tensor the pipeline makes is made there."""
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The networks' floating-point type; every tensor the pipeline makes has it."""
+        return next(self.vae.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> CounterfactualPipeline:
+        """Move every network and the reference centroids to `device` and/or `dtype` (None keeps
+        it), as diffusers' `DiffusionPipeline.to`; returns the pipeline. Mixed precision is not a
+        dtype: the weights stay fp32 and the caller runs the call under `model.device.autocast`."""
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+        for module in self.components.values():
+            module.to(device=device, dtype=dtype)
+        self.centroids = {k: v.to(device=device, dtype=dtype) for k, v in self.centroids.items()}
+        return self
+
+    def tensor(self, value) -> torch.Tensor:
+        """`value` (an array, a tensor made on the CPU) on the pipeline's device, in its dtype."""
+        return torch.as_tensor(value).to(device=self.device, dtype=self.dtype)
+
     # --- construction and persistence -----------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str | Preset, seed: int = 0) -> CounterfactualPipeline:
@@ -249,15 +275,18 @@ class CounterfactualPipeline:
         directory.mkdir(parents=True, exist_ok=True)
         for name, module in self.components.items():
             module.save_pretrained(directory / name)
-        tensors = {f"centroid.{k}": v.contiguous() for k, v in self.centroids.items()}
+        tensors = {f"centroid.{k}": v.detach().contiguous().cpu() for k, v in self.centroids.items()}
         save_file(tensors or {"empty": torch.zeros(1)}, str(directory / "centroids.safetensors"))
         (directory / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         card = model_card or default_model_card(self.config)
         (directory / "MODEL_CARD.md").write_text(card)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path | None = None) -> CounterfactualPipeline:
-        """Load a checkpoint directory; without one, the embedded default model."""
+    def from_pretrained(
+        cls, directory: str | Path | None = None, device: str | torch.device | None = None
+    ) -> CounterfactualPipeline:
+        """Load a checkpoint directory (without one, the embedded default model) onto `device`
+        (None: the CPU). The weights are read onto the CPU and moved once."""
         if directory is None:
             directory = default_checkpoint_dir()
             if not (directory / "config.json").is_file():
@@ -279,7 +308,8 @@ class CounterfactualPipeline:
         if not cpath.is_file():
             raise CheckpointError(f"{cpath} is missing")
         centroids = {k.split(".", 1)[1]: v for k, v in load_file(str(cpath)).items() if k.startswith("centroid.")}
-        return cls(components, centroids, config)
+        pipe = cls(components, centroids, config)
+        return pipe if device is None else pipe.to(device=device)
 
     # --- the pieces -----------------------------------------------------------------------
     @property
@@ -318,7 +348,7 @@ class CounterfactualPipeline:
     def centroid_for(self, labels: Sequence[str], references: Sequence | None, notes: list[str]) -> torch.Tensor:
         """mu_z (Algorithm 2, lines 2-3): from user references, else the checkpoint's per-label centroids."""
         if references:
-            refs = torch.cat([to_model_input(r, self.resolution) for r in references])
+            refs = self.tensor(torch.cat([to_model_input(r, self.resolution) for r in references]))
             with torch.no_grad():
                 return self.contrastive.encode_image(refs).mean(0, keepdim=True)
         found = [self.centroids[label] for label in labels if label in self.centroids]
@@ -465,7 +495,7 @@ class CounterfactualPipeline:
         quality = self.quality(encoded, edited[chosen : chosen + 1], conditioning.labels, notes)
         timings["quality"] = time.perf_counter() - t
         t = time.perf_counter()
-        delta = ((x_cf[chosen, 0].clamp(-1, 1) - encoded.x[0, 0]) / 2).numpy()  # model units [-1, 1] -> [0, 1]
+        delta = to_numpy((x_cf[chosen, 0].clamp(-1, 1) - encoded.x[0, 0]) / 2)  # model units [-1, 1] -> [0, 1]
         result, used = composite(grey, delta, weights[chosen], user)
         timings["composite"] = time.perf_counter() - t
         return CounterfactualOutput(
@@ -474,8 +504,8 @@ class CounterfactualPipeline:
             difference=result - grey,
             region=used,
             region_source="automatic" if user is None else "user",
-            model_image=((generated[chosen, 0].clamp(-1, 1) + 1) / 2).numpy(),
-            model_input=((encoded.x[0, 0] + 1) / 2).numpy(),
+            model_image=to_numpy((generated[chosen, 0].clamp(-1, 1) + 1) / 2),
+            model_input=to_numpy((encoded.x[0, 0] + 1) / 2),
             condition=conditioning.text,
             seed=seeds[chosen],
             seed_optimized=optimize_seed and chosen == 0,
@@ -512,7 +542,7 @@ class CounterfactualPipeline:
         """2. Preprocess `image` (`model.preprocess`; what was done is added to `notes`) and encode
         it: z = E_VAE(x) (Algorithm 2, line 4), split into z^{1:n-1} and z^n, and the
         reconstruction D_VAE(T(z)) that detail restoration and the OOD score compare against."""
-        x = to_model_input(image, self.resolution, notes)
+        x = self.tensor(to_model_input(image, self.resolution, notes))
         if not torch.isfinite(x).all():
             raise ImageInputError("image contains NaN or infinite values")
         with torch.no_grad():
@@ -532,7 +562,7 @@ class CounterfactualPipeline:
         """4. The input's lungs and heart on the model grid (the segmenter; a standard chest frame
         where it finds no plausible lungs)."""
         with torch.no_grad():
-            masks = self.segmenter.masks(x)[0].numpy()
+            masks = self.segmenter.masks(x)[0].cpu().numpy()
         return regions.Anatomy.from_masks(masks)
 
     def starting_seed(
@@ -540,9 +570,10 @@ class CounterfactualPipeline:
     ) -> torch.Tensor:
         """4. `batch` seeds z_T^n ~ N(0, I) from `seed` (Algorithm 2, line 1), (batch, 1, h, w) in
         model space; with start "inversion" the first is the DDIM inversion of the input's z^n."""
+        # Drawn on the CPU and moved: a seed gives the same noise on every device and in every dtype.
         g = torch.Generator().manual_seed(int(seed))
         latent = self.diffusion.config.latent_size
-        z_T = torch.randn((batch, 1, latent, latent), generator=g)
+        z_T = self.tensor(torch.randn((batch, 1, latent, latent), generator=g))
         if sampling.start == "inversion":
             with torch.no_grad():
                 z_T[0] = self.diffusion.invert(encoded.z_path, conditioning.uncond, sampling.steps)[0]
@@ -606,7 +637,7 @@ class CounterfactualPipeline:
         out = torch.empty((count, 1, latent, latent))
         for k in range(count):
             out[k] = torch.randn((1, latent, latent), generator=torch.Generator().manual_seed(extra_seed(seed, k + 1)))
-        return out
+        return self.tensor(out)
 
     def compose(
         self, z_id: torch.Tensor, z_path: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, detail: float
@@ -649,8 +680,8 @@ class CounterfactualPipeline:
         generator's decoding `raw` (B, 1, R, R) of each sampled z^n, inside `prior`, for the request's
         `findings` (`request_findings`). (B, 1, R, R)."""
         b = len(raw)
-        request = request_vector(findings).expand(b, -1)
-        prior_t = torch.from_numpy(prior.astype(np.float32))[None, None].expand(b, -1, -1, -1)
+        request = self.tensor(request_vector(findings)).expand(b, -1)
+        prior_t = self.tensor(prior.astype(np.float32))[None, None].expand(b, -1, -1, -1)
         x = encoded.x.expand(b, -1, -1, -1)
         change = self.editor(x, raw.clamp(-1, 1), encoded.recon.clamp(-1, 1).expand(b, -1, -1, -1), prior_t, request)
         return (x + change).clamp(-1, 1)
@@ -659,13 +690,13 @@ class CounterfactualPipeline:
         """10. The edit region's weight (R, R) in [0, 1] for one candidate `x_cf` (1, 1, R, R): the
         prior (the request's anatomy on this input, or the user's region) where the model changed
         the image (`regions.edit_weight`)."""
-        change = ((x_cf[0, 0].clamp(-1, 1) - x[0, 0]).abs() / 2).numpy()
+        change = to_numpy((x_cf[0, 0].clamp(-1, 1) - x[0, 0]).abs() / 2)
         return regions.edit_weight(prior, change)
 
     @staticmethod
     def apply_weight(x: torch.Tensor, x_cf: torch.Tensor, weight: np.ndarray) -> torch.Tensor:
         """The candidate as it will be returned, on the grid: x + w (x_cf - x)."""
-        return x + (x_cf.clamp(-1, 1) - x) * torch.from_numpy(weight)[None, None]
+        return x + (x_cf.clamp(-1, 1) - x) * torch.from_numpy(weight).to(x)[None, None]
 
     def judge(
         self, encoded: EncodedImage, edited: torch.Tensor, conditioning: Conditioning, anatomy: regions.Anatomy
@@ -690,7 +721,7 @@ class CounterfactualPipeline:
         out = []
         for b in range(len(edited)):
             p_out = {label: float(p[b + 1, i]) for i, label in enumerate(CHEXPERT_LABELS)}
-            change = ((edited[b, 0] - encoded.x[0, 0]).abs() / 2).numpy()
+            change = to_numpy((edited[b, 0] - encoded.x[0, 0]).abs() / 2)
             share = None if side is None else regions.side_share(change, side, anatomy.midline)
             out.append(judge(p_in, p_out, added, removed, side, share, ood_score, cfg))
         return out
@@ -724,6 +755,11 @@ class CounterfactualPipeline:
     def target_score(self, z_path: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
         """The findings head's mean probability of `labels` on each z^n of the batch, (B,)."""
         return torch.sigmoid(self.findings_head(z_path))[:, label_indices(labels)].mean(dim=1)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor from any device and dtype (bf16 included) as a float32 array on the host."""
+    return t.detach().float().cpu().numpy()
 
 
 def check_candidates(candidates) -> int:

@@ -13,6 +13,7 @@ import time
 
 from celery import Celery, signals
 
+from . import runtime
 from .blobs import BlobStore
 from .jobs import BROKER_ERRORS, TASK_NAME, Queue, sweep
 from .settings import WorkerSettings
@@ -60,6 +61,21 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
     @app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, shared=False)
     def run_counterfactual(task, job_id: str, params: dict) -> dict:
         return counterfactual(task, s, job_id, params)
+
+    @signals.worker_init.connect(weak=False)
+    def load_model(sender=None, **kwargs):
+        # The model is loaded once, before the worker takes a job; a device the machine lacks or a
+        # bad checkpoint stops the worker here with the reason (SystemExit: Celery logs and swallows
+        # a signal handler's ordinary exceptions, and would start a worker whose every job fails).
+        if getattr(sender, "app", None) is app:
+            from model.device import DeviceError
+            from model.modeling import CheckpointError
+
+            try:
+                runtime.start(s)
+            except (DeviceError, CheckpointError) as exc:
+                log.critical("the worker cannot start: %s", exc)
+                raise SystemExit(f"whatif worker: {exc}") from None
 
     @signals.worker_ready.connect(weak=False)
     def start_sweeper(sender=None, **kwargs):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,20 @@ class WorkerSettings(BaseSettings):
         3, ge=1, description="a job started this often without finishing (its worker died each time) fails"
     )
     checkpoint: str | None = Field(None, description="checkpoint directory (default: the embedded model)")
+    device: str = Field(
+        "auto",
+        description="where the worker runs the model: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda, "
+        "cuda:<index>; a device the machine lacks stops the worker at start-up (model/device.py)",
+    )
+    precision: str = Field(
+        "auto", description="auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (CUDA only)"
+    )
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="queued jobs a worker takes at once and runs in one batch (the same checkpoint); 1 on the CPU",
+    )
     heartbeat_interval_s: float = Field(
         10, gt=0, description="how often the worker running a job writes its heartbeat into the job record"
     )
@@ -33,6 +47,18 @@ class WorkerSettings(BaseSettings):
         description="connect and read timeout of a broker connection: during a Redis outage the API answers 503 "
         "within a few of these instead of hanging",
     )
+
+    @field_validator("device", "precision")
+    @classmethod
+    def _known(cls, value: str, info) -> str:
+        # The names are checked wherever the settings are read (the API too); whether this machine
+        # has the device is checked where the model is loaded, by the worker (`worker.runtime`).
+        from model.device import DeviceError, device_name, precision_name
+
+        try:
+            return (device_name if info.field_name == "device" else precision_name)(value)
+        except DeviceError as exc:
+            raise ValueError(f"WHATIF_{info.field_name.upper()}: {exc}") from None
 
     @model_validator(mode="after")
     def _heartbeat(self):

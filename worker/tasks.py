@@ -15,21 +15,11 @@ from .blobs import BlobNotFound, BlobStore
 from .heartbeat import Abandoned, Heartbeat
 from .jobs import FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, lost
 from .outputs import difference_png, region_png, secondary_capture_dcm, synthetic_png
-
-_PIPELINES: dict = {}
+from .runtime import autocast, pipeline
 
 
 class JobError(Exception):
     """A job failure with a message safe to show to the client."""
-
-
-def pipeline(checkpoint: str | None):
-    """The model, loaded once per worker process (first job), on the GPU when there is one."""
-    if checkpoint not in _PIPELINES:
-        from model.pipeline import CounterfactualPipeline
-
-        _PIPELINES[checkpoint] = CounterfactualPipeline.from_pretrained(checkpoint)
-    return _PIPELINES[checkpoint]
 
 
 # Shown for a failure that is not one of our own JobErrors (whose messages are meant for users).
@@ -122,19 +112,21 @@ def _counterfactual(beat: Heartbeat, store: BlobStore, s, job_id: str, params: d
         # The API sends the refined findings, never the request's free text (it may name a patient);
         # "target" is a message queued before that change.
         target = params["findings"] if "findings" in params else params["target"]
-        out = pipeline(s.checkpoint)(
-            pixels,
-            target,
-            seed=params["seed"],
-            optimize_seed=params["optimize_seed"],
-            steps=params.get("steps"),
-            guidance=params.get("guidance"),
-            start=params.get("start"),
-            detail=params.get("detail"),
-            region=region,
-            candidates=params.get("candidates", 1),
-            progress=progress,
-        )
+        model = pipeline(s.checkpoint, s.device, s.precision)
+        with autocast(s.device, s.precision):
+            out = model(
+                pixels,
+                target,
+                seed=params["seed"],
+                optimize_seed=params["optimize_seed"],
+                steps=params.get("steps"),
+                guidance=params.get("guidance"),
+                start=params.get("start"),
+                detail=params.get("detail"),
+                region=region,
+                candidates=params.get("candidates", 1),
+                progress=progress,
+            )
     except (ImageInputError, NoFindingRecognised, ValueError) as exc:  # RegionError is a ValueError
         raise JobError(str(exc)) from None
     # The result in 16 bits, composed from the stored input itself: outside the region every pixel

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from worker.runtime import INFO_COMMAND
+
 from ..metrics import REGISTRY
 from ..problems import ANY_ROUTE, responses
 
@@ -19,10 +21,22 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class WorkerModel(BaseModel):
+    """What a group of workers runs (`worker.runtime`): all of them alike are one entry."""
+
+    device: str  # "cpu", "cuda:0"
+    precision: str  # "fp32", "bf16", "fp16"
+    checkpoint: str  # the checkpoint directory's name ("default": the embedded model)
+    preset: str
+    batch_size: int  # jobs a worker runs in one batch (WHATIF_BATCH_SIZE)
+    workers: int
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     broker: str  # "ok", or "unreachable (<error type>)"
-    workers: int  # workers that answered a ping
+    workers: int  # workers that answered, their model loaded
+    models: list[WorkerModel] = []
 
 
 @router.get("/healthz", response_model=Health)
@@ -40,14 +54,20 @@ def readyz(request: Request, response: Response):
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-        workers = app.control.ping(timeout=1.0) or []
+        replies = app.control.broadcast(INFO_COMMAND, reply=True, timeout=1.0) or []
     except Exception as exc:  # broker down: not ready, say why without a stack trace
         response.status_code = 503
         return {"status": "not ready", "broker": f"unreachable ({type(exc).__name__})", "workers": 0}
-    if not workers:
+    # One reply per worker, {hostname: info}; a worker whose model is not loaded yet answers {}.
+    infos = [info for reply in replies for info in reply.values() if isinstance(info, dict) and info]
+    models: dict[tuple, dict] = {}
+    for info in infos:
+        entry = {k: info.get(k) for k in WorkerModel.model_fields if k != "workers"}
+        models.setdefault(tuple(entry.values()), {**entry, "workers": 0})["workers"] += 1
+    if not infos:
         response.status_code = 503
         return {"status": "not ready", "broker": "ok", "workers": 0}
-    return {"status": "ready", "broker": "ok", "workers": len(workers)}
+    return {"status": "ready", "broker": "ok", "workers": len(infos), "models": list(models.values())}
 
 
 @router.get(

@@ -272,7 +272,7 @@ def test_a_job_deleted_while_it_runs_leaves_no_file(tmp_path, monkeypatch):
     s = WorkerSettings(blob_dir=str(tmp_path / "blobs"))
     store = BlobStore(s.blob_dir, s.blob_ttl_s)
     job = _input(store)
-    monkeypatch.setattr(tasks, "pipeline", lambda checkpoint: _fake_pipeline(during=lambda: store.delete(job)))
+    monkeypatch.setattr(tasks, "pipeline", lambda checkpoint, *_: _fake_pipeline(during=lambda: store.delete(job)))
     with pytest.raises(Ignore):
         tasks.counterfactual(None, s, job, PARAMS)
     assert not _left(store.root)
@@ -319,7 +319,7 @@ def test_a_succeeded_job_records_its_result(tmp_path, monkeypatch):
     job = _input(store)
     seen = []
     monkeypatch.setattr(
-        tasks, "pipeline", lambda checkpoint: _fake_pipeline(during=lambda: seen.append(store.get_meta(job)))
+        tasks, "pipeline", lambda checkpoint, *_: _fake_pipeline(during=lambda: seen.append(store.get_meta(job)))
     )
     out = tasks.counterfactual(None, s, job, PARAMS)
     assert seen[0]["state"] == "running" and seen[0]["progress"]["step"] == 1 and seen[0]["attempts"] == 1

@@ -289,7 +289,7 @@ def test_the_worker_reads_an_8_bit_input_as_its_exact_16_bit_value(tmp_path, mon
         seen["pixels"] = pixels
         return fake_result(pixels, target, "user")
 
-    monkeypatch.setattr(tasks, "pipeline", lambda checkpoint: fake_pipeline)
+    monkeypatch.setattr(tasks, "pipeline", lambda checkpoint, *_: fake_pipeline)
     task = SimpleNamespace(update_state=lambda **kw: None)
     tasks.counterfactual(task, s, job, {"target": "mild edema", "seed": 0, "optimize_seed": False})
     source = np.asarray(Image.open(io.BytesIO(_png(64))))

@@ -20,10 +20,24 @@ def test_compose_file_is_valid_and_complete():
 
     cfg = yaml.safe_load(proc.stdout)
     services = cfg["services"]
-    assert {"redis", "api", "worker", "flower"} <= set(services)
+    assert {"redis", "api", "worker", "worker-gpu", "flower"} <= set(services)
     assert "--appendonly" in services["redis"]["command"] and "healthcheck" in services["redis"]
-    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert gpu["capabilities"] == ["gpu"] and "--pool=solo" in services["worker"]["command"]
+    assert all("--pool=solo" in services[w]["command"] for w in ("worker", "worker-gpu"))
+    # `docker compose up` (no profile) runs on a machine without an NVIDIA runtime: no service it
+    # starts reserves a device, and its worker runs on the CPU.
+    default = {name: svc for name, svc in services.items() if not svc.get("profiles")}
+    assert {"redis", "api", "worker"} <= set(default)
+    assert not any(svc.get("deploy", {}).get("resources", {}).get("reservations") for svc in default.values())
+    assert services["worker"]["environment"]["WHATIF_DEVICE"] == "cpu"
+    # The GPU worker is the `gpu` profile's: one NVIDIA GPU, and CUDA or nothing.
+    assert services["worker-gpu"]["profiles"] == ["gpu"] and services["flower"]["profiles"] == ["monitoring"]
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert services["worker-gpu"]["environment"]["WHATIF_DEVICE"] == "cuda"
+    # Both workers read the same queue, blobs and job time limit.
+    cpu_env = dict(services["worker"]["environment"], WHATIF_DEVICE=None)
+    assert cpu_env == dict(services["worker-gpu"]["environment"], WHATIF_DEVICE=None)
+    assert services["worker"]["volumes"] == services["worker-gpu"]["volumes"] == services["api"]["volumes"]
     # Without API keys the stack refuses to start rather than run open.
     env.pop("WHATIF_API_KEYS")
     assert (

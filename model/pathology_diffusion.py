@@ -110,10 +110,12 @@ class PathologyDiffusion(PretrainedModule):
         alike; None is Eq. 16 exactly.
         """
         z0 = self.to_model_space(z_path)
-        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        t = torch.randint(0, self.config.num_train_timesteps, (z0.shape[0],), generator=generator, device="cpu").to(
-            z0.device
-        )
+        # Drawn in float32 on the generator's device (a CPU generator on a GPU model, say) and
+        # moved: a seed draws the same noise and steps on every device and precision.
+        where = generator.device if generator is not None else z0.device
+        noise = torch.randn(z0.shape, generator=generator, device=where).to(z0)
+        t = torch.randint(0, self.config.num_train_timesteps, (z0.shape[0],), generator=generator, device=where)
+        t = t.to(z0.device)
         zt = self.train_scheduler.add_noise(z0, noise, t)
         pred = self.unet(zt, t, encoder_hidden_states=cond).sample
         if weight is None:

@@ -90,7 +90,10 @@ class LatentDistribution:
     logvar: torch.Tensor
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        """z = mean + std * eps. eps is drawn in float32 on the generator's device (a CPU generator
+        on a GPU model, say) and moved: a seed draws the same eps on every device and precision."""
+        where = generator.device if generator is not None else self.mean.device
+        noise = torch.randn(self.mean.shape, generator=generator, device=where).to(self.mean)
         return self.mean + torch.exp(0.5 * self.logvar) * noise
 
     def kl(self) -> torch.Tensor:

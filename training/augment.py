@@ -38,7 +38,8 @@ class AcquisitionAugment:
             raise ValueError(f"acquisition augmentation probability must be in [0, 1], got {self.p}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """`x`: (B, 1, H, W) in [-1, 1]; the same `generator` state gives the same output."""
+        """`x`: (B, 1, H, W) in [-1, 1]; the same `generator` state gives the same output. The draws
+        are made on the generator's device (the CPU) and moved to x's device and dtype."""
         if self.p == 0:
             return x
         b, res = x.shape[0], x.shape[-1]
@@ -52,6 +53,7 @@ class AcquisitionAugment:
         log_gamma = (torch.rand(b, generator=generator) * 2 - 1) * math.log(self.max_gamma)
         log_gamma = log_gamma * (torch.rand(b, generator=generator) < self.p)
         eps = torch.randn(x.shape, generator=generator)
+        sigma, noise, log_gamma, eps = (t.to(x) for t in (sigma, noise, log_gamma, eps))
         x = gaussian_blur(x, sigma)
         x = ((x.clamp(-1, 1) + 1) / 2) ** log_gamma.exp().view(b, 1, 1, 1) * 2 - 1
         return (x + noise.view(b, 1, 1, 1) * eps).clamp(-1, 1)
@@ -81,7 +83,7 @@ class PositioningAugment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`x`: (B, 1, H, W) in [-1, 1], `masks`: (B, C, H, W) in [0, 1]; the same `generator` state
         gives the same output. Outside the moved image is black (as an image rotated by PIL) and
-        outside every mask."""
+        outside every mask. The draws are made on the generator's device (the CPU) and moved."""
         if self.p == 0:
             return x, masks
         b = x.shape[0]
@@ -95,6 +97,7 @@ class PositioningAugment:
         shift = torch.stack([uniform(2 * self.max_shift), uniform(2 * self.max_shift)], 1) * moved[:, None]
         exposed = torch.rand(b, generator=generator) < self.p
         gain = (uniform(math.log(self.max_gain)) * exposed).exp()
+        angle, zoom, shift, gain = (t.to(x) for t in (angle, zoom, shift, gain))
         # affine_grid maps output coordinates to input ones: the inverse of the motion.
         cos, sin = angle.cos() / zoom, angle.sin() / zoom
         theta = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
@@ -107,11 +110,12 @@ class PositioningAugment:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of each image of (B, 1, H, W) with its own sigma (0: unchanged)."""
+    """Separable Gaussian blur of each image of (B, 1, H, W) with its own sigma (0: unchanged), on
+    x's device (`sigma` with it)."""
     b = x.shape[0]
     radius = max(1, math.ceil(3 * float(sigma.max())))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    s = sigma.clamp_min(1e-3).view(b, 1)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x).clamp_min(1e-3).view(b, 1)
     k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)
     k = k / k.sum(dim=1, keepdim=True)  # sigma ~ 0: a delta, the image unchanged
     # One group per image: (1, B, H, W) convolved with B kernels.

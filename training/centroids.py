@@ -27,11 +27,11 @@ def phantom_references(label: str, m: int, size: int, seed: int = 0):
 
 
 def compute_centroids(pipeline: CounterfactualPipeline, m: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """E_CXR centroid of m phantom references for each of the 14 labels."""
+    """E_CXR centroid of m phantom references for each of the 14 labels, on the pipeline's device."""
     res = pipeline.resolution
     out = {}
     for label in CHEXPERT_LABELS:
-        refs = torch.cat([to_model_input(img, res) for img in phantom_references(label, m, res, seed)])
+        refs = pipeline.tensor(torch.cat([to_model_input(img, res) for img in phantom_references(label, m, res, seed)]))
         with torch.no_grad():
             out[label] = pipeline.contrastive.encode_image(refs).mean(0)
     return out

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from model.device import DeviceError, device_name, resolve_device, resolve_precision
 from model.pipeline import CounterfactualPipeline
 
 from .state import load_state, save_state
@@ -35,14 +36,35 @@ class RunSpec:
     seed: int = 0
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group under torchrun."""
+def rank_device(name: str = "auto") -> torch.device:
+    """The device this process trains on: `auto` is CUDA when present, else the CPU; under torchrun
+    `auto` and `cuda` are `cuda:<LOCAL_RANK>`, one GPU per rank. `DeviceError` when unavailable."""
+    name = device_name(name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return resolve_device(name)
+
+
+def training_precision(name: str, device: torch.device) -> str:
+    """`auto`, `fp32` or `bf16` -> what the forward passes run in on `device` (`auto`: bf16 on a GPU
+    that has it, fp32 elsewhere). fp16 is refused: its gradients underflow without loss scaling."""
+    precision = resolve_precision(name, device)
+    if precision == "fp16":
+        raise DeviceError(
+            "precision fp16 needs loss scaling (a GradScaler), which whatif train does not do; "
+            "use bf16 (what auto picks on a GPU that has it) or fp32"
+        )
+    return precision
+
+
+def distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); under torchrun starts the process group, NCCL when the ranks compute on
+    GPUs (`device` from `rank_device`) and gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (torch.distributed.get_rank() if world > 1 else 0), world
 
 
@@ -97,8 +119,27 @@ def add_missing_components(checkpoint: Path, spec: RunSpec) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def batches(dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[dict]:
-    """Endless shuffled batches, each image once per epoch, a different shard per rank (DDP)."""
+def to_device(value, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """A batch (a tensor, or a dict of them and of other values) on `device`, its floating-point
+    tensors in `dtype` (the pipeline's): data is made on the CPU in float32."""
+    if isinstance(value, dict):
+        return {k: to_device(v, device, dtype) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+    return value
+
+
+def batches(
+    dataset,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Iterator[dict]:
+    """Endless shuffled batches, each image once per epoch, a different shard per rank (DDP), on
+    `device` in `dtype` (the pipeline's; None: as the data makes them)."""
     from .datasets.phantom import collate
 
     epoch = 0
@@ -107,7 +148,7 @@ def batches(dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1) 
         order = torch.randperm(len(dataset), generator=g).tolist()[rank::world]
         for i in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[i : i + batch_size]
-            yield {**collate([dataset[j] for j in idx]), "index": idx}
+            yield {**to_device(collate([dataset[j] for j in idx]), device, dtype), "index": idx}
         epoch += 1
 
 

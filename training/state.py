@@ -37,6 +37,9 @@ def load_state(
     directory: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
 ) -> dict:
     meta = json.loads((directory / "state.json").read_text())
+    # Read onto the CPU (saved from any device, in any dtype) and put where the training is:
+    # `load_state_dict` copies into the modules' own parameters, and an optimiser's moments go to
+    # their parameter's device and dtype (Adam's step counter stays on the CPU, where it belongs).
     tensors = load_file(str(directory / "state.safetensors"))
     # A module the saved state lacks (left frozen in the last sitting) keeps the weights it has,
     # the run's checkpoint, and starts a fresh optimiser.

@@ -20,7 +20,7 @@ from model.presets import get_preset
 
 from .centroids import compute_centroids
 from .editor_stage import editor_stage
-from .loop import RunSpec, TrainingError, distributed, open_run
+from .loop import RunSpec, TrainingError, distributed, open_run, rank_device, training_precision
 from .options import ALL_STAGES, STAGES, Hyper
 from .stages import classifier_stage, segmenter_stage, stage0, stage1, stage2
 
@@ -102,7 +102,7 @@ def ood_statistics(pipe, data, n: int = 128) -> dict:
     errs = []
     with torch.no_grad():
         for i in range(min(n, len(data))):
-            x = data[i]["image"][None]
+            x = pipe.tensor(data[i]["image"][None])
             errs.append(float(((pipe.vae.decode(pipe.transformer(pipe.vae.encode(x).mean)) - x) ** 2).mean()))
     t = torch.tensor(errs)
     return {"recon_mse_mean": float(t.mean()), "recon_mse_std": float(t.std().clamp_min(1e-6))}
@@ -119,24 +119,33 @@ def train(
     seed: int = 0,
     hp: Hyper | None = None,
     recipe: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
 ) -> dict:
     """One sitting: `stage` (or all four of `ALL_STAGES` in order) to `steps` steps, in the run directory `out`.
 
     `recipe`: the recipe this sitting is one of (`train_recipe`), recorded in the checkpoint.
+    `device`: `auto` (CUDA when present; under torchrun `cuda:<LOCAL_RANK>`), `cpu`, `cuda` or
+    `cuda:<index>`. `precision`: what the forward passes run in, `auto` (bf16 autocast on a GPU,
+    fp32 on the CPU), `fp32` or `bf16`; the weights and the optimiser stay fp32 either way.
+    A device or precision this machine cannot honour is a `DeviceError` before anything is read.
     """
     hp = hp or Hyper()
     todo = check_request(stage, steps, batch_size, hp)
+    where = rank_device(device)
+    precision = training_precision(precision, where)
     resolution = get_preset(preset).resolution
     dataset = build_data(data, resolution, batch_size, hp, todo)
     out = Path(out)
     torch.manual_seed(seed)
-    rank, world = distributed()
-    pipe = open_pipeline(out, RunSpec(preset, data, seed), resume, rank, world)
+    rank, world = distributed(where)
+    # Opened on the CPU (a checkpoint is read there) and moved once; saving writes CPU tensors.
+    pipe = open_pipeline(out, RunSpec(preset, data, seed), resume, rank, world).to(where)
     report = {}
     t0 = time.perf_counter()
     for name in todo:
         report[name] = run_stage(
-            name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world
+            name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world, precision
         )
         if rank == 0:
             if name not in ("segmenter", "editor"):  # the references read E_CXR and the VAE, left alone by these
@@ -198,26 +207,26 @@ def open_pipeline(out: Path, spec: RunSpec, resume: bool, rank: int, world: int)
     return pipe
 
 
-def run_stage(name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world) -> dict:
-    """Train stage `name` to `steps` steps; its report (final losses, seconds)."""
+def run_stage(
+    name, pipe, dataset, data, resolution, out, steps, batch_size, hp, resume, seed, rank, world, precision="fp32"
+) -> dict:
+    """Train stage `name` to `steps` steps on the pipeline's device, the forward passes in
+    `precision`; its report (final losses, seconds)."""
+    args = (out, steps, batch_size, hp, resume, seed, rank, world, precision)
     if name == "stage0":
         eval_data = (
             make_dataset(data, resolution, EVAL_CLASSIFIER_SEED_OFFSET) if data.startswith("phantom:") else dataset
         )
-        return stage0(pipe, dataset, eval_data, out, steps, batch_size, hp, resume, seed, rank, world)
+        return stage0(pipe, dataset, eval_data, *args)
     if name == "stage1":
-        return stage1(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+        return stage1(pipe, dataset, *args)
     if name == "stage2":
-        return stage2(pipe, dataset, out, steps, batch_size, hp, resume, seed, rank, world)
+        return stage2(pipe, dataset, *args)
     if name == "editor":
-        return editor_stage(pipe, editor_data(data, resolution), out, steps, batch_size, hp, resume, seed, rank, world)
+        return editor_stage(pipe, editor_data(data, resolution), *args)
     if name == "segmenter":
-        return segmenter_stage(
-            pipe, segmenter_data(data, resolution), out, steps, batch_size, hp, resume, seed, rank, world
-        )
-    return classifier_stage(
-        pipe, classifier_data(data, resolution, dataset), out, steps, batch_size, hp, resume, seed, rank, world
-    )
+        return segmenter_stage(pipe, segmenter_data(data, resolution), *args)
+    return classifier_stage(pipe, classifier_data(data, resolution, dataset), *args)
 
 
 def record_sitting(
@@ -340,9 +349,14 @@ def recorded_sittings(out: Path) -> list[dict]:
     return [{k: v for k, v in run.items() if k != "sitting"} for run in sorted(runs, key=lambda r: r.get("sitting", 0))]
 
 
-def train_recipe(path: str | Path, out: str | Path, data: str | None = None) -> dict:
+def train_recipe(
+    path: str | Path, out: str | Path, data: str | None = None, device: str = "auto", precision: str = "auto"
+) -> dict:
     """Run the recipe's sittings in `out`, skipping those its checkpoint records as done: a rerun
-    after an interruption continues (the interrupted sitting from its last saved state)."""
+    after an interruption continues (the interrupted sitting from its last saved state). `device`
+    and `precision` are the machine's, not the recipe's: as `train` takes them, for every sitting."""
+    where = rank_device(device)  # a device or precision the machine lacks: refused before any sitting
+    training_precision(precision, where)
     recipe = load_recipe(path)
     out = Path(out)
     done = recorded_sittings(out)
@@ -364,5 +378,7 @@ def train_recipe(path: str | Path, out: str | Path, data: str | None = None) -> 
             recipe.seed,
             s.hp,
             recipe=str(path),
+            device=device,
+            precision=precision,
         )
     return {"skipped": len(done), "ran": len(todo), "seconds": time.perf_counter() - t0}

@@ -53,10 +53,21 @@ def add_parser(sub) -> None:
         "--seed", type=int, default=argparse.SUPPRESS, help=f"master seed (default {SITTING_DEFAULTS['seed']})"
     )
     t.add_argument("--resume", action="store_true", help="continue the run in --out (a recipe continues by itself)")
+    t.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present; under torchrun cuda:<LOCAL_RANK>), cpu, cuda or cuda:<index> (default auto)",
+    )
+    t.add_argument(
+        "--precision",
+        default="auto",
+        help="the forward passes: auto (bf16 autocast on a GPU, fp32 on the CPU), fp32 or bf16 (default auto)",
+    )
     t.set_defaults(func=_train)
 
 
 def _train(args) -> int:
+    from model.device import DeviceError
     from training.loop import TrainingError
     from training.options import Hyper
     from training.train import train, train_recipe
@@ -75,8 +86,8 @@ def _train(args) -> int:
                 f"batch size, seed and options; drop {', '.join(given)}"
             )
         try:
-            done = train_recipe(args.recipe, args.out, args.data)
-        except TrainingError as exc:
+            done = train_recipe(args.recipe, args.out, args.data, args.device, args.precision)
+        except (TrainingError, DeviceError) as exc:
             raise UsageError(str(exc)) from None
         print(
             f"{done['ran']} sittings run, {done['skipped']} done before, in "
@@ -98,8 +109,10 @@ def _train(args) -> int:
             args.resume,
             sitting["seed"],
             hp,
+            device=args.device,
+            precision=args.precision,
         )
-    except TrainingError as exc:
+    except (TrainingError, DeviceError) as exc:
         raise UsageError(str(exc)) from None
     print(f"done in {report['seconds']:.0f} s; checkpoint in {args.out}/checkpoint")
     return 0

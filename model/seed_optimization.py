@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -137,7 +137,38 @@ def optimize_seed(
     """Optimise seeds `z_T` (B, 1, h, w) so that `encode(render(z_T))` nears `centroid`
     (Algorithm 2, lines 5-13). `render(z, method, steps)` maps seeds to images differentiably by
     the chosen method (lines 6-9)."""
+    (result,) = optimize_seeds(
+        z_T,
+        [0] * len(z_T),
+        lambda z, method, steps, rows: render(z, method, steps),
+        centroid,
+        encode,
+        config,
+        [callback] if callback else None,
+    )
+    return result
+
+
+def optimize_seeds(
+    z_T: torch.Tensor,
+    owners: Sequence[int],
+    render: Callable[[torch.Tensor, str, int, torch.Tensor], torch.Tensor],
+    centroids: torch.Tensor,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    config: SeedOptConfig,
+    callbacks: Sequence[Callable[[int, int, float], None]] | None = None,
+) -> list[SeedOptResult]:
+    """Algorithm 2 for several requests in one batch: seed row b of `z_T` (B, 1, h, w) belongs to
+    request `owners[b]` (0, 1, ...), whose centroid is row `owners[b]` of `centroids` (R, D).
+    `render(z, method, steps, rows)` renders the seeds `z` of rows `rows` (a LongTensor into z_T).
+
+    Each request keeps its own best seed, history and early stop (lines 5-13 per request); a
+    request that stops leaves the batch. Every update is per seed (the loss is a sum over seeds,
+    the optimisers act per element or per seed), so a request's result is what it would be alone,
+    up to the float rounding of a larger batch. -> one `SeedOptResult` per request."""
     t0 = time.perf_counter()
+    owner = torch.as_tensor(list(owners), dtype=torch.long)
+    requests = int(owner.max()) + 1
     z = z_T.detach().clone().requires_grad_(True)
     opt = (
         torch.optim.Adam([z], lr=config.lr)
@@ -146,31 +177,45 @@ def optimize_seed(
     )
     best_loss = torch.full((z.shape[0],), float("inf"))
     best_seed = z.detach().clone()
-    history: list[float] = []
-    stale = 0
-    it = 0
+    history: list[list[float]] = [[] for _ in range(requests)]
+    stale, iterations = [0] * requests, [0] * requests
+    active = set(range(requests))
     for it in range(config.max_iters + 1):
-        images = render(z, config.method, config.shortcut_steps)
+        rows = torch.nonzero(torch.isin(owner, torch.tensor(sorted(active))))[:, 0]
+        images = render(z[rows.to(z.device)], config.method, config.shortcut_steps, rows)
         feats = encode(images)
-        lp = prototype_loss(feats, centroid)  # line 11, one value per seed
+        lp = prototype_loss(feats, centroids[owner[rows].to(centroids.device)])  # line 11, one value per seed
         with torch.no_grad():
-            improved = lp.detach().cpu() < best_loss
-            best_loss = torch.where(improved, lp.detach().cpu(), best_loss)
-            best_seed[improved.to(best_seed.device)] = z.detach()[improved.to(z.device)]
-        current = float(best_loss.min())
-        if history and current > history[-1] * (1 - config.min_delta):
-            stale += 1
-        else:
-            stale = 0
-        history.append(current)
-        if callback:
-            callback(it, config.max_iters, current)
-        if it == config.max_iters or stale >= config.patience:
+            current_lp = lp.detach().cpu()
+            improved = current_lp < best_loss[rows]
+            best_loss[rows] = torch.where(improved, current_lp, best_loss[rows])
+            moved = rows[improved].to(z.device)
+            best_seed[moved] = z.detach()[moved]
+        for r in sorted(active):
+            current = float(best_loss[owner == r].min())
+            if history[r] and current > history[r][-1] * (1 - config.min_delta):
+                stale[r] += 1
+            else:
+                stale[r] = 0
+            history[r].append(current)
+            iterations[r] = it
+            if callbacks:
+                callbacks[r](it, config.max_iters, current)
+            if it == config.max_iters or stale[r] >= config.patience:
+                active.discard(r)
+        if not active:
             break
-        norm = ((z**2).mean(dim=(1, 2, 3)) - 1.0) ** 2
-        loss = (lp + config.norm_weight * norm).sum()
+        # Only the seeds of requests still running move; the others' best seeds are kept above.
+        going = torch.isin(owner[rows], torch.tensor(sorted(active))).to(z.device)
+        norm = ((z[rows.to(z.device)] ** 2).mean(dim=(1, 2, 3)) - 1.0) ** 2
+        loss = ((lp + config.norm_weight * norm) * going).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    keep = int(torch.argmin(best_loss))
-    return SeedOptResult(best_seed[keep : keep + 1], history, it, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    results = []
+    for r in range(requests):
+        mine = torch.nonzero(owner == r)[:, 0]
+        keep = int(mine[torch.argmin(best_loss[mine])])
+        results.append(SeedOptResult(best_seed[keep : keep + 1], history[r], iterations[r], seconds))
+    return results

@@ -398,3 +398,27 @@ def test_cli_generate_and_init(checkpoint, tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert main(["checkpoint", "init", "--preset", "tiny", "--out", str(tmp_path / "init")]) == 0
     assert CounterfactualPipeline.from_pretrained(tmp_path / "init").centroids.keys() >= {"No Finding", "Fracture"}
+
+
+def test_seed_optimisation_of_several_requests_equals_each_alone():
+    # Two requests in one batch (two seeds and one seed), each with its own centroid and early
+    # stop: each gets what it gets alone. The toy render is per row, as the pipeline's is.
+    from model.seed_optimization import optimize_seeds
+
+    weights = torch.tensor([[1.0, -0.5, 0.2, 0.0], [0.3, 0.3, -1.0, 2.0]])
+
+    def encode(images):
+        return images.flatten(1) * weights[0] + images.flatten(1).pow(2) * weights[1]
+
+    centroids = torch.tensor([[0.5, -0.2, 0.1, 0.0], [2.0, 2.0, -1.0, 0.5]])
+    z_T = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    cfg = tiny_opt(max_iters=12, patience=2, optimizer="adam", lr=0.05)
+    both = optimize_seeds(z_T, [0, 0, 1], lambda z, m, s, rows: z, centroids, encode, cfg)
+    alone = [
+        optimize_seed(z_T[:2], lambda z, m, s: z, centroids[:1], encode, cfg),
+        optimize_seed(z_T[2:], lambda z, m, s: z, centroids[1:], encode, cfg),
+    ]
+    for got, want in zip(both, alone):
+        assert got.iterations == want.iterations and got.history == pytest.approx(want.history, rel=1e-6)
+        assert torch.allclose(got.seed, want.seed, atol=1e-6)
+    assert both[0].iterations != both[1].iterations or both[0].history != both[1].history

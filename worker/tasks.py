@@ -36,7 +36,7 @@ def counterfactual(self, s, job_id: str, params: dict) -> dict:
     next progress step and writes nothing."""
     store = BlobStore(s.blob_dir, s.blob_ttl_s)
     meta, delivery = _claim(store, s, job_id, params)
-    with Heartbeat(store, job_id, delivery, s.heartbeat_interval_s) as beat:
+    with Heartbeat(store, job_id, delivery, s.heartbeat_interval_s, s.heartbeat_timeout_s) as beat:
         try:
             if int(meta["attempts"]) > s.max_deliveries:
                 raise JobError(f"the job was started {meta['attempts'] - 1} times without finishing; giving up")

@@ -60,7 +60,8 @@ def stub_app(blob_dir, **overrides):
     from api.core.config import Settings
     from api.main import create_app
 
-    fields = {"api_keys": [KEY_A, KEY_B], "blob_dir": str(blob_dir), **overrides}
+    # memory:// keeps the rate limits in-process: a Redis on 6379 (a CI machine's) must not carry buckets over.
+    fields = {"api_keys": [KEY_A, KEY_B], "blob_dir": str(blob_dir), "broker_url": "memory://", **overrides}
     return create_app(Settings(**fields), celery=StubCelery())
 
 

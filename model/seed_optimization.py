@@ -175,7 +175,7 @@ def optimize_seeds(
         if config.optimizer == "adam"
         else NormalizedGradientDescent([z], lr=config.lr)
     )
-    best_loss = torch.full((z.shape[0],), float("inf"))
+    best_loss = torch.full((z.shape[0],), float("inf"), dtype=torch.float64)  # L_P in any model dtype, exactly
     best_seed = z.detach().clone()
     history: list[list[float]] = [[] for _ in range(requests)]
     stale, iterations = [0] * requests, [0] * requests
@@ -186,7 +186,7 @@ def optimize_seeds(
         feats = encode(images)
         lp = prototype_loss(feats, centroids[owner[rows].to(centroids.device)])  # line 11, one value per seed
         with torch.no_grad():
-            current_lp = lp.detach().cpu()
+            current_lp = lp.detach().cpu().double()
             improved = current_lp < best_loss[rows]
             best_loss[rows] = torch.where(improved, current_lp, best_loss[rows])
             moved = rows[improved].to(z.device)

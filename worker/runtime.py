@@ -36,7 +36,6 @@ class Runtime:
 
 
 _RUNTIMES: dict[tuple, Runtime] = {}
-_BATCH_SIZE = {"value": 1}  # the loaded worker's WHATIF_BATCH_SIZE, for `whatif_info`
 
 
 def load(checkpoint: str | None, device: str = "auto", precision: str = "auto") -> Runtime:
@@ -73,7 +72,6 @@ def pipeline(checkpoint: str | None, device: str = "auto", precision: str = "aut
 def start(settings) -> Runtime:
     """Load the worker's model at start-up (the worker_init signal): a bad setting or a missing
     checkpoint stops the worker here, with the reason, instead of failing its first job."""
-    _BATCH_SIZE["value"] = settings.batch_size
     return load(settings.checkpoint, settings.device, settings.precision)
 
 
@@ -84,4 +82,4 @@ def whatif_info(state) -> dict:
     if not _RUNTIMES:
         return {}
     runtime = next(reversed(_RUNTIMES.values()))
-    return {**runtime.describe(), "batch_size": _BATCH_SIZE["value"]}
+    return runtime.describe()

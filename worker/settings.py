@@ -25,12 +25,6 @@ class WorkerSettings(BaseSettings):
     precision: str = Field(
         "auto", description="auto (bf16 autocast on CUDA, fp32 on the CPU), fp32, bf16 or fp16 (CUDA only)"
     )
-    batch_size: int = Field(
-        1,
-        ge=1,
-        le=8,
-        description="queued jobs a worker takes at once and runs in one batch (the same checkpoint); 1 on the CPU",
-    )
     heartbeat_interval_s: float = Field(
         10, gt=0, description="how often the worker running a job writes its heartbeat into the job record"
     )

@@ -28,7 +28,6 @@ class WorkerModel(BaseModel):
     precision: str  # "fp32", "bf16", "fp16"
     checkpoint: str  # the checkpoint directory's name ("default": the embedded model)
     preset: str
-    batch_size: int  # jobs a worker runs in one batch (WHATIF_BATCH_SIZE)
     workers: int
 
 

@@ -41,7 +41,7 @@ def test_worker_settings_refuse_bad_values():
     from worker.settings import WorkerSettings
 
     assert WorkerSettings(device="CUDA:1", precision="BF16").device == "cuda:1"
-    for field, value in (("device", "gpu"), ("precision", "half"), ("batch_size", 0), ("batch_size", 9)):
+    for field, value in (("device", "gpu"), ("precision", "half"), ("device", "cuda:x")):
         with pytest.raises(ValidationError):
             WorkerSettings(**{field: value})
 

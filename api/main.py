@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
-    app.state.store = BlobStore(settings.blob_dir, settings.blob_ttl_s)
+    app.state.store = BlobStore(settings.blob_dir, settings.blob_ttl_s, settings.housekeeping_s)
     app.state.celery = celery or make_celery(settings)
     app.state.decode_pool = DecodePool(settings.decode_threads, settings.decode_queue)
     app.include_router(counterfactual.router)

@@ -98,18 +98,10 @@ class Queue:
 
 def queue_position(store: BlobStore, job_id: str, meta: dict) -> int:
     """How many jobs created before this one are still queued, all keys together: the jobs ahead of
-    it, read from their records (the broker is never asked, so this answers while Redis is down).
+    it, from the index of queued jobs the records keep (`worker/job_index.py`: a listing of the
+    queued jobs, no record read; the broker is never asked, so this answers while Redis is down).
     Jobs sent again (`retrying`) are not counted: they went to the back of the broker's queue."""
-    created, now = meta["created_at"], time.time()
-    return sum(
-        1
-        for other, record in store.records()
-        if other != job_id
-        and record.get("state") == QUEUED
-        and record.get("created_at", now) < created
-        and record.get("expires_at", 0) >= now
-        and not store.deleted(other)
-    )
+    return store.index.queued_ahead(job_id, meta["created_at"], time.time())
 
 
 def lost_in_broker(meta: dict, epoch: str | None) -> bool:

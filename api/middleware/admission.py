@@ -12,9 +12,13 @@ comes after a 64 MiB upload has been spooled. Here, before the body is read:
    jobs not yet finished against `max_unfinished_jobs` (429) and the bytes under the blob
    directory against `blob_quota_bytes` (507).
 
-The cap and the quota are read from the blob store (shared by every API replica); uploads that
-pass the check at the same moment can overshoot them by at most the uploads decoding at once
-(`WHATIF_DECODE_THREADS` + `WHATIF_DECODE_QUEUE`). The rate limits are in Redis with a Redis
+The cap and the quota are read from the blob store (shared by every API replica), without reading
+the store (`BlobStore.usage`): the unfinished jobs from its index, exact; the bytes from a count
+at most `WHATIF_HOUSEKEEPING_S` old (one replica makes it in the background, purging the expired
+jobs first) plus this process's own writes and deletes since. Uploads that pass the check at the
+same moment can overshoot the cap by at most the uploads decoding at once (`WHATIF_DECODE_THREADS`
++ `WHATIF_DECODE_QUEUE`) per replica; the quota also by what other replicas and the workers wrote
+since the last count. The rate limits are in Redis with a Redis
 broker, shared by every replica, else in this process's memory (`api/rate_limit.py`). The client
 address is the connection's peer: behind a proxy, run uvicorn with `--proxy-headers
 --forwarded-allow-ips=<the proxy>` so that it is the real client.
@@ -29,7 +33,7 @@ import math
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.blobs import BlobStore, Usage
+from worker.blobs import BlobStore
 
 from .. import rate_limit
 from ..core.config import Settings
@@ -91,7 +95,7 @@ class Admission:
                 f"{s.jobs_per_minute_per_address:g} per client address; try again in {math.ceil(wait)} s",
                 retry_after_s=wait,
             )
-        usage = await anyio.to_thread.run_sync(self._usage)  # reads every job's metadata: off the event loop
+        usage = await anyio.to_thread.run_sync(self.store.usage)  # file-system calls: off the event loop
         if usage.unfinished >= s.max_unfinished_jobs:
             return problem(
                 "queue-full",
@@ -109,10 +113,6 @@ class Admission:
         self.jobs_by_key.take(owner)
         self.jobs_by_address.take(address)
         return None
-
-    def _usage(self) -> Usage:
-        self.store.purge_expired()  # expired files count towards neither the cap nor the quota
-        return self.store.usage()
 
 
 def _route_path(scope: Scope) -> str:

@@ -227,7 +227,7 @@ async def _make_job(
         epoch = await anyio.to_thread.run_sync(queue.epoch)
     except jobs.BROKER_ERRORS as exc:
         return _broker_down(exc)
-    job_id = store.new_id()  # expired jobs were purged by the admission check (api/middleware/admission.py)
+    job_id = store.new_id()
     store.put(job_id, "input.png", png)
     if region is not None:
         store.put(job_id, "mask.png", mask_png(region))
@@ -246,7 +246,8 @@ async def _make_job(
         },
     )
     if key_blob is not None:
-        store.put(job_id, key_blob, fingerprint)  # a file of the job's: it expires and is deleted with it
+        # A file of the job's: it expires and is deleted with it; findable: store.find(key_blob) reads one file.
+        store.put(job_id, key_blob, fingerprint, findable=True)
     # The record is written before the message is sent, so a worker always finds it. If the broker
     # cannot take the job after all, everything written is removed again: no job that will never run
     # is left reading "queued".

@@ -18,6 +18,19 @@ KEY_B = "DKUi3nhhDKhYB8DAq0oczGFMv8nU9kqJ"
 UNLIMITED = {"jobs_per_minute": 1e6, "jobs_per_minute_per_address": 1e6}
 
 
+def stored(root, index: bool = False) -> list:
+    """The files the blob store holds for jobs: each job's own under `root`, and with `index` the
+    index's entries that name a job (worker/job_index.py); never the index's folders, its shared
+    count or its lock."""
+    from worker.job_index import INDEX_DIR, NAMES, QUEUED, UNFINISHED
+
+    out = [p for p in root.iterdir() if p.name != INDEX_DIR]
+    for folder in (QUEUED, UNFINISHED, NAMES) if index else ():
+        if (root / INDEX_DIR / folder).is_dir():
+            out += (root / INDEX_DIR / folder).iterdir()
+    return out
+
+
 @pytest.fixture(scope="session")
 def service(tiny_checkpoint, tmp_path_factory):
     from api.core.config import Settings

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.helpers import free_port, start_redis
 
-from .conftest import KEY_A, UNLIMITED, png_bytes
+from .conftest import KEY_A, UNLIMITED, png_bytes, stored
 
 H = {"X-API-Key": KEY_A}
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def _refused(r, took, blob_dir):
     assert r.json()["type"] == "urn:whatif-cxr:problem:broker-unavailable" and int(r.headers["retry-after"]) > 0
     print(f"503 in {took:.2f} s")
     assert took < BOUND_S, f"the 503 took {took:.1f} s"
-    assert not list(Path(blob_dir).iterdir()), "a refused job left files behind"
+    assert not stored(Path(blob_dir), index=True), "a refused job left files behind"
 
 
 def test_broker_down_post_is_503_with_retry_after_and_stores_nothing(tmp_path):
@@ -67,7 +67,7 @@ def test_broker_down_post_is_503_with_retry_after_and_stores_nothing(tmp_path):
         assert client.get(f"/jobs/{job}", headers=H).json()["status"] == "queued"
         assert client.delete(f"/jobs/{job}", headers=H).status_code == 204
         assert time.monotonic() - started < 1
-        assert [p.name for p in blobs.iterdir()] == [f"{job}.deleted"]  # the tombstone (worker/blobs.py)
+        assert [p.name for p in stored(blobs, index=True)] == [f"{job}.deleted"]  # the tombstone (worker/blobs.py)
 
 
 def _owner():

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from api import idempotency
 from worker.blobs import ORPHAN_GRACE_S
 
-from .conftest import KEY_A, KEY_B, UNLIMITED, png_bytes, stub_app
+from .conftest import KEY_A, KEY_B, UNLIMITED, png_bytes, stored, stub_app
 
 H = {"X-API-Key": KEY_A}
 
@@ -26,7 +26,7 @@ def _post(client, key=None, target="small left pleural effusion", headers=H, see
 
 
 def _files(root):
-    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".tmp-"))
+    return sorted(p.name for p in stored(root) if not p.name.startswith(".tmp-"))
 
 
 def test_the_same_key_and_request_is_the_same_job_and_nothing_new_is_stored(tmp_path):
@@ -43,7 +43,7 @@ def test_the_same_key_and_request_is_the_same_job_and_nothing_new_is_stored(tmp_
         assert _files(tmp_path / "blobs") == files
         assert app.state.celery.sent == [first.json()["id"]]  # queued once
         # The key is stored hashed: neither it nor the owner's key appears in a file name or a file.
-        for path in (tmp_path / "blobs").iterdir():
+        for path in stored(tmp_path / "blobs", index=True):
             assert b"retry-1" not in path.read_bytes() and "retry-1" not in path.name
         # Without a key, or with another, a new job.
         assert _post(client).json()["id"] != first.json()["id"]

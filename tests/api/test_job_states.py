@@ -19,14 +19,14 @@ from worker.blobs import ORPHAN_GRACE_S, BlobNotFound, BlobStore
 from worker.heartbeat import Abandoned, Heartbeat
 from worker.settings import WorkerSettings
 
-from .conftest import KEY_A, UNLIMITED, fake_result, png_bytes, stub_app
+from .conftest import KEY_A, UNLIMITED, fake_result, png_bytes, stored, stub_app
 
 H = {"X-API-Key": KEY_A}
 
 
 def _left(root) -> list[str]:
     """The files under `root` but the tombstones a delete leaves for ORPHAN_GRACE_S (worker/blobs.py)."""
-    return [p.name for p in root.iterdir() if not p.name.endswith(".deleted")]
+    return [p.name for p in stored(root) if not p.name.endswith(".deleted")]
 
 
 class Queue:
@@ -325,7 +325,7 @@ def test_a_succeeded_job_records_its_result(tmp_path, monkeypatch):
     assert seen[0]["state"] == "running" and seen[0]["progress"]["step"] == 1 and seen[0]["attempts"] == 1
     record = store.get_meta(job)
     assert record["state"] == "succeeded" and record["result"] == out and record["progress"] is None
-    assert {p.name.split(".", 1)[1] for p in store.root.iterdir()} == {
+    assert {p.name.split(".", 1)[1] for p in stored(store.root)} == {
         "json",
         "input.png",
         "result.png",

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from .conftest import KEY_A, KEY_B, UNLIMITED, fake_result, stub_app
+from .conftest import KEY_A, KEY_B, UNLIMITED, fake_result, stored, stub_app
 
 MiB = 2**20
 PROBLEM = "application/problem+json"
@@ -117,7 +117,7 @@ def test_a_streamed_body_past_the_limit_is_refused_while_it_arrives(tmp_path, mo
     assert headers["connection"] == "close"  # the rest is never read
     assert consumed <= MiB + len(chunk), f"{consumed / MiB:.1f} MiB read of a 1 MiB limit"
     assert not rolled_over, "the upload was spooled to disk"
-    assert app.state.celery.sent == [] and not list((tmp_path / "blobs").iterdir())
+    assert app.state.celery.sent == [] and not stored(tmp_path / "blobs", index=True)
 
 
 def test_a_content_length_over_the_limit_is_refused_before_a_byte_is_read(tmp_path):

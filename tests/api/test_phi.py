@@ -11,7 +11,7 @@ from PIL import Image, PngImagePlugin
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from .conftest import KEY_A, UNLIMITED, png_bytes, stub_app
+from .conftest import KEY_A, UNLIMITED, png_bytes, stored, stub_app
 from .test_hostile_uploads import _dataset, _file
 
 NAME = ("Quixandra", "Velmorrow")  # given and family name, unlikely anywhere else
@@ -70,7 +70,7 @@ def _leaks(data: bytes | str, where: str) -> list[str]:
 
 def _stored_leaks(root) -> list[str]:
     found = []
-    for path in root.iterdir():
+    for path in stored(root, index=True):
         data = path.read_bytes()
         found += _leaks(data, path.name)
         if data.startswith(b"\x89PNG"):  # compressed text chunks: read them decoded

@@ -9,7 +9,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from .conftest import KEY_A, UNLIMITED, stub_app
+from .conftest import KEY_A, UNLIMITED, stored, stub_app
 
 PROBLEM = "application/problem+json"
 LOCAL = {"single_machine": True, "auth_disabled": True, **UNLIMITED}
@@ -227,7 +227,7 @@ def test_local_mode_refuses_a_request_without_host(tmp_path):
 def test_local_mode_refuses_a_cross_site_post(local, headers):
     r = _post(local, headers)
     assert r.status_code == 403 and _kind(r) == "cross-site", r.text
-    assert local.app.state.celery.sent == [] and not list(local.app.state.store.root.iterdir())
+    assert local.app.state.celery.sent == [] and not stored(local.app.state.store.root, index=True)
     r = local.delete("/jobs/abcdefghijklmnopqrstuv", headers=headers)
     assert r.status_code == 403 and _kind(r) == "cross-site"
 

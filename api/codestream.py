@@ -3,7 +3,9 @@
 A DICOM's Rows and Columns are only a claim: the JPEG or JPEG 2000 decoder allocates what the
 codestream says, and pydicom compares the two only after decoding (a 64 x 64 header over a
 40000 x 40000 codestream would decode in full first). Reading the codestream's header lets the
-upload's pixel cap hold before any decoder runs.
+upload's pixel cap hold before any decoder runs. An RLE frame declares no size, only its number
+of segments (one per byte of each sample, PS3.5 G.2): pylibjpeg-rle decodes into a buffer of
+Rows x Columns x segments bytes, so the count is what must agree with the header.
 """
 
 from __future__ import annotations
@@ -56,3 +58,18 @@ def j2k_size(src: bytes) -> tuple[int, int, int] | None:
     if xosiz > xsiz or yosiz > ysiz:
         return None
     return ysiz - yosiz, xsiz - xosiz, csiz
+
+
+def rle_segments(src: bytes) -> int | None:
+    """The number of segments in an RLE frame's 64-byte header (PS3.5 G.5); None if the header
+    is unreadable: 1 to 15 segments, the first at byte 64, each after the one before, all within
+    the frame."""
+    if len(src) < 64:
+        return None
+    count, *offsets = struct.unpack("<16I", src[:64])
+    if not 1 <= count <= 15 or offsets[0] != 64:
+        return None
+    used = offsets[:count]
+    if any(b <= a for a, b in zip(used, used[1:])) or used[-1] >= len(src) or any(offsets[count:]):
+        return None
+    return count

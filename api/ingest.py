@@ -33,13 +33,13 @@ def decode_upload(
     Runs on a decode thread (`api/decode_pool.py`), never on the event loop. Everything the
     header can refuse is refused before a pixel is decoded.
     """
-    from model.preprocess import MAX_SIDE, MIN_SIDE, ImageInputError, load_image_file, to_unit_grey
+    from model.preprocess import MAX_SIDE, MIN_SIDE, ImageInputError, dicom_start, load_image_file, to_unit_grey
 
     if not data:
         raise UploadRejected(422, "the image file is empty")
     if len(data) > max_bytes:
         raise UploadRejected(413, f"the image is larger than {max_bytes / 2**20:.1f} MiB")
-    if _is_dicom(data):
+    if dicom_start(data) is not None:  # with the preamble and "DICM", or a plausible first element
         from .dicom import check_header, grey_pixels, read_dicom
 
         ds = read_dicom(data, max_inflated_bytes)
@@ -158,10 +158,6 @@ def mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _is_dicom(data: bytes) -> bool:
-    return len(data) > 132 and data[128:132] == b"DICM"
 
 
 def _deidentified(ds) -> tuple[object, int]:

@@ -95,12 +95,37 @@ def to_model_input(image, resolution: int, notes: list[str] | None = None):
     return torch.from_numpy(grey * 2.0 - 1.0).float()[None, None]
 
 
+def dicom_start(data: bytes) -> int | None:
+    """Where a DICOM file's first element begins; None if `data` does not look like DICOM.
+
+    132 after the 128-byte preamble and "DICM" (PS3.10 7.1). Archives also hold files without
+    them (ACR-NEMA era, or written by tools that drop the preamble): their first element is at
+    byte 0, accepted when it is plausible: group 0002 (the file meta, explicit VR little endian)
+    or 0008 (a data set with no file meta), followed by an explicit VR, or for implicit VR
+    little endian by a length that fits in the file. No PNG or JPEG signature passes this.
+    """
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return 132
+    group = data[:2]
+    if len(data) < 8 or group not in (b"\x02\x00", b"\x08\x00", b"\x00\x08"):
+        return None
+    from pydicom.filereader import ENCODED_VR  # the value representations of PS3.5 6.2
+
+    if data[4:6] in ENCODED_VR:
+        return 0
+    if group == b"\x08\x00" and int.from_bytes(data[4:8], "little") <= len(data) - 8:
+        return 0
+    return None
+
+
 def load_image_file(path_or_bytes: str | Path | bytes) -> LoadedImage:
-    """PNG, JPEG or DICOM -> grey pixels in [0, 1] with notes on what was converted."""
+    """PNG, JPEG or DICOM (with or without its preamble) -> grey pixels in [0, 1] with notes on
+    what was converted."""
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
     notes: list[str] = []
-    if len(data) > 132 and data[128:132] == b"DICM":
-        return LoadedImage(_dicom_pixels(data, notes), notes, "dicom")
+    start = dicom_start(data)
+    if start is not None:
+        return LoadedImage(_dicom_pixels(data, notes, no_preamble=start == 0), notes, "dicom")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -117,13 +142,15 @@ def load_image_file(path_or_bytes: str | Path | bytes) -> LoadedImage:
     return LoadedImage(to_unit_grey(img, notes, allow_colour=True), notes, fmt)
 
 
-def _dicom_pixels(data: bytes, notes: list[str]) -> np.ndarray:
+def _dicom_pixels(data: bytes, notes: list[str], no_preamble: bool = False) -> np.ndarray:
     import pydicom
 
     from . import dicom_grey
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        # force: pydicom reads a file without the preamble only when told to; `dicom_start` has
+        # checked that its first element is plausible.
+        ds = pydicom.dcmread(io.BytesIO(data), force=no_preamble)
         arr = ds.pixel_array
     except Exception as exc:
         raise ImageInputError(f"DICOM pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:120]})") from None

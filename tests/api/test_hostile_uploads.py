@@ -190,15 +190,15 @@ def _with_syntax(data: bytes, syntax: str) -> bytes:
 @pytest.mark.parametrize(
     "make,code,reason",
     [
-        (lambda: _with_syntax(_file(_dataset()), "1.2.840.10008.1.2.5"), 415, "transfer syntax"),  # RLE
-        (lambda: _with_syntax(_file(_dataset()), "1.2.840.10008.1.2.2"), 415, "transfer syntax"),  # big endian
+        (lambda: _with_syntax(_file(_dataset()), "1.2.840.10008.1.2.4"), 415, "transfer syntax"),  # none known
+        (lambda: _with_syntax(_file(_dataset()), "1.2.840.10008.1.2.5"), 422, "compressed pixel data"),  # RLE named
         (lambda: _file(_dataset(NumberOfFrames=120, pixels=b"\0\0")), 422, "120 frames"),
         (lambda: _file(_dataset(SamplesPerPixel=3, PhotometricInterpretation="RGB", pixels=b"\0\0")), 422, "colour"),
         (lambda: _file(_dataset(PhotometricInterpretation="PALETTE COLOR", pixels=b"\0\0")), 422, "colour"),
         (lambda: _file(_dataset(rows=6000, columns=5000, pixels=b"\0\0")), 413, "30,000,000 pixels"),
         (lambda: _file(_dataset(rows=16, columns=64, pixels=b"\0\0")), 422, "each side"),
         (lambda: _file(_dataset(pixels=b"\0\0")), 422, "cannot be decoded"),
-        (lambda: _file(_dataset())[:400], 422, "lacks readable Rows"),  # cut short
+        (lambda: _file(_dataset())[:400], 422, "cut short"),
         (lambda: _deflate_bomb(0)[:-40], 422, "deflated"),
         (lambda: b"\0" * 128 + b"DICM" + b"\xff" * 64, 422, "file meta"),
     ],

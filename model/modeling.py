@@ -7,6 +7,7 @@ schema version) and `model.safetensors` (the weights). Loading never unpickles a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -41,6 +42,21 @@ def read_config(path: Path, key: str, expected: str) -> dict:
         )
         raise CheckpointError(f"{path}: schema version {version}, this library reads {SCHEMA_VERSION}; {fix}")
     return meta
+
+
+def checkpoint_digest(directory: str | Path) -> str:
+    """The first 16 hex digits of a SHA-256 over a checkpoint's configs and weights (every `.json`
+    and `.safetensors` file, by relative path): what made a result, in its provenance. The model
+    card is left out, so that rewording it does not change the model's name."""
+    directory = Path(directory)
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.suffix in (".json", ".safetensors") and p.is_file()):
+        rel = path.relative_to(directory).as_posix().encode()
+        h.update(len(rel).to_bytes(4, "big") + rel)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 @dataclasses.dataclass

@@ -34,7 +34,7 @@ from .eval_classifier import EvalClassifier
 from .findings_head import FindingsHead
 from .identity_encoder import IdentityEncoder
 from .labels import CHEXPERT_LABELS, NO_FINDING, SUPPORT_DEVICES
-from .modeling import SCHEMA_VERSION, CheckpointError, read_config
+from .modeling import SCHEMA_VERSION, CheckpointError, checkpoint_digest, read_config
 from .notice import SYNTHETIC_NOTICE
 from .pathology_diffusion import PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input, to_unit_grey
@@ -190,6 +190,8 @@ class CounterfactualPipeline:
         self._settings(SeedOptConfig, "seed_optimization")
         self._settings(VerdictConfig, "verdict")
         self._refiner = None
+        # `model.modeling.checkpoint_digest` of the directory it was loaded from (None: built in memory)
+        self.digest: str | None = None
 
     def _settings(self, cls, key: str):
         try:
@@ -309,6 +311,7 @@ class CounterfactualPipeline:
             raise CheckpointError(f"{cpath} is missing")
         centroids = {k.split(".", 1)[1]: v for k, v in load_file(str(cpath)).items() if k.startswith("centroid.")}
         pipe = cls(components, centroids, config)
+        pipe.digest = checkpoint_digest(directory)
         return pipe if device is None else pipe.to(device=device)
 
     # --- the pieces -----------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _init(args) -> int:
 
 def _generate(args) -> int:
     import numpy as np
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
     from tqdm import tqdm
 
     from model.composite import cap_size
@@ -86,6 +86,7 @@ def _generate(args) -> int:
     from model.pipeline import CounterfactualPipeline, check_candidates
     from model.preprocess import load_image_file
     from model.regions import check_user_region, requested_side
+    from model.synthetic_png import is_sixteen_bit, result_pixels, synthetic_png
 
     out = Path(args.out)
     if not out.parent.exists():
@@ -140,20 +141,10 @@ def _generate(args) -> int:
     for bar in bars.values():
         bar.close()
     verdict = result.verdict.to_dict()
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Comment", SYNTHETIC_NOTICE)
-    info.add_text("Software", "whatif-cxr")
-    info.add_text("whatif:condition", result.condition)
-    info.add_text("whatif:seed", str(result.seed))
-    info.add_text("whatif:verdict", verdict["status"])
-    info.add_text("whatif:verdict_reason", verdict["reason"])
-    # At the input's size and depth; outside the region the input's own values (as read), composed in
-    # integers so that no rounding of the result can touch them.
-    if _sixteen_bit(args.image, loaded.source_format):
-        pixels = np.where(result.region, result.to_uint16(), np.round(result.input_image * 65535.0).astype(np.uint16))
-    else:
-        pixels = np.where(result.region, result.to_uint8(), np.round(result.input_image * 255.0).astype(np.uint8))
-    Image.fromarray(pixels).save(out, pnginfo=info)
+    # At the input's size and depth; outside the region the input's own values, as read.
+    data = Path(args.image).read_bytes()
+    pixels = result_pixels(result, is_sixteen_bit(data, loaded.source_format))
+    out.write_bytes(synthetic_png(pixels, result.condition, result.seed, verdict))
     region_path = out.with_name(out.stem + ".region.png")
     Image.fromarray(result.region_uint8(), mode="L").save(region_path)
     h, w = pixels.shape
@@ -183,16 +174,6 @@ def _generate(args) -> int:
     line["region_source"] = result.region_source
     print(json.dumps(line))
     return 0
-
-
-def _sixteen_bit(path: str, source_format: str) -> bool:
-    """Whether the input holds more than 8 bits a pixel (DICOM, or a 16-bit grey PNG)."""
-    from PIL import Image
-
-    if source_format == "dicom":
-        return True
-    with Image.open(path) as img:
-        return img.mode in ("I", "I;16", "I;16B", "I;16L")
 
 
 def _read_mask(path: str):

@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import datetime
 import io
-import json
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
 from model.notice import SYNTHETIC_NOTICE
+from model.synthetic_png import synthetic_png
 
-
-def synthetic_png(pixels: np.ndarray, condition: str, seed: int, verdict: dict | None = None) -> bytes:
-    """`pixels` uint8 or uint16 (H, W) as a grey PNG of the same depth, with the notice, the condition,
-    the seed and (when given) the verdict in its text chunks."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Comment", SYNTHETIC_NOTICE)
-    info.add_text("Software", "whatif-cxr")
-    info.add_text("whatif:condition", condition)
-    info.add_text("whatif:seed", str(seed))
-    if verdict is not None:
-        info.add_text("whatif:verdict", verdict["status"])
-        info.add_text("whatif:verdict_reason", verdict["reason"])
-        info.add_text("whatif:verdict_json", json.dumps(verdict))
-    buf = io.BytesIO()
-    _grey(pixels).save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
+__all__ = ["difference_png", "region_png", "secondary_capture_dcm", "synthetic_png"]
 
 
 def region_png(region: np.ndarray, source: str) -> bytes:
@@ -37,14 +22,6 @@ def region_png(region: np.ndarray, source: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.where(region, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
-
-
-def _grey(pixels: np.ndarray) -> Image.Image:
-    if pixels.dtype == np.uint8:
-        return Image.fromarray(pixels, mode="L")
-    if pixels.dtype == np.uint16:
-        return Image.fromarray(pixels)  # mode I;16: a 16-bit grey PNG
-    raise TypeError(f"result pixels must be uint8 or uint16, got {pixels.dtype}")
 
 
 def difference_png(diff: np.ndarray, scale: float = 0.25) -> bytes:

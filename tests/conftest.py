@@ -21,3 +21,15 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "tiny"
     pipe.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture()
+def redis_url(tmp_path):
+    """A redis-server of the test's own (no persistence): its URL, without a database number."""
+    from tests.helpers import free_port, start_redis
+
+    port = free_port()
+    proc = start_redis(port, tmp_path)
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)

@@ -44,7 +44,7 @@ def make_dataset(spec: str, size: int, seed_offset: int = 0):
             raise TrainingError(f"--data {spec}: {exc}") from None
 
     if spec.startswith("phantom:"):
-        n, seed = _phantom_spec(spec)
+        n, seed = phantom_spec(spec)
         return PhantomDataset(n, size, seed + seed_offset)
     path = Path(spec)
     if not path.exists():
@@ -57,7 +57,7 @@ def make_dataset(spec: str, size: int, seed_offset: int = 0):
         raise TrainingError(f"--data {spec}: {exc}") from None
 
 
-def _phantom_spec(spec: str) -> tuple[int, int]:
+def phantom_spec(spec: str) -> tuple[int, int]:
     """`phantom:N[:SEED]` -> (N, SEED)."""
     parts = spec.split(":")
     try:
@@ -77,7 +77,7 @@ def classifier_data(spec: str, size: int, dataset):
         return dataset
     from .datasets.balanced import BalancedPhantomDataset
 
-    n, seed = _phantom_spec(spec)
+    n, seed = phantom_spec(spec)
     return BalancedPhantomDataset(n, size, seed + EVAL_CLASSIFIER_SEED_OFFSET)
 
 
@@ -85,7 +85,7 @@ def segmenter_data(spec: str, size: int):
     """The anatomy segmenter's data: the run's phantom cases with their exact anatomy masks."""
     from .datasets.anatomy import AnatomyDataset
 
-    n, seed = _phantom_spec(spec)
+    n, seed = phantom_spec(spec)
     return AnatomyDataset(n, size, seed)
 
 
@@ -93,7 +93,7 @@ def editor_data(spec: str, size: int):
     """The paired editor's data: exact edit pairs of the run's phantom identities."""
     from .datasets.edit_pairs import EditPairDataset
 
-    n, seed = _phantom_spec(spec)
+    n, seed = phantom_spec(spec)
     return EditPairDataset(n, size, seed)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from whatif import diagnose_cmd, eval_cmd, model_cmd, phantom_cmd, refine_cmd, serve_cmd, train_cmd
+from whatif import augment_cmd, diagnose_cmd, eval_cmd, model_cmd, phantom_cmd, refine_cmd, serve_cmd, train_cmd
 from whatif.errors import is_usage_error
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
+    augment_cmd.add_parser(sub)
     diagnose_cmd.add_parser(sub)
     serve_cmd.add_parser(sub)
     return parser

@@ -14,6 +14,7 @@ import time
 from celery import Celery, signals
 
 from . import runtime
+from .augment_task import AUGMENT_TASK, augment_item
 from .blobs import BlobStore
 from .jobs import BROKER_ERRORS, TASK_NAME, Queue, sweep
 from .settings import WorkerSettings
@@ -61,6 +62,10 @@ def make_celery(settings: WorkerSettings | None = None) -> Celery:
     @app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, shared=False)
     def run_counterfactual(task, job_id: str, params: dict) -> dict:
         return counterfactual(task, s, job_id, params)
+
+    @app.task(name=AUGMENT_TASK, acks_late=True, reject_on_worker_lost=True, shared=False)
+    def run_augment_item(message: dict) -> None:
+        augment_item(s, message)
 
     @signals.worker_init.connect(weak=False)
     def load_model(sender=None, **kwargs):

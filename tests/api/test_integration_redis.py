@@ -5,21 +5,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import free_port, start_redis
-
 from .conftest import KEY_A, png_bytes, wait
-
-
-@pytest.fixture()
-def redis_url(tmp_path):
-    port = free_port()
-    proc = start_redis(port, tmp_path)
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_path):

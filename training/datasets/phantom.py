@@ -85,16 +85,19 @@ class PhantomDataset(torch.utils.data.Dataset):
 
 
 class PhantomDirDataset(torch.utils.data.Dataset):
-    """A directory written by `whatif phantom generate` (images/ + manifest.jsonl)."""
+    """A directory written by `whatif phantom generate` or `whatif augment` (images/ + manifest.jsonl).
+
+    A `whatif augment` line whose result was not kept (`path` null) has no image and is skipped."""
 
     def __init__(self, root: str | Path, size: int):
         self.root = Path(root)
         manifest = self.root / "manifest.jsonl"
         if not manifest.is_file():
             raise FileNotFoundError(f"{self.root} has no manifest.jsonl (make one with `whatif phantom generate`)")
-        self.rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        self.rows = [row for row in rows if row.get("path")]
         if not self.rows:
-            raise ValueError(f"{manifest} is empty")
+            raise ValueError(f"{manifest} lists no image")
         self.size = size
         self._text: dict[int, str] = {}
 

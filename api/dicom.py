@@ -132,6 +132,13 @@ def grey_pixels(ds) -> tuple[np.ndarray, list[str]]:
         arr = ds.pixel_array
     except Exception as exc:
         raise UploadRejected(422, f"DICOM pixel data cannot be decoded ({type(exc).__name__})") from None
+    except BaseException as exc:
+        # pylibjpeg-rle (2.2) panics instead of raising when a 16-bit segment decodes past its
+        # share of the buffer (its bound check forgets the byte stride); the buffer itself never
+        # grows. pyo3 turns the panic into a PanicException, a BaseException like KeyboardInterrupt.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise UploadRejected(422, "DICOM pixel data cannot be decoded (its decoder panicked)") from None
     return dicom_grey.grey(arr, ds, notes), notes
 
 

@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load.py --clients 100 --jobs 300 --out load.json
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load.py --clients 100 --jobs 300 --worker-nice 10
 
-Starts a redis-server (no persistence, as `tests/helpers.py` starts it), the API in one uvicorn
-process (`uvicorn --factory api.main:create_app`, settings from `WHATIF_*` variables, one strong
-random API key made for the run) and `--workers` Celery workers (`--pool=solo --concurrency=1`,
+Starts a redis-server (no persistence, as `tests/helpers.py` starts it), the API as
+`--api-processes` uvicorn processes (`uvicorn --factory api.main:create_app --workers N`; 2 by
+default, the least the k8s HPA runs, `deploy/k8s/api-hpa.yaml`; settings from `WHATIF_*`
+variables, one strong random API key made for the run) and `--workers` Celery workers (`--pool=solo --concurrency=1`,
 `OMP_NUM_THREADS=1`, optionally under `nice`) on an untrained tiny checkpoint (`whatif
 checkpoint init --preset tiny`) and without seed optimisation unless `--optimize-seed`, so that a
 job takes about a second and 300 jobs drain in minutes on 2 cores (the workers are busy
@@ -83,8 +84,9 @@ def wait_for(check, what: str, timeout_s: float, procs: list[subprocess.Popen]) 
 class Service:
     """redis-server, uvicorn and the Celery workers, as processes of their own; `stop` ends them."""
 
-    def __init__(self, tmp: Path, workers: int, worker_nice: int, checkpoint: str | None):
+    def __init__(self, tmp: Path, workers: int, worker_nice: int, checkpoint: str | None, api_processes: int):
         self.tmp, self.procs, self.names, self.logs = tmp, [], [], []
+        self.api_processes = api_processes
         self.key = secrets.token_urlsafe(32)
         self.redis_port, self.api_port = free_port(), free_port()
         self.base = f"http://127.0.0.1:{self.api_port}"
@@ -134,8 +136,9 @@ class Service:
             celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo"]
             celery += ["--concurrency=1", "--loglevel=INFO", "--without-mingle", "--without-gossip", "-n", f"w{i}@%h"]
             workers.append(self.spawn(f"worker{i}", [*nice, *celery], env))
-        uvicorn = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app"]
-        api = self.spawn("api", [*uvicorn, "--host", "127.0.0.1", "--port", str(self.api_port)], env)
+        uvicorn = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1"]
+        uvicorn += ["--port", str(self.api_port), "--workers", str(self.api_processes)]
+        api = self.spawn("api", uvicorn, env)
         wait_for(lambda: httpx.get(self.base + "/healthz").status_code == 200, "the API answering", 60, [api])
         for i, w in enumerate(workers):
             log = self.tmp / f"worker{i}.log"
@@ -143,14 +146,19 @@ class Service:
         return {"workers_ready_s": time.monotonic() - t}
 
     def cpu_seconds(self) -> dict:
-        """CPU seconds (user + system) each process of the service has used so far."""
+        """CPU seconds (user + system) each process of the service has used so far, its child
+        processes included (uvicorn's `--workers` are children of the process started)."""
         tick = os.sysconf("SC_CLK_TCK")
-        out = {}
-        for name, p in zip(self.names, self.procs):
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        return out
+        stats = {}  # pid -> (parent pid, CPU ticks)
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(proc.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+
+        def tree(pid: int) -> int:
+            return stats.get(pid, (0, 0))[1] + sum(tree(child) for child, (ppid, _) in stats.items() if ppid == pid)
+
+        return {name: tree(p.pid) / tick for name, p in zip(self.names, self.procs) if p.pid in stats}
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -284,13 +292,16 @@ async def run_load(base: str, key: str, args) -> dict:
 
 def store_scans(blob_dir: Path, repeats: int = 5) -> dict:
     """Milliseconds (median of `repeats`, nothing else running) of the blob-store reads the API makes
-    per request, over the store the run left: every job record (`records`: a queued job's poll
-    reads them all for its `queue_position`), and `purge_expired` + `usage` (each new job's
-    admission check, `api/middleware/admission.py`)."""
+    per request, over the store the run left: a queued job's `queue_position` (its poll) and `usage`
+    (each new job's admission check, `api/middleware/admission.py`), both from the index
+    (`worker/job_index.py`); and, for scale, what reads the whole store: every job record (`records`,
+    how the queue position was counted before) and the housekeeping (`housekeep`: the purge and the
+    count of bytes, in the background at most every WHATIF_HOUSEKEEPING_S)."""
     from worker.blobs import BlobStore
     from worker.jobs import queue_position
 
     store = BlobStore(blob_dir, 3600)
+    store.usage()  # the first look counts the store; the others read the index
     records = list(store.records())
 
     def ms(fn) -> float:
@@ -307,7 +318,8 @@ def store_scans(blob_dir: Path, repeats: int = 5) -> dict:
         "files": sum(1 for _ in blob_dir.iterdir()),
         "records_scan_ms": ms(lambda: list(store.records())),
         "queue_position_ms": ms(lambda: queue_position(store, last_id, last)),
-        "admission_ms": ms(lambda: (store.purge_expired(), store.usage())),
+        "admission_ms": ms(store.usage),
+        "housekeeping_ms": ms(lambda: store.housekeep(force=True)),
     }
 
 
@@ -346,8 +358,9 @@ def table(r: dict, args) -> str:
         lines.append(
             f"\nBlob-store reads per request over the {scans['job_records']} job records ({scans['files']} files) "
             f"the run left, the service stopped: a queued job's poll (`queue_position`) "
-            f"{scans['queue_position_ms']:.1f} ms, a submit's admission check (`purge_expired` + `usage`) "
-            f"{scans['admission_ms']:.1f} ms."
+            f"{scans['queue_position_ms']:.2f} ms, a submit's admission check (`usage`) "
+            f"{scans['admission_ms']:.2f} ms; for scale, reading every record {scans['records_scan_ms']:.1f} ms, "
+            f"the background housekeeping {scans['housekeeping_ms']:.1f} ms."
         )
     return "\n".join(lines)
 
@@ -361,6 +374,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--jobs", type=int, default=300, help="jobs submitted in all")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--api-processes", type=int, default=2, help="uvicorn --workers: API processes (the k8s HPA runs 2 or more)"
+    )
     ap.add_argument("--worker-nice", type=int, default=0, help="run the workers under `nice -n` this (0: not)")
     ap.add_argument(
         "--optimize-seed", action="store_true", help="jobs with seed optimisation (default: without, about 3x shorter)"
@@ -377,7 +393,7 @@ def main() -> None:
 
     load_before = os.getloadavg()  # other processes on the machine share its cores
     tmp = Path(tempfile.mkdtemp(prefix="whatif-load-"))
-    service = Service(tmp, args.workers, args.worker_nice, args.checkpoint)
+    service = Service(tmp, args.workers, args.worker_nice, args.checkpoint, args.api_processes)
     try:
         started = service.start(args.clients)
         before, mine = service.cpu_seconds(), os.times()
@@ -395,7 +411,8 @@ def main() -> None:
     nice = f" under nice -n {args.worker_nice}" if args.worker_nice else ""
     print(
         f"\n`benchmarks/load.py {' '.join(sys.argv[1:])}`: {args.clients} clients, {args.jobs} jobs, "
-        f"{args.workers} CPU workers{nice}, seed optimisation {'on' if args.optimize_seed else 'off'}, "
+        f"{args.workers} CPU workers{nice}, {args.api_processes} API processes, "
+        f"seed optimisation {'on' if args.optimize_seed else 'off'}, "
         f"poll every {args.poll_s} s, {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and "
         f"{result['load_average_after'][0]:.1f} after\n"
     )

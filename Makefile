@@ -13,7 +13,7 @@ $(PY):
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade --quiet "pip>=24"
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,gpl-codecs]'
 	touch $(STAMP)
 
 install: $(STAMP)

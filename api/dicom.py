@@ -77,8 +77,14 @@ def read_dicom(data: bytes, max_inflated_bytes: int):
             raise UploadRejected(422, "corrupt DICOM file: its file meta information cannot be read") from None
     if not syntax:
         raise UploadRejected(422, "the DICOM file meta information names no transfer syntax")
-    if syntax not in _TRANSFER_SYNTAXES or not _decodable(syntax):
+    if syntax not in _TRANSFER_SYNTAXES:
         raise UploadRejected(415, f"unsupported DICOM transfer syntax: send {_ACCEPTED}")
+    if not _decodable(syntax):
+        raise UploadRejected(
+            415,
+            f"this installation has no decoder for {syntax.name}: the operator can install whatif-cxr[gpl-codecs] "
+            "(pylibjpeg-libjpeg, GPL-3.0)",
+        )
     body = fp
     if syntax == uid.DeflatedExplicitVRLittleEndian:
         body = io.BytesIO(_inflate(memoryview(data)[fp.tell() :], max_inflated_bytes))

@@ -323,6 +323,49 @@ def store_scans(blob_dir: Path, repeats: int = 5) -> dict:
     }
 
 
+SERVER_ROUTES = {("POST", "/counterfactual"): "submit", ("GET", "/jobs/{job_id}"): "poll"}
+
+
+def server_side(base: str, processes: int, tries: int = 40) -> dict:
+    """The API's own timing of the run's requests (`whatif_request_seconds`, api/metrics.py: from the
+    request reaching the app to its answer, the client and the network left out), summed over the API
+    processes. Each `/metrics` answer is one process's: the load has stopped, so each process's
+    counts stay put, and the distinct answers over `tries` new connections are the processes'. ->
+    {"submit"|"poll": {"n", "share_le_50ms", "share_le_100ms", "p99_at_most_ms"}, "processes_seen"}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    seen = {}
+    for _ in range(tries):
+        snapshot = {}
+        for family in text_string_to_metric_families(httpx.get(base + "/metrics").text):
+            for sample in family.samples:
+                route = SERVER_ROUTES.get((sample.labels.get("method"), sample.labels.get("route")))
+                if route and sample.name == "whatif_request_seconds_bucket":
+                    snapshot[route, float(sample.labels["le"])] = sample.value
+        seen[frozenset(snapshot.items())] = snapshot
+        if len(seen) >= processes:
+            break
+    buckets: dict = {}
+    for snapshot in seen.values():
+        for k, v in snapshot.items():
+            buckets[k] = buckets.get(k, 0.0) + v
+    out = {"processes_seen": len(seen)}
+    for route in SERVER_ROUTES.values():
+        cumulative = sorted((le, n) for (r, le), n in buckets.items() if r == route)
+        total = cumulative[-1][1] if cumulative else 0
+        if not total:
+            continue
+        at = dict(cumulative)
+        p99 = next(le for le, n in cumulative if n >= 0.99 * total)
+        out[route] = {
+            "n": int(total),
+            "share_le_50ms": at.get(0.05, 0) / total,
+            "share_le_100ms": at.get(0.1, 0) / total,
+            "p99_at_most_ms": p99 * 1000,
+        }
+    return out
+
+
 def table(r: dict, args) -> str:
     s, p = r["submit_ms"], r["poll_ms"]
     ok = {
@@ -353,6 +396,17 @@ def table(r: dict, args) -> str:
         lines.append(
             f"\nCPU used during the run, in cores (CPU seconds / wall seconds): {share}; "
             f"the API's CPU per request answered: {per:.1f} ms."
+        )
+    if server := r.get("server_side"):
+        parts = [
+            f"{name} {q['n']} requests, {q['share_le_50ms']:.1%} within 50 ms, {q['share_le_100ms']:.1%} within "
+            f"100 ms, p99 at most {q['p99_at_most_ms']:g} ms"
+            for name, q in server.items()
+            if name != "processes_seen"
+        ]
+        lines.append(
+            f"\nThe API's own timing (`whatif_request_seconds`, {server['processes_seen']} processes seen; "
+            "from the request reaching the app to its answer): " + "; ".join(parts) + "."
         )
     if scans := r.get("store_scans"):
         lines.append(
@@ -401,6 +455,7 @@ def main() -> None:
         used = {k: v - before.get(k, 0.0) for k, v in service.cpu_seconds().items()}
         used["clients"] = os.times().user - mine.user + os.times().system - mine.system
         result.update(started, load_average_after=os.getloadavg(), cpu_seconds=used)
+        result["server_side"] = server_side(service.base, args.api_processes)
     finally:
         service.stop()
     try:

@@ -10,7 +10,7 @@ import torch
 
 from training.longtail import downstream
 from training.longtail.downstream import TAIL, DownstreamConfig, repeat_factors, run_downstream
-from training.longtail.downstream_report import write_report
+from training.longtail.downstream_report import BEGIN, END, write_report
 
 
 def test_repeat_factors_follow_lvis():
@@ -40,7 +40,11 @@ def test_a_quick_comparison_runs_resumes_and_reports(tmp_path, tiny_checkpoint, 
     again = run_downstream(tmp_path / "work", tiny_checkpoint, cfg)  # everything is in the work directory
     assert again["arms"] == json.loads(json.dumps(results["arms"]))
 
-    out = write_report(results, tmp_path / "augmentation.md", "whatif eval --downstream --quick")
+    page = tmp_path / "augmentation.md"  # the hand-written guide around the generated block stays
+    page.write_text(f"# Guide\n\nby hand\n\n{BEGIN}\nstale table\n{END}\n\n## After\n")
+    out = write_report(results, page, "whatif eval --downstream --quick")
     text = out.read_text()
+    assert text.startswith("# Guide\n\nby hand\n\n" + BEGIN) and text.endswith(END + "\n\n## After\n")
+    assert "stale table" not in text and text.count(BEGIN) == 1
     assert "| (c) + counterfactuals, verdict passed |" in text and "tail AUROC of (c) at least 0.05 above (b)" in text
     assert "not clinical use" in text and (tmp_path / "augmentation.png").stat().st_size > 10_000

@@ -40,7 +40,7 @@ from .pathology_diffusion import PathologyDiffusion
 from .preprocess import ImageInputError, to_model_input, to_unit_grey
 from .presets import Preset, get_preset
 from .sampling import SamplingConfig
-from .seed_optimization import SeedOptConfig, SeedOptResult, keep_optimized
+from .seed_optimization import SeedOptConfig, SeedOptResult, keep_optimized, optimize_seeds
 from .seed_optimization import optimize_seed as run_seed_optimization
 from .segmenter import AnatomySegmenter
 from .vae import DisentangledVAE
@@ -150,6 +150,44 @@ class GuardVerdict:
             f"seed optimisation undone: the findings head scored the target {self.optimized_score:.2f} "
             f"on the optimised seed against {self.initial_score:.2f} on the starting seed"
         )
+
+
+@dataclasses.dataclass
+class Request:
+    """One request of `CounterfactualPipeline.batch`: `__call__`'s per-request arguments."""
+
+    image: object  # 2-D grey array or PIL image
+    target: object  # free text or structured findings
+    seed: int = 0
+    optimize_seed: bool = True
+    references: Sequence | None = None
+    region: object = None
+    candidates: int = 1
+    progress: Progress | None = None
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A request in flight through `CounterfactualPipeline.batch`: what each step made of it."""
+
+    request: Request
+    report: Callable
+    candidates: int
+    notes: list[str] = dataclasses.field(default_factory=list)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    grey: np.ndarray | None = None
+    conditioning: Conditioning | None = None
+    user: np.ndarray | None = None
+    encoded: EncodedImage | None = None
+    anatomy: regions.Anatomy | None = None
+    centroid: torch.Tensor | None = None
+    history: list[float] = dataclasses.field(default_factory=list)
+    guarded: bool = False
+    z_path: torch.Tensor | None = None
+
+
+def _seed_opt_callback(report: Callable) -> Callable[[int, int, float], None]:
+    return lambda i, n, lp: report("seed_optimization", i, n, lp)
 
 
 class CounterfactualPipeline:
@@ -364,19 +402,21 @@ class CounterfactualPipeline:
         return torch.stack(found).mean(0, keepdim=True)
 
     def renderer(self, z_id: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, first_t: int):
-        """`render(z, method, steps)`: seeds (model space) -> images in identity `z_id`, differentiably,
-        by seed-optimisation method (Algorithm 2, lines 6-9; `SeedOptConfig.method`). `first_t` is
-        the first DDIM timestep, where the "x0" method predicts."""
+        """`render(z, method, steps, rows=None)`: seeds (model space) -> images in identity `z_id`,
+        differentiably, by seed-optimisation method (Algorithm 2, lines 6-9; `SeedOptConfig.method`).
+        `first_t` is the first DDIM timestep, where the "x0" method predicts. `z_id` and `cond` have
+        one row, or one per seed of a batch (`batch`), of which `rows` picks those of `z`."""
 
-        def render(z: torch.Tensor, method: str, steps: int) -> torch.Tensor:
+        def render(z: torch.Tensor, method: str, steps: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+            zi, c = (z_id, cond) if rows is None or len(z_id) == 1 else (z_id[rows], cond[rows])
             if method == "x0":
-                e = self.diffusion.eps(z, first_t, cond, uncond, guidance)
+                e = self.diffusion.eps(z, first_t, c, uncond, guidance)
                 z0 = self.diffusion.from_model_space(self.diffusion.predict_x0(z, first_t, e))
             else:
                 z0 = self.diffusion.sample(
-                    z, cond, uncond, steps, guidance, grad_steps=1 if method == "shortcut" else steps
+                    z, c, uncond, steps, guidance, grad_steps=1 if method == "shortcut" else steps
                 )
-            f = self.transformer(self.vae.join(z_id.expand(z.shape[0], -1, -1, -1), z0))
+            f = self.transformer(self.vae.join(zi.expand(z.shape[0], -1, -1, -1), z0))
             return self.vae.decode(f)
 
         return render
@@ -416,50 +456,149 @@ class CounterfactualPipeline:
                 starting or optimised seed, the others from fresh noise of `seed`); the best one
                 that passes its verdict is returned, with every candidate's verdict.
         """
-        report = progress or (lambda *a: None)
-        notes: list[str] = []
-        timings: dict[str, float] = {}
+        request = Request(image, target, seed, optimize_seed, references, region, candidates, progress)
+        (out,) = self.batch([request], steps, guidance, start, detail, seed_opt)
+        if isinstance(out, Exception):
+            raise out
+        return out
 
-        # 1. check inputs: the call's settings over the checkpoint's
+    def batch(
+        self,
+        requests: Sequence[Request],
+        steps: int | None = None,
+        guidance: float | None = None,
+        start: str | None = None,
+        detail: float | None = None,
+        seed_opt: SeedOptConfig | None = None,
+    ) -> list[CounterfactualOutput | Exception]:
+        """Several requests (`Request`: `__call__`'s per-request arguments) with the same sampling
+        settings, their DDIM inversions, seed optimisations and samplings each run as one batch.
+
+        Each request keeps its own seed, candidates, region, progress and result, which is the one
+        `__call__` gives it alone (up to the float rounding of a larger batch). A request that fails
+        on its own input (an unreadable image, a region that does not fit, a target without a
+        centroid: a ValueError) gets its exception in its place; the others go on. The settings
+        are checked first, for the whole batch.
+        """
         sampling, seed_opt = self.check_inputs(steps, guidance, start, detail, seed_opt)
-        candidates = check_candidates(candidates)
+        prepared: list[_Prepared | Exception] = []
+        for request in requests:
+            try:
+                prepared.append(self._prepare(request, seed_opt))
+            except ValueError as exc:  # ImageInputError, RegionError, CheckpointError, NoFindingRecognised
+                prepared.append(exc)
+        live = [p for p in prepared if isinstance(p, _Prepared)]
+        if live:
+            self._generate(live, sampling, seed_opt)
+        out: list[CounterfactualOutput | Exception] = []
+        for p in prepared:
+            if isinstance(p, Exception):
+                out.append(p)
+                continue
+            try:
+                out.append(self._finish(p, sampling, seed_opt))
+            except ValueError as exc:
+                out.append(exc)
+        return out
 
+    def _prepare(self, request: Request, seed_opt: SeedOptConfig) -> _Prepared:
+        """Steps 1-4 of one request, and its reference centroid (Algorithm 2, lines 2-3)."""
+        p = _Prepared(request, request.progress or (lambda *a: None), check_candidates(request.candidates))
         # 2. encode the input, 3. condition on the target, 4. locate its anatomy (one "encode" stage)
         t = time.perf_counter()
-        grey = cap_size(to_unit_grey(image, notes), notes)
-        conditioning = self.condition(target)
-        user = None
-        if region is not None:
-            user = regions.check_user_region(region, grey.shape, regions.requested_side(conditioning.findings))
-        encoded = self.encode(grey, notes)
-        anatomy = self.locate(encoded.x)
-        if anatomy.source != "segmenter":
-            notes.append("the segmenter found no lungs on this input: the edit region uses a standard chest frame")
-        timings["encode"] = time.perf_counter() - t
-        report("encode", 1, 1, None)
+        p.grey = cap_size(to_unit_grey(request.image, p.notes), p.notes)
+        p.conditioning = self.condition(request.target)
+        if request.region is not None:
+            side = regions.requested_side(p.conditioning.findings)
+            p.user = regions.check_user_region(request.region, p.grey.shape, side)
+        p.encoded = self.encode(p.grey, p.notes)
+        p.anatomy = self.locate(p.encoded.x)
+        if p.anatomy.source != "segmenter":
+            p.notes.append("the segmenter found no lungs on this input: the edit region uses a standard chest frame")
+        if request.optimize_seed:
+            p.centroid = self.centroid_for(p.conditioning.labels, request.references, p.notes)
+        p.timings["encode"] = time.perf_counter() - t
+        p.report("encode", 1, 1, None)
+        return p
 
-        # 5. the starting seed(s)
+    def _generate(self, live: list[_Prepared], sampling: SamplingConfig, seed_opt: SeedOptConfig) -> None:
+        """Steps 5-7 for every request in `live`, batched across them: the starting seeds (the DDIM
+        inversions in one batch), seed optimisation (`optimize_seeds`) and DDIM sampling (each seed
+        row conditioned on its own request). Sets each request's `history`, `guarded`, `z_path`."""
+        uncond = live[0].conditioning.uncond  # the empty text's: the same for every request
+
+        # 5. the starting seed(s): noise from each request's seed, the first row the inversion of its z^n
         t = time.perf_counter()
-        z_T = self.starting_seed(encoded, conditioning, sampling, seed, seed_opt.batch_seeds if optimize_seed else 1)
+        z_T = [self._noise(p.request.seed, seed_opt.batch_seeds if p.request.optimize_seed else 1) for p in live]
         if sampling.start == "inversion":
-            timings["inversion"] = time.perf_counter() - t
-            report("inversion", 1, 1, None)
-        z_start = z_T[:1].clone()  # the seed a request without seed optimisation samples from
+            with torch.no_grad():
+                inverted = self.diffusion.invert(torch.cat([p.encoded.z_path for p in live]), uncond, sampling.steps)
+            for k, p in enumerate(live):
+                z_T[k][0] = inverted[k]
+                p.timings["inversion"] = time.perf_counter() - t
+                p.report("inversion", 1, 1, None)
+        z_start = [z[:1].clone() for z in z_T]  # the seed a request without seed optimisation samples from
 
-        # 6. seed optimisation (Algorithm 2)
-        history: list[float] = []
-        if optimize_seed:
+        # 6. seed optimisation (Algorithm 2), the requests that ask for it in one batch
+        todo = [k for k, p in enumerate(live) if p.request.optimize_seed]
+        if todo:
             t = time.perf_counter()
-            result = self.optimize_seed(z_T, encoded, conditioning, sampling, seed_opt, references, notes, report)
-            z_T, history = result.seed, result.history
-            timings["seed_optimization"] = time.perf_counter() - t  # its iterations: len(history) - 1
+            counts = [len(z_T[k]) for k in todo]
+            render = self.renderer(
+                torch.cat([live[k].encoded.z_id.expand(n, -1, -1, -1) for k, n in zip(todo, counts)]),
+                torch.cat([live[k].conditioning.cond.expand(n, -1, -1) for k, n in zip(todo, counts)]),
+                uncond,
+                sampling.guidance,
+                self.diffusion.timesteps(sampling.steps)[0],
+            )
+            with torch.enable_grad():  # Algorithm 2 needs gradients also when the caller is in no_grad
+                results = optimize_seeds(
+                    torch.cat([z_T[k] for k in todo]),
+                    [j for j, n in enumerate(counts) for _ in range(n)],
+                    render,
+                    torch.cat([live[k].centroid for k in todo]),
+                    self.contrastive.encode_image,
+                    seed_opt,
+                    [_seed_opt_callback(live[k].report) for k in todo],
+                )
+            for k, result in zip(todo, results):
+                z_T[k], live[k].history = result.seed, result.history
+                live[k].timings["seed_optimization"] = time.perf_counter() - t  # its iterations: len(history) - 1
 
-        # 7. sample z^n*: the guard's starting-seed sample and the extra candidates in the same batch
-        guarded = optimize_seed and seed_opt.guard and not torch.equal(z_T, z_start)
-        extra = self.extra_seeds(seed, candidates - 1)
+        # 7. sample z^n*: per request its seed, the guard's starting-seed sample and the extra candidates
+        rows = []
+        for k, p in enumerate(live):
+            p.guarded = p.request.optimize_seed and seed_opt.guard and not torch.equal(z_T[k], z_start[k])
+            rows.append(
+                torch.cat(
+                    [z_T[k], *([z_start[k]] if p.guarded else []), self.extra_seeds(p.request.seed, p.candidates - 1)]
+                )
+            )
         t = time.perf_counter()
-        z_path = self.sample(torch.cat([z_T, *([z_start] if guarded else []), extra]), conditioning, sampling, report)
-        timings["sampling"] = time.perf_counter() - t
+        cond = torch.cat([p.conditioning.cond.expand(len(r), -1, -1) for p, r in zip(live, rows)])
+
+        def progress(i: int, n: int) -> None:
+            for p in live:
+                p.report("sampling", i, n, None)
+
+        with torch.no_grad():
+            z_path = self.diffusion.sample(
+                torch.cat(rows), cond, uncond, sampling.steps, sampling.guidance, callback=progress
+            )
+        for p, part in zip(live, z_path.split([len(r) for r in rows])):
+            p.z_path = part
+            p.timings["sampling"] = time.perf_counter() - t
+
+    def _noise(self, seed: int, count: int) -> torch.Tensor:
+        # Drawn on the CPU and moved: a seed gives the same noise on every device and in every dtype.
+        g = torch.Generator().manual_seed(int(seed))
+        latent = self.diffusion.config.latent_size
+        return self.tensor(torch.randn((count, 1, latent, latent), generator=g))
+
+    def _finish(self, p: _Prepared, sampling: SamplingConfig, seed_opt: SeedOptConfig) -> CounterfactualOutput:
+        """Steps 8-12 of one request, from its sampled pathology channels `p.z_path`."""
+        encoded, conditioning, notes, timings, seed = p.encoded, p.conditioning, p.notes, p.timings, p.request.seed
+        z_path, user, anatomy = p.z_path, p.user, p.anatomy
 
         # 8. compose and decode (Eq. 3), then the paired editor carries the change onto the input
         t = time.perf_counter()
@@ -471,11 +610,11 @@ class CounterfactualPipeline:
             x_cf = self.edit(encoded, raw, prior, findings)
             generated = restore_detail(raw, encoded.x, encoded.recon, sampling.detail)
         timings["decode"] = time.perf_counter() - t
-        report("decode", 1, 1, None)
+        p.report("decode", 1, 1, None)
 
         # 9. guard: keep the optimised sample (first) or the starting seed's (second)
         keep: bool | None = None
-        if guarded:
+        if p.guarded:
             verdict = self.guard(z_path[:2], conditioning.labels)
             keep = verdict.keep
             if not keep:
@@ -490,7 +629,7 @@ class CounterfactualPipeline:
         verdicts = self.judge(encoded, edited, conditioning, anatomy)
         chosen = choose(verdicts)
         timings["verdict"] = time.perf_counter() - t
-        seeds = [int(seed)] + [extra_seed(seed, k) for k in range(1, candidates)]
+        seeds = [int(seed)] + [extra_seed(seed, k) for k in range(1, p.candidates)]
         listed = [{"seed": sd, "verdict": v.to_dict()} for sd, v in zip(seeds, verdicts)]
 
         # 12. quality report, and the chosen change carried onto the input's own pixels
@@ -499,20 +638,20 @@ class CounterfactualPipeline:
         timings["quality"] = time.perf_counter() - t
         t = time.perf_counter()
         delta = to_numpy((x_cf[chosen, 0].clamp(-1, 1) - encoded.x[0, 0]) / 2)  # model units [-1, 1] -> [0, 1]
-        result, used = composite(grey, delta, weights[chosen], user)
+        result, used = composite(p.grey, delta, weights[chosen], user)
         timings["composite"] = time.perf_counter() - t
         return CounterfactualOutput(
             image=result,
-            input_image=grey,
-            difference=result - grey,
+            input_image=p.grey,
+            difference=result - p.grey,
             region=used,
             region_source="automatic" if user is None else "user",
             model_image=to_numpy((generated[chosen, 0].clamp(-1, 1) + 1) / 2),
             model_input=to_numpy((encoded.x[0, 0] + 1) / 2),
             condition=conditioning.text,
             seed=seeds[chosen],
-            seed_optimized=optimize_seed and chosen == 0,
-            lp_history=history,
+            seed_optimized=p.request.optimize_seed and chosen == 0,
+            lp_history=p.history,
             timings=timings,
             quality=quality,
             verdict=verdicts[chosen],
@@ -573,10 +712,7 @@ class CounterfactualPipeline:
     ) -> torch.Tensor:
         """4. `batch` seeds z_T^n ~ N(0, I) from `seed` (Algorithm 2, line 1), (batch, 1, h, w) in
         model space; with start "inversion" the first is the DDIM inversion of the input's z^n."""
-        # Drawn on the CPU and moved: a seed gives the same noise on every device and in every dtype.
-        g = torch.Generator().manual_seed(int(seed))
-        latent = self.diffusion.config.latent_size
-        z_T = self.tensor(torch.randn((batch, 1, latent, latent), generator=g))
+        z_T = self._noise(seed, batch)
         if sampling.start == "inversion":
             with torch.no_grad():
                 z_T[0] = self.diffusion.invert(encoded.z_path, conditioning.uncond, sampling.steps)[0]

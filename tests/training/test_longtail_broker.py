@@ -86,5 +86,7 @@ def test_a_fleet_that_cannot_answer_stops_the_run_with_the_reason(redis_url, tin
             augment(_opts(out, tiny_checkpoint, broker=f"{redis_url}/0", timeout_s=120))
     finally:
         _stop(worker)
-    with pytest.raises(BrokerError, match="cannot reach Redis"):
-        augment(_opts(out, tiny_checkpoint, broker=f"redis://127.0.0.1:{free_port()}/0"))
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(BrokerError, match="cannot reach Redis"):  # before the output directory is made
+        augment(_opts(nowhere, tiny_checkpoint, broker=f"redis://127.0.0.1:{free_port()}/0"))
+    assert not nowhere.exists()

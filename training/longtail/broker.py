@@ -39,19 +39,14 @@ def run_broker(
     queue: str = "celery",
 ) -> Iterator[Outcome]:
     """Each item's outcome, in the order of `items`, made by the workers on `broker_url`."""
-    import redis
     from celery import Celery
 
     if window < 1:
         raise ValueError(f"--window must be at least 1, got {window}")
     app = Celery("whatif-augment", broker=broker_url, set_as_current=False)
     app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
-    client = redis.Redis.from_url(broker_url, socket_connect_timeout=10, socket_timeout=timeout_s + 10)
+    client = connect(broker_url, timeout_s + 10)
     reply_to = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise BrokerError(f"--broker {_safe(broker_url)}: cannot reach Redis ({type(exc).__name__})") from None
 
     keys = [item.key for item in items]
     arrived: dict[str, Outcome] = {}
@@ -77,6 +72,18 @@ def run_broker(
     finally:
         client.delete(reply_to)
         client.close()
+
+
+def connect(broker_url: str, timeout_s: float = 10.0):
+    """A Redis client of `broker_url` that has answered a PING; `BrokerError` when it cannot."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(broker_url, socket_connect_timeout=10, socket_timeout=timeout_s)
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:  # ValueError: a URL redis-py cannot read
+        raise BrokerError(f"--broker {_safe(broker_url)}: cannot reach Redis ({type(exc).__name__})") from None
+    return client
 
 
 def _send(app, item: Item, reply_to: str, digest: str, optimize_seed: bool, queue: str, expires_s: float) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from pathlib import Path
 
 from tqdm import tqdm
 
-from .broker import run_broker
+from .broker import connect, run_broker
 from .local import run_local
 from .output import OutputDir, outcome
 from .plan import parse_targets, plan
@@ -60,7 +61,7 @@ class AugmentSummary:
 
 
 def augment(opts: AugmentOptions) -> AugmentSummary:
-    from model.modeling import checkpoint_digest
+    from model.modeling import CheckpointError, checkpoint_digest
     from model.pipeline import CounterfactualPipeline, default_checkpoint_dir
 
     targets = parse_targets(opts.targets)
@@ -74,7 +75,11 @@ def augment(opts: AugmentOptions) -> AugmentSummary:
         raise ValueError(f"nothing to make: every image of {opts.data} already has what {opts.targets!r} asks")
     pipe = None
     if opts.broker:
-        digest = checkpoint_digest(opts.checkpoint or default_checkpoint_dir())
+        connect(opts.broker).close()  # reachable, before the output directory is touched
+        where = Path(opts.checkpoint) if opts.checkpoint else default_checkpoint_dir()
+        if not (where / "config.json").is_file():
+            raise CheckpointError(f"checkpoint {where} is not a whatif-cxr checkpoint: config.json is missing")
+        digest = checkpoint_digest(where)
     else:  # loaded here once even for --workers > 1: a bad checkpoint is reported before any work
         pipe = CounterfactualPipeline.from_pretrained(opts.checkpoint)
         digest = pipe.digest

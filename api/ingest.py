@@ -26,12 +26,13 @@ logging.getLogger("PIL").setLevel(logging.INFO)
 
 
 def decode_upload(
-    data: bytes, max_bytes: int, max_pixels: int, max_inflated_bytes: int
+    data: bytes, max_bytes: int, max_pixels: int, max_inflated_bytes: int, inspect=None
 ) -> tuple[bytes, list[str], str]:
     """-> (grey PNG of the pixels only, 8-bit for an 8-bit PNG or JPEG else 16-bit; notes; source format).
 
     Runs on a decode thread (`api/decode_pool.py`), never on the event loop. Everything the
-    header can refuse is refused before a pixel is decoded.
+    header can refuse is refused before a pixel is decoded. `inspect(ds)`, for a DICOM, sees its
+    checked header before de-identification (to refuse it, or to keep linked mode's identifiers).
     """
     from model.preprocess import MAX_SIDE, MIN_SIDE, ImageInputError, dicom_start, load_image_file, to_unit_grey
 
@@ -44,6 +45,8 @@ def decode_upload(
 
         ds = read_dicom(data, max_inflated_bytes)
         check_header(ds, max_pixels, MIN_SIDE, MAX_SIDE)
+        if inspect is not None:
+            inspect(ds)
         clean, removed = _deidentified(ds)
         grey, notes = grey_pixels(clean)
         notes.insert(0, f"DICOM de-identified before storage ({removed} header attributes removed; only pixels kept)")

@@ -118,6 +118,17 @@ KINDS = {
         "Upload type not supported",
         "the image is not a PNG, JPEG or DICOM of an allowed transfer syntax, or the mask is not a PNG",
     ),
+    "dicom-instance-not-found": Kind(
+        404,
+        "DICOM instance not found",
+        "the job names an instance by its UIDs and the DICOMweb server (WHATIF_DICOMWEB_URL) does not hold it",
+    ),
+    "dicomweb-unavailable": Kind(
+        502,
+        "DICOMweb server unavailable",
+        "the job names an instance by its UIDs and the DICOMweb server cannot be reached, did not answer in "
+        "time or answered with an error; nothing was stored",
+    ),
     "decoder-busy": Kind(
         503,
         "Decoder busy",

@@ -26,10 +26,16 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture()
 def redis_url(tmp_path):
     """A redis-server of the test's own (no persistence): its URL, without a database number."""
-    from tests.helpers import free_port, start_redis
+    from tests.helpers import serving, start_redis
 
-    port = free_port()
-    proc = start_redis(port, tmp_path)
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    with serving(start_redis, tmp_path) as port:
+        yield f"redis://127.0.0.1:{port}"
+
+
+@pytest.fixture()
+def orthanc_url(tmp_path):
+    """An Orthanc of the test's own, storage in tmp_path: its DICOMweb root."""
+    from tests.helpers import serving, start_orthanc
+
+    with serving(start_orthanc, tmp_path) as port:
+        yield f"http://127.0.0.1:{port}/dicom-web"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +42,22 @@ class WorkerSettings(BaseSettings):
         gt=0,
         description="connect and read timeout of a broker connection: during a Redis outage the API answers 503 "
         "within a few of these instead of hanging",
+    )
+    dicom_mode: Literal["deidentified", "linked"] = Field(
+        "deidentified",
+        description="result.dcm and report.dcm: `deidentified`, a new study with no data from the input; "
+        "`linked` (on-premise, where identifiers may be kept), for a DICOM input the input's study and patient "
+        "module, a new series, the input named as the source, SYNTHETIC burned in (worker/dicom_results.py)",
+    )
+    dicomweb_url: str | None = Field(
+        None,
+        description="the DICOMweb server (its root: QIDO-RS, WADO-RS and STOW-RS below it) a job may name its "
+        "input on, by UIDs; in linked mode its results are stored back there. None: no DICOMweb jobs",
+    )
+    dicomweb_username: str | None = Field(None, description="HTTP basic user of the DICOMweb server; no default")
+    dicomweb_password: SecretStr | None = Field(None, description="its password; no default")
+    dicomweb_timeout_s: float = Field(
+        10, gt=0, description="connect and read timeout of each DICOMweb request (fetch, store)"
     )
 
     @field_validator("device", "precision")

@@ -1,20 +1,24 @@
 """The counterfactual task: input blob (and the user's region) -> pipeline (model loaded once per
-process) -> result blobs at the input's own size: result.png (16-bit), region.png, diff.png, result.dcm."""
+process) -> result blobs at the input's own size: result.png (16-bit), region.png, diff.png, result.dcm,
+and report.dcm (the structured report); a DICOMweb job's DICOM results stored back on the server."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 
 import numpy as np
 from celery.exceptions import Ignore
 from PIL import Image
 
+from . import dicomweb
 from .blobs import BlobNotFound, BlobStore
+from .dicom_results import LINKED, Provenance, derived_image, structured_report, to_bytes
 from .heartbeat import Abandoned, Heartbeat
 from .jobs import FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, lost
-from .outputs import difference_png, region_png, secondary_capture_dcm, synthetic_png
+from .outputs import difference_png, region_png, synthetic_png
 from .runtime import autocast, pipeline
 
 
@@ -135,12 +139,26 @@ def _counterfactual(beat: Heartbeat, store: BlobStore, s, job_id: str, params: d
     base = input16 if input16.shape == out.image.shape else np.round(out.input_image * 65535.0).astype(np.uint16)
     result16 = np.where(out.region, out.to_uint16(), base)
     verdict = out.verdict.to_dict()
+    source = _linked_source(store, job_id, meta)
+    digest = getattr(model, "digest", None)  # model.modeling.checkpoint_digest; None: built in memory
+    provenance = Provenance(out.condition, params.get("findings") or [], out.seed, digest, verdict)
+    image = derived_image(result16, provenance, source)
     files = {
         "result.png": synthetic_png(result16, out.condition, out.seed, verdict),
         "region.png": region_png(out.region, out.region_source),
         "diff.png": difference_png((result16.astype(np.float32) - base) / 65535.0),
-        "result.dcm": secondary_capture_dcm(result16, out.condition, verdict),
+        "result.dcm": to_bytes(image),
+        "report.dcm": to_bytes(structured_report(image, provenance, out.region)),
     }
+    stored = meta.get("dicomweb") and source is not None
+    if stored:
+        # Stored on the server before the files are committed: a server that refuses them fails the
+        # job, and nothing of it is left half written here (what the server took is its own).
+        beat.check()
+        try:
+            dicomweb.store_instances(s, [files["result.dcm"], files["report.dcm"]])
+        except dicomweb.DicomwebError as exc:
+            raise JobError(str(exc)) from None
     if not store.commit(job_id, files, beat.owned):
         raise Abandoned(beat.reason)
     q = out.quality
@@ -157,6 +175,8 @@ def _counterfactual(beat: Heartbeat, store: BlobStore, s, job_id: str, params: d
         "region_pixels": int(out.region.sum()),
         "width": w,
         "height": h,
+        "dicom_mode": LINKED if source is not None else "deidentified",
+        "stored_on_dicomweb": bool(stored),  # result.dcm and report.dcm stored in the input's study
         "lp_history": [round(v, 6) for v in out.lp_history],
         "timings_s": {k: round(v, 3) for k, v in out.timings.items()},
         "quality": {
@@ -174,6 +194,17 @@ def _counterfactual(beat: Heartbeat, store: BlobStore, s, job_id: str, params: d
             store.delete(job_id)  # deleted between the files' commit and this write
         raise
     return result
+
+
+def _linked_source(store: BlobStore, job_id: str, meta: dict) -> dict | None:
+    """Linked mode's identifiers of the input (`source.json`, written by the API), or None: the job's
+    results are de-identified. Never logged."""
+    if meta.get("dicom_mode") != LINKED:
+        return None
+    try:
+        return json.loads(store.get(job_id, "source.json"))
+    except BlobNotFound:
+        raise JobError("the job's DICOM identifiers (source.json) have expired or were deleted") from None
 
 
 def _user_region(store: BlobStore, job_id: str) -> np.ndarray:

@@ -13,6 +13,7 @@ logged or answered; the text itself is dropped with the request.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Annotated, Literal
@@ -20,8 +21,9 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
-from worker import jobs
+from worker import dicomweb, jobs
 from worker.blobs import BlobNotFound
+from worker.dicom_results import LINKED, source_of
 
 from .. import idempotency
 from ..core.config import Settings
@@ -58,6 +60,8 @@ _RESPONSES = responses(
     "invalid-request",
     "idempotency-key-reused",
     "idempotency-key-in-flight",
+    "dicom-instance-not-found",
+    "dicomweb-unavailable",
 )
 _RESPONSES[202] = {
     "description": "the job was made, or (the same Idempotency-Key and request again) was made before",
@@ -70,7 +74,19 @@ _RESPONSES[202] = {
     },
 }
 # Where the route's own refusals come from (api/ingest.py's UploadRejected carries the status).
-_KIND_OF_STATUS = {413: "upload-too-large", 415: "unsupported-media-type", 422: "invalid-request"}
+_KIND_OF_STATUS = {
+    404: "dicom-instance-not-found",
+    413: "upload-too-large",
+    415: "unsupported-media-type",
+    422: "invalid-request",
+    502: "dicomweb-unavailable",
+}
+# A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters.
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+# Modalities of a projection radiograph: computed, digital, conventional (film digitised).
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG")
+# What linked mode needs of the input to file the results beside it.
+_LINK_NEEDS = ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID")
 
 
 @router.post("/counterfactual", status_code=202, response_model=JobCreated, responses=_RESPONSES)
@@ -80,9 +96,12 @@ async def create(
     owner: Caller,
     settings: SettingsDep,
     store: StoreDep,
-    image: Annotated[UploadFile, File(description="PNG, JPEG or DICOM radiograph")],
     # min_length: an empty form field reads as a missing one, so the schema says it is required non-empty.
     target: Annotated[str, Form(min_length=1, description="finding(s) wanted, e.g. 'small left pleural effusion'")],
+    image: Annotated[
+        UploadFile | None,
+        File(description="PNG, JPEG or DICOM radiograph; or name an instance on the DICOMweb server by its UIDs"),
+    ] = None,
     seed: Annotated[int, Form(ge=0, lt=2**32)] = 0,
     optimize_seed: Annotated[bool, Form()] = True,
     steps: Annotated[int | None, Form(ge=1)] = None,
@@ -113,6 +132,17 @@ async def create(
         int,
         Form(ge=1, le=MAX_CANDIDATES, description="candidates sampled; the best that passes its verdict is returned"),
     ] = 1,
+    study_uid: Annotated[
+        str | None,
+        Form(
+            max_length=64,
+            pattern=UID_PATTERN,
+            description="instead of `image`: the input is this study's instance on the DICOMweb server "
+            "(WHATIF_DICOMWEB_URL), with `series_uid` and `instance_uid`",
+        ),
+    ] = None,
+    series_uid: Annotated[str | None, Form(max_length=64, pattern=UID_PATTERN)] = None,
+    instance_uid: Annotated[str | None, Form(max_length=64, pattern=UID_PATTERN)] = None,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -134,6 +164,7 @@ async def create(
     box = box.strip() if box is not None and box.strip() else None  # a form's empty field: no box
     if mask is not None and box is not None:
         raise ProblemError("invalid-request", "send either a mask or a box, not both")
+    uids = _instance_uids(image, study_uid, series_uid, instance_uid, settings)
     try:
         refinement = refine_request(target)
     except NoFindingRecognised:
@@ -142,7 +173,7 @@ async def create(
         what = "the target text is empty" if not target.strip() else "no finding recognised in the target"
         raise ProblemError("invalid-request", f"{what}; {UNDERSTOOD_HELP}") from None
     del target  # from here on only the refinement: nothing below may store, queue or log the text
-    data = await image.read(settings.max_upload_bytes + 1)
+    data = await image.read(settings.max_upload_bytes + 1) if image is not None else b""
     mask_data = await mask.read(settings.max_upload_bytes + 1) if mask is not None else None
     params = {
         # The structured findings, which the worker's pipeline takes as they are, and their condition text.
@@ -158,9 +189,11 @@ async def create(
         "mask": mask_data is not None or box is not None,  # the worker reads the region from mask.png
     }
     if idempotency_key is None:
-        return await _make_job(request, response, owner, settings, store, refinement, params, data, mask_data, box)
+        return await _make_job(
+            request, response, owner, settings, store, refinement, params, data, mask_data, box, uids
+        )
     key_blob = idempotency.blob_name(owner, idempotency_key)
-    fingerprint = idempotency.fingerprint(data, mask_data, {**params, "box": box})
+    fingerprint = idempotency.fingerprint(data, mask_data, {**params, "box": box, "uids": uids})
     # The key is claimed before any work, so that requests with it at the same moment make one job
     # (api/idempotency.py); the others wait for that job and answer it.
     try:
@@ -181,7 +214,19 @@ async def create(
         return earlier
     try:
         return await _make_job(
-            request, response, owner, settings, store, refinement, params, data, mask_data, box, key_blob, fingerprint
+            request,
+            response,
+            owner,
+            settings,
+            store,
+            refinement,
+            params,
+            data,
+            mask_data,
+            box,
+            uids,
+            key_blob,
+            fingerprint,
         )
     finally:
         claim.release()  # made, refused or failed: the next request with the key finds the job or tries itself
@@ -198,6 +243,7 @@ async def _make_job(
     data: bytes,
     mask_data: bytes | None,
     box: str | None,
+    uids: tuple[str, str, str] | None,
     key_blob: str | None = None,
     fingerprint: bytes | None = None,
 ):
@@ -206,8 +252,8 @@ async def _make_job(
 
     side = requested_side(refinement.findings)
     try:
-        png, notes, fmt, region = await request.app.state.decode_pool.run(
-            _decoded, data, mask_data, box, side, settings
+        png, notes, fmt, region, source = await request.app.state.decode_pool.run(
+            _decoded, data, mask_data, box, side, settings, uids
         )
     except UploadRejected as exc:
         UPLOADS_REJECTED.labels(str(exc.status)).inc()
@@ -231,6 +277,10 @@ async def _make_job(
     store.put(job_id, "input.png", png)
     if region is not None:
         store.put(job_id, "mask.png", mask_png(region))
+    if source is not None:
+        # Linked mode's identifiers (worker/dicom_results.py): a file of the job's, never logged, never
+        # answered; deleted and expired with it.
+        store.put(job_id, "source.json", json.dumps(source).encode())
     store.put_meta(
         job_id,
         {
@@ -239,6 +289,8 @@ async def _make_job(
             "condition": refinement.condition,
             "notes": notes,
             "source_format": fmt,
+            "dicom_mode": LINKED if source is not None else "deidentified",
+            "dicomweb": uids is not None,  # its results go back to the DICOMweb server (linked mode)
             "params": params,
             "state": jobs.QUEUED,
             "delivery": 1,
@@ -295,16 +347,70 @@ def _broker_down(exc: Exception):
     )
 
 
-def _decoded(data: bytes, mask_data: bytes | None, box: str | None, side: str | None, settings: Settings):
-    """-> (input PNG, notes, source format, checked region or None); runs on a decode thread."""
+def _instance_uids(image, study: str | None, series: str | None, instance: str | None, settings: Settings):
+    """The DICOMweb instance the job names, or None for an upload; a refusal unless exactly one is sent."""
+    named = [uid for uid in (study, series, instance) if uid]
+    if named and len(named) < 3:
+        raise ProblemError("invalid-request", "name a DICOM instance by all of study_uid, series_uid and instance_uid")
+    if (image is None) == (not named):
+        raise ProblemError(
+            "invalid-request",
+            "send an image, or name a DICOM instance on the DICOMweb server by study_uid, series_uid and "
+            "instance_uid: one of the two",
+        )
+    if named and not settings.dicomweb_url:
+        raise ProblemError(
+            "invalid-request", "this service has no DICOMweb server (WHATIF_DICOMWEB_URL): upload the image"
+        )
+    return (study, series, instance) if named else None
+
+
+def _decoded(
+    data: bytes,
+    mask_data: bytes | None,
+    box: str | None,
+    side: str | None,
+    settings: Settings,
+    uids: tuple[str, str, str] | None = None,
+):
+    """-> (input PNG, notes, source format, checked region or None, linked mode's identifiers or None);
+    runs on a decode thread. With `uids` the input is fetched from the DICOMweb server first."""
     from model.regions import RegionError, check_user_region
 
-    png, notes, fmt = decode_upload(data, settings.max_upload_bytes, settings.max_pixels, settings.max_inflated_bytes)
+    source: dict[str, str] = {}
+
+    def inspect(ds) -> None:
+        modality = str(ds.get("Modality", "")).strip()
+        if uids is not None and modality not in RADIOGRAPH_MODALITIES:
+            raise UploadRejected(
+                422,
+                f"the instance is not a radiograph (modality {modality[:16] or 'not given'}): name a CR, DX or RG "
+                "image",
+            )
+        if settings.dicom_mode == LINKED:
+            source.update(source_of(ds))
+
+    if uids is not None:
+        try:
+            data = dicomweb.fetch_instance(settings, *uids)
+        except dicomweb.NotOnServer as exc:
+            raise UploadRejected(404, str(exc)) from None
+        except dicomweb.ServerUnavailable as exc:
+            raise UploadRejected(502, str(exc)) from None
+    png, notes, fmt = decode_upload(
+        data, settings.max_upload_bytes, settings.max_pixels, settings.max_inflated_bytes, inspect=inspect
+    )
+    if settings.dicom_mode == LINKED:
+        if fmt == "dicom" and all(source.get(k) for k in _LINK_NEEDS):
+            notes.append("results linked to the input's study (WHATIF_DICOM_MODE=linked)")
+        else:
+            notes.append("results de-identified: linked mode needs a DICOM input with its study and instance UIDs")
+            source.clear()
     if mask_data is None and box is None:
-        return png, notes, fmt, None
+        return png, notes, fmt, None, source or None
     shape = image_shape(png)
     drawn = decode_mask(mask_data, shape, settings.max_upload_bytes) if mask_data is not None else box_mask(box, shape)
     try:
-        return png, notes, fmt, check_user_region(drawn, shape, side)
+        return png, notes, fmt, check_user_region(drawn, shape, side), source or None
     except RegionError as exc:
         raise UploadRejected(422, str(exc)) from None

@@ -24,6 +24,7 @@ _FILES = {
     "region.png": "image/png",
     "diff.png": "image/png",
     "result.dcm": "application/dicom",
+    "report.dcm": "application/dicom",
 }
 
 
@@ -73,7 +74,8 @@ def status(job_id: str, request: Request, owner: Caller, store: StoreDep, settin
     response_class=Response,
     responses={
         200: {
-            "description": "the file: result.png, region.png or diff.png (PNG), result.dcm (DICOM)",
+            "description": "the file: result.png, region.png or diff.png (PNG), result.dcm or report.dcm (DICOM: the "
+            "derived image, the structured report)",
             "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in set(_FILES.values())},
         },
         **_KEYED_JOB,

@@ -332,6 +332,7 @@ def test_a_succeeded_job_records_its_result(tmp_path, monkeypatch):
         "region.png",
         "diff.png",
         "result.dcm",
+        "report.dcm",
     }
 
 

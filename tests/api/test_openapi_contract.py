@@ -68,7 +68,8 @@ def test_every_error_is_a_problem_with_a_detail(tmp_path):
         assert body["status"] == r.status_code and isinstance(body["detail"], str) and body["detail"], r.text
         assert body["type"].startswith("urn:whatif-cxr:problem:"), r.text
     assert answers[0].headers["www-authenticate"] == "X-API-Key"
-    assert answers[3].json()["errors"][0] == {"loc": ["body", "image"], "msg": "Field required", "type": "missing"}
+    # `image` is optional (a job may name a DICOMweb instance instead): the target is what is missing.
+    assert answers[3].json()["errors"][0] == {"loc": ["body", "target"], "msg": "Field required", "type": "missing"}
     assert answers[4].headers["allow"] == "DELETE, GET"  # both routes of the path, not the first matched
 
 

@@ -25,7 +25,7 @@ def test_upload_to_result(service):
     assert body["status"] == "succeeded", body
     assert body["condition"] == "moderate left pleural effusion"
     assert body["created_at"] <= body["started_at"] <= body["finished_at"]
-    assert set(body["links"]) == {"result.png", "region.png", "diff.png", "result.dcm"}
+    assert set(body["links"]) == {"result.png", "region.png", "diff.png", "result.dcm", "report.dcm"}
     q = body["result"]["quality"]
     assert "Pleural Effusion" in q["target_probability"] and body["result"]["lp_history"]
     assert "inversion" not in body["result"]["timings_s"]  # the requested start reached the worker

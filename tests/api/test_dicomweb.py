@@ -1,0 +1,156 @@
+"""DICOMweb both ways against a real PACS: an Orthanc with its DICOMweb plugin (tests/helpers.py,
+started as redis-server is). A job names an instance by its UIDs; the API fetches it (WADO-RS),
+the worker stores the derived image and the report back in its study (STOW-RS). And the bad
+inputs: a UID the server does not hold, a server that is down (when the job is made, and when its
+results are stored), an instance that is not a radiograph."""
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from dicomweb_client import DICOMwebClient
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.uid import ComprehensiveSRStorage, CTImageStorage, SecondaryCaptureImageStorage
+
+from tests.helpers import free_port
+from worker.blobs import BlobStore
+from worker.dicom_results import source_of
+from worker.settings import WorkerSettings
+
+from .conftest import KEY_A, UNLIMITED, stored, wait
+from .test_dicom_results import FINDINGS, NAME, _input_dataset
+from .test_hostile_uploads import _file
+
+H = {"X-API-Key": KEY_A}
+TARGET = "moderate left pleural effusion"
+
+
+def _uids(ds) -> dict:
+    return {"study_uid": ds.StudyInstanceUID, "series_uid": ds.SeriesInstanceUID, "instance_uid": ds.SOPInstanceUID}
+
+
+def _put(url: str, ds) -> None:
+    import pydicom
+
+    DICOMwebClient(url).store_instances([pydicom.dcmread(io.BytesIO(_file(ds)))])
+
+
+@pytest.fixture()
+def linked_service(orthanc_url, tiny_checkpoint, tmp_path):
+    """The service in linked mode on the test's Orthanc: in-memory broker, in-process worker."""
+    from api.core.config import Settings
+    from api.main import create_app
+    from worker.celery_app import make_celery
+    from worker.embedded import start_embedded_worker
+
+    settings = Settings(
+        api_keys=[KEY_A],
+        broker_url="memory://",
+        blob_dir=str(tmp_path / "blobs"),
+        checkpoint=tiny_checkpoint,
+        dicom_mode="linked",
+        dicomweb_url=orthanc_url,
+        **UNLIMITED,
+    )
+    celery = make_celery(settings)
+    worker = start_embedded_worker(celery)
+    with TestClient(create_app(settings, celery)) as client:
+        yield client, orthanc_url, tmp_path / "blobs"
+    worker.stop(in_sighandler=False)
+
+
+@pytest.mark.slow
+def test_round_trip_instance_in_orthanc_to_results_in_its_study(linked_service):
+    client, url, _ = linked_service
+    given = _input_dataset()
+    _put(url, given)
+    started = time.monotonic()
+    r = client.post("/counterfactual", headers=H, data={"target": TARGET, **_uids(given)})
+    assert r.status_code == 202, r.text
+    body, _ = wait(client, r.json()["id"], KEY_A, timeout=180)
+    took = time.monotonic() - started
+    assert body["status"] == "succeeded", body
+    assert body["result"]["dicom_mode"] == "linked" and body["result"]["stored_on_dicomweb"] is True
+    # QIDO-RS: the study now holds the input, the derived image and the report, in three series.
+    pacs = DICOMwebClient(url)
+    found = pacs.search_for_instances(study_instance_uid=given.StudyInstanceUID)
+    classes = sorted(item["00080016"]["Value"][0] for item in found)
+    assert classes == sorted([given.SOPClassUID, SecondaryCaptureImageStorage, ComprehensiveSRStorage])
+    assert len({item["0020000E"]["Value"][0] for item in found}) == 3
+    sr_item = next(i for i in found if i["00080016"]["Value"][0] == ComprehensiveSRStorage)
+    report = pacs.retrieve_instance(
+        given.StudyInstanceUID, sr_item["0020000E"]["Value"][0], sr_item["00080018"]["Value"][0]
+    )
+    texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.get("TextValue") for i in report.ContentSequence}
+    assert texts["Verdict"] == body["result"]["verdict"]["status"]
+    assert report.PatientName == NAME
+    # The one served by the API is the one stored.
+    served = client.get(f"/jobs/{body['id']}/report.dcm", headers=H)
+    assert served.status_code == 200 and report.SOPInstanceUID.encode() in served.content
+    print(f"\nround trip: job by UIDs to results in the study, {took:.2f} s")
+
+
+def test_a_uid_the_server_does_not_hold_is_404_and_stores_nothing(linked_service):
+    client, url, blobs = linked_service
+    given = _input_dataset()
+    _put(url, given)
+    r = client.post("/counterfactual", headers=H, data={"target": TARGET, **_uids(given), "instance_uid": "1.2.3.4"})
+    assert r.status_code == 404, r.text
+    assert r.json()["type"].endswith("dicom-instance-not-found") and "does not hold" in r.json()["detail"]
+    assert "1.2.3.4" not in r.text and not stored(blobs)
+
+
+def test_an_instance_that_is_not_a_radiograph_is_refused(linked_service):
+    client, url, blobs = linked_service
+    ct = _input_dataset()
+    ct.Modality, ct.SOPClassUID = "CT", CTImageStorage
+    _put(url, ct)
+    r = client.post("/counterfactual", headers=H, data={"target": TARGET, **_uids(ct)})
+    assert r.status_code == 422 and "not a radiograph (modality CT)" in r.json()["detail"], r.text
+    assert not stored(blobs)
+
+
+def test_a_server_that_is_down_refuses_the_job_with_nothing_stored(tmp_path):
+    from .conftest import stub_app
+
+    down = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    with TestClient(stub_app(tmp_path, dicomweb_url=down, **UNLIMITED)) as client:
+        started = time.monotonic()
+        r = client.post("/counterfactual", headers=H, data={"target": TARGET, **_uids(_input_dataset())})
+        took = time.monotonic() - started
+        assert r.status_code == 502, r.text
+        assert r.json()["type"].endswith("dicomweb-unavailable") and "cannot be reached" in r.json()["detail"]
+        assert not stored(tmp_path) and took < 5
+        # Neither an image nor UIDs, both, some of the UIDs, or UIDs without a server: 422.
+        for data, files in (
+            ({"target": TARGET}, None),
+            ({"target": TARGET, **_uids(_input_dataset())}, {"image": ("x.dcm", b"x", "application/dicom")}),
+            ({"target": TARGET, "study_uid": "1.2"}, None),
+        ):
+            assert client.post("/counterfactual", headers=H, data=data, files=files).status_code == 422
+    with TestClient(stub_app(tmp_path, **UNLIMITED)) as client:
+        r = client.post("/counterfactual", headers=H, data={"target": TARGET, **_uids(_input_dataset())})
+        assert r.status_code == 422 and "WHATIF_DICOMWEB_URL" in r.json()["detail"]
+
+
+def test_a_server_down_when_the_results_are_stored_fails_the_job_with_nothing_written(tmp_path, tiny_checkpoint):
+    from worker.tasks import JobError, counterfactual
+
+    down = f"http://127.0.0.1:{free_port()}/dicom-web"
+    s = WorkerSettings(blob_dir=str(tmp_path), checkpoint=tiny_checkpoint, dicomweb_url=down)
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    job = store.new_id()
+    buf = io.BytesIO()
+    Image.fromarray(np.full((96, 96), 30000, np.uint16)).save(buf, format="PNG")
+    store.put(job, "input.png", buf.getvalue())
+    store.put(job, "source.json", json.dumps(source_of(_input_dataset())).encode())
+    store.put_meta(job, {"owner": "t", "notes": [], "dicom_mode": "linked", "dicomweb": True})
+    params = {"findings": FINDINGS, "condition": TARGET, "seed": 0, "optimize_seed": False}
+    with pytest.raises(JobError, match="cannot be reached when storing the results"):
+        counterfactual(None, s, job, params)
+    meta = store.get_meta(job)
+    assert meta["state"] == "failed" and "cannot be reached" in meta["error"]
+    assert {p.name.split(".", 1)[1] for p in stored(tmp_path)} == {"json", "input.png", "source.json"}

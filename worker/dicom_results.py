@@ -132,6 +132,8 @@ def derived_image(pixels: np.ndarray, provenance: Provenance, source: dict[str, 
     verdict = provenance.verdict
     said = "" if verdict is None else f" Verdict: {verdict['status']} ({verdict['reason']})."
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    # A chest is no paired structure: with it named, Laterality (General Series, type 2C) is not needed.
+    sc.BodyPartExamined = "CHEST"
     sc.SeriesDescription = "whatif-cxr counterfactual (SYNTHETIC)"
     sc.ImageComments = f"{SYNTHETIC_NOTICE}. Condition: {provenance.condition}.{said}"[:10240]
     sc.DerivationDescription = provenance.derivation()[:1024]
@@ -171,6 +173,7 @@ def structured_report(image, provenance: Provenance, region: np.ndarray):
     requested, the verdict with its numbers, the seed, the checkpoint and the edit region (its
     bounding box on the image, and its size in pixels). -> a pydicom Dataset."""
     import highdicom as hd
+    from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
 
     def concept(value: str, meaning: str):
@@ -241,6 +244,12 @@ def structured_report(image, provenance: Provenance, region: np.ndarray):
         is_verified=False,
     )
     sr.SeriesDescription = "whatif-cxr counterfactual report (SYNTHETIC image)"
+    # A private coding scheme is declared where it is used (PS3.3 C.12.1.1.2.1).
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = _SCHEME
+    scheme.CodingSchemeName = "whatif-cxr counterfactual concepts"
+    scheme.CodingSchemeResponsibleOrganization = "whatif-cxr"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
 
 

@@ -200,3 +200,20 @@ def test_the_worker_writes_both_files_in_the_mode_of_the_job(tmp_path, tiny_chec
 
     assert said["Checkpoint digest"] == checkpoint_digest(tiny_checkpoint)
     assert checkpoint_digest(tiny_checkpoint) in image.DerivationDescription
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_dciodvfy_finds_no_error_in_either_file(tmp_path, linked):
+    """dicom3tools' IOD verifier (CI installs it): warnings allowed (no StudyID, the private coding
+    scheme it cannot know), errors not."""
+    import subprocess
+
+    from tests.helpers import require_binary
+
+    dciodvfy = require_binary("dciodvfy")
+    image = derived_image(_pixels(), PROVENANCE, source_of(_input_dataset()) if linked else None)
+    for name, ds in (("result.dcm", image), ("report.dcm", structured_report(image, PROVENANCE, _region()))):
+        (tmp_path / name).write_bytes(to_bytes(ds))
+        said = subprocess.run([dciodvfy, str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+        lines = (said.stdout + said.stderr).splitlines()
+        assert not [line for line in lines if line.startswith("Error")], lines

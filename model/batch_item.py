@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import time
 
-from .preprocess import load_image_file
+from .preprocess import ImageInputError, load_image_file
 from .synthetic_png import input_pixels, is_sixteen_bit, result_pixels, synthetic_png
 
 # The `whatif augment --broker` wire contract, shared by the client (training.longtail.broker) and
@@ -33,6 +33,22 @@ class ItemResult:
     @classmethod
     def from_message(cls, message: dict) -> ItemResult:
         return cls(base64.b64decode(message["png_b64"], validate=True), dict(message["fields"]))
+
+
+def item_error(exc: BaseException) -> str | None:
+    """The manifest's error for an item that cannot be made from its input, whatever runs it: an
+    unreadable image, a target without a finding, another input the pipeline refuses (a
+    ValueError). None for anything else (a bug, the machine): that stops a local run, and a
+    worker reports it as "failed: ...", which a rerun makes again."""
+    from .refine import NoFindingRecognised
+
+    if isinstance(exc, ImageInputError):
+        return f"unreadable image: {exc}"
+    if isinstance(exc, NoFindingRecognised):
+        return f"target not understood: {exc}"
+    if isinstance(exc, ValueError):
+        return f"cannot make: {exc}"
+    return None
 
 
 def make_item(pipe, data: bytes, target: str, seed: int, optimize_seed: bool = True) -> ItemResult:

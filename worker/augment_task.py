@@ -44,9 +44,7 @@ def augment_item(s, message: dict, redis_client=None) -> None:
 
 
 def _outcome(s, message: dict) -> dict:
-    from model.batch_item import make_item
-    from model.preprocess import ImageInputError
-    from model.refine import NoFindingRecognised
+    from model.batch_item import item_error, make_item
 
     if message.get("version") != MESSAGE_VERSION:
         return {
@@ -68,10 +66,11 @@ def _outcome(s, message: dict) -> dict:
     try:
         with autocast(s.device, s.precision):
             result = make_item(model, data, target, seed, optimize)
-    except ImageInputError as exc:
-        return {"ok": False, "error": f"unreadable image: {exc}"}
-    except NoFindingRecognised as exc:
-        return {"ok": False, "error": f"target not understood: {exc}"}
+    except Exception as exc:
+        error = item_error(exc)
+        if error is None:
+            raise
+        return {"ok": False, "error": error}
     return {"ok": True, **result.to_message()}
 
 

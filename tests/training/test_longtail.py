@@ -223,3 +223,24 @@ def test_two_processes_make_what_one_makes(tmp_path, tiny_checkpoint):
     assert _stable(_rows(one)) == _stable(_rows(two))
     for p in (one / "images").iterdir():
         assert (two / "images" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_an_unreadable_image_is_recorded_and_the_run_goes_on(tmp_path, tiny_checkpoint):
+    from training.phantom.cases import sample_case
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i, payload in enumerate([b"not an image at all", None]):
+        case = sample_case(7, i)
+        path = f"images/{case.id}.png"
+        (data / path).write_bytes(payload or case.render(64).png_bytes())
+        rows.append(json.dumps(case.manifest_row(path)))
+    (data / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    summary = augment(_opts(tmp_path, tiny_checkpoint, data=str(data), targets="Pleural Other", keep_failed=True))
+    bad, good = _rows(tmp_path / "out")
+    assert bad["error"].startswith("unreadable image:") and bad["path"] is None and not bad["kept"]
+    assert good["error"] is None and good["kept"]
+    assert summary.outcomes["error: unreadable image"] == 1
+    again = augment(_opts(tmp_path, tiny_checkpoint, data=str(data), targets="Pleural Other", keep_failed=True))
+    assert again.made == 0  # an input error is the input's: a rerun does not make it again

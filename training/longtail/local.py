@@ -27,16 +27,15 @@ def load_pipeline(checkpoint: str | None):
 
 def run_item(pipe, data: bytes, target: str, seed: int, optimize_seed: bool) -> Outcome:
     """One item through `model.batch_item.make_item`; an input error becomes the item's error."""
-    from model.batch_item import make_item
-    from model.preprocess import ImageInputError
-    from model.refine import NoFindingRecognised
+    from model.batch_item import item_error, make_item
 
     try:
         result = make_item(pipe, data, target, seed, optimize_seed)
-    except ImageInputError as exc:
-        return None, None, f"unreadable image: {exc}"
-    except NoFindingRecognised as exc:
-        return None, None, f"target not understood: {exc}"
+    except Exception as exc:
+        error = item_error(exc)
+        if error is None:
+            raise
+        return None, None, error
     return result.png, result.fields, None
 
 

@@ -16,7 +16,7 @@ from .middleware.admission import Admission
 from .middleware.body_limit import BodyLimit
 from .middleware.local_only import LocalOnly
 from .problems import problem, responses
-from .routes import counterfactual, health, jobs, web
+from .routes import counterfactual, health, jobs, stow, web
 
 
 def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     app.state.celery = celery or make_celery(settings)
     app.state.decode_pool = DecodePool(settings.decode_threads, settings.decode_queue)
     app.include_router(counterfactual.router)
+    app.include_router(stow.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(web.router)

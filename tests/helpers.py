@@ -62,9 +62,10 @@ def start_redis(port: int, data_dir) -> subprocess.Popen:
     raise AssertionError("redis-server did not start")
 
 
-def start_orthanc(port: int, data_dir) -> subprocess.Popen:
+def start_orthanc(port: int, data_dir, servers: dict | None = None) -> subprocess.Popen:
     """An Orthanc PACS on 127.0.0.1:`port` with its DICOMweb plugin at /dicom-web, storage under
-    `data_dir`, no DICOM port and no authentication, answering HTTP; the caller terminates it."""
+    `data_dir`, no DICOM port and no authentication, answering HTTP; the caller terminates it.
+    `servers`: the DICOMweb servers it may send to (its `DicomWeb.Servers` configuration)."""
     import json
     import urllib.request
 
@@ -85,7 +86,7 @@ def start_orthanc(port: int, data_dir) -> subprocess.Popen:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "Plugins": [str(plugin)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers or {}},
     }
     path = storage / "orthanc.json"
     path.write_text(json.dumps(config))

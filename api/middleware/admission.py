@@ -41,7 +41,8 @@ from ..problems import problem
 
 OWNER = "whatif.owner"  # the scope key `api.deps.caller` reads
 PUBLIC = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
-JOB_ROUTE = ("POST", "/counterfactual")
+# Routes that make jobs; a STOW-RS request (api/routes/stow.py) makes up to 8, and counts as one.
+JOB_ROUTES = frozenset({("POST", "/counterfactual"), ("POST", "/dicomweb/studies")})
 # A job takes seconds to minutes; a client refused because the queue is full may try again this soon.
 QUEUE_RETRY_AFTER_S = 10
 
@@ -60,7 +61,7 @@ class Admission:
         client = scope.get("client")
         address = client[0] if client else "unknown"
         owner, refusal = self._authenticate(scope, address)
-        if refusal is None and (scope["method"], _route_path(scope)) == JOB_ROUTE:
+        if refusal is None and (scope["method"], _route_path(scope)) in JOB_ROUTES:
             refusal = await self._admit_job(owner, address)
         if refusal is not None:
             return await refusal(scope, receive, send)

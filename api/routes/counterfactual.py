@@ -175,23 +175,19 @@ async def create(
     del target  # from here on only the refinement: nothing below may store, queue or log the text
     data = await image.read(settings.max_upload_bytes + 1) if image is not None else b""
     mask_data = await mask.read(settings.max_upload_bytes + 1) if mask is not None else None
-    params = {
-        # The structured findings, which the worker's pipeline takes as they are, and their condition text.
-        "findings": [f.model_dump(mode="json") for f in refinement.findings],
-        "condition": refinement.condition,
-        "seed": seed,
-        "optimize_seed": optimize_seed,
-        "steps": steps,
-        "guidance": guidance,
-        "start": start,
-        "detail": detail,
-        "candidates": candidates,
-        "mask": mask_data is not None or box is not None,  # the worker reads the region from mask.png
-    }
+    params = job_params(
+        refinement,
+        seed=seed,
+        optimize_seed=optimize_seed,
+        steps=steps,
+        guidance=guidance,
+        start=start,
+        detail=detail,
+        candidates=candidates,
+        mask=mask_data is not None or box is not None,
+    )
     if idempotency_key is None:
-        return await _make_job(
-            request, response, owner, settings, store, refinement, params, data, mask_data, box, uids
-        )
+        return await make_job(request, response, owner, settings, store, refinement, params, data, mask_data, box, uids)
     key_blob = idempotency.blob_name(owner, idempotency_key)
     fingerprint = idempotency.fingerprint(data, mask_data, {**params, "box": box, "uids": uids})
     # The key is claimed before any work, so that requests with it at the same moment make one job
@@ -213,7 +209,7 @@ async def create(
         response.headers["Idempotent-Replayed"] = "true"
         return earlier
     try:
-        return await _make_job(
+        return await make_job(
             request,
             response,
             owner,
@@ -232,7 +228,7 @@ async def create(
         claim.release()  # made, refused or failed: the next request with the key finds the job or tries itself
 
 
-async def _make_job(
+async def make_job(
     request: Request,
     response: Response,
     owner: str,
@@ -246,14 +242,18 @@ async def _make_job(
     uids: tuple[str, str, str] | None,
     key_blob: str | None = None,
     fingerprint: bytes | None = None,
+    from_pacs: bool = False,
 ):
-    """Decode, store and send the job; 202 with it, or the problem that refused it."""
+    """Decode, store and send the job; 202 with it, or the problem that refused it. `from_pacs`: the
+    input was sent by a PACS (STOW-RS), as one fetched by `uids` is: it must be a radiograph, and its
+    results go back to the DICOMweb server in linked mode."""
     from model.regions import requested_side
 
     side = requested_side(refinement.findings)
+    from_pacs = from_pacs or uids is not None
     try:
         png, notes, fmt, region, source = await request.app.state.decode_pool.run(
-            _decoded, data, mask_data, box, side, settings, uids
+            _decoded, data, mask_data, box, side, settings, uids, from_pacs
         )
     except UploadRejected as exc:
         UPLOADS_REJECTED.labels(str(exc.status)).inc()
@@ -290,7 +290,8 @@ async def _make_job(
             "notes": notes,
             "source_format": fmt,
             "dicom_mode": LINKED if source is not None else "deidentified",
-            "dicomweb": uids is not None,  # its results go back to the DICOMweb server (linked mode)
+            # Its results go back to the DICOMweb server (in linked mode: worker/tasks.py).
+            "dicomweb": from_pacs and bool(settings.dicomweb_url),
             "params": params,
             "state": jobs.QUEUED,
             "delivery": 1,
@@ -347,6 +348,21 @@ def _broker_down(exc: Exception):
     )
 
 
+def job_params(refinement, seed: int, candidates: int, mask: bool = False, optimize_seed: bool = True, **given) -> dict:
+    """The job's message: the structured findings, which the worker's pipeline takes as they are, and
+    their condition text (never the request's free text), and the numbers; `mask`: the worker reads
+    the region from mask.png. `given`: steps, guidance, start, detail (None: the checkpoint's)."""
+    return {
+        "findings": [f.model_dump(mode="json") for f in refinement.findings],
+        "condition": refinement.condition,
+        "seed": seed,
+        "optimize_seed": optimize_seed,
+        **{name: given.get(name) for name in ("steps", "guidance", "start", "detail")},
+        "candidates": candidates,
+        "mask": mask,
+    }
+
+
 def _instance_uids(image, study: str | None, series: str | None, instance: str | None, settings: Settings):
     """The DICOMweb instance the job names, or None for an upload; a refusal unless exactly one is sent."""
     named = [uid for uid in (study, series, instance) if uid]
@@ -372,16 +388,18 @@ def _decoded(
     side: str | None,
     settings: Settings,
     uids: tuple[str, str, str] | None = None,
+    from_pacs: bool = False,
 ):
     """-> (input PNG, notes, source format, checked region or None, linked mode's identifiers or None);
-    runs on a decode thread. With `uids` the input is fetched from the DICOMweb server first."""
+    runs on a decode thread. With `uids` the input is fetched from the DICOMweb server first; one from
+    a PACS must be a radiograph (an upload may be any grey image, as pydicom's corpus tests)."""
     from model.regions import RegionError, check_user_region
 
     source: dict[str, str] = {}
 
     def inspect(ds) -> None:
         modality = str(ds.get("Modality", "")).strip()
-        if uids is not None and modality not in RADIOGRAPH_MODALITIES:
+        if from_pacs and modality not in RADIOGRAPH_MODALITIES:
             raise UploadRejected(
                 422,
                 f"the instance is not a radiograph (modality {modality[:16] or 'not given'}): name a CR, DX or RG "

@@ -4,6 +4,7 @@ the worker stores the derived image and the report back in its study (STOW-RS). 
 inputs: a UID the server does not hold, a server that is down (when the job is made, and when its
 results are stored), an instance that is not a radiograph."""
 
+import contextlib
 import io
 import json
 import time
@@ -38,9 +39,9 @@ def _put(url: str, ds) -> None:
     DICOMwebClient(url).store_instances([pydicom.dcmread(io.BytesIO(_file(ds)))])
 
 
-@pytest.fixture()
-def linked_service(orthanc_url, tiny_checkpoint, tmp_path):
-    """The service in linked mode on the test's Orthanc: in-memory broker, in-process worker."""
+@contextlib.contextmanager
+def _linked_app(url: str, checkpoint: str, blobs):
+    """The app in linked mode on the Orthanc at `url`: in-memory broker, in-process worker."""
     from api.core.config import Settings
     from api.main import create_app
     from worker.celery_app import make_celery
@@ -49,17 +50,24 @@ def linked_service(orthanc_url, tiny_checkpoint, tmp_path):
     settings = Settings(
         api_keys=[KEY_A],
         broker_url="memory://",
-        blob_dir=str(tmp_path / "blobs"),
-        checkpoint=tiny_checkpoint,
+        blob_dir=str(blobs),
+        checkpoint=checkpoint,
         dicom_mode="linked",
-        dicomweb_url=orthanc_url,
+        dicomweb_url=url,
         **UNLIMITED,
     )
     celery = make_celery(settings)
     worker = start_embedded_worker(celery)
-    with TestClient(create_app(settings, celery)) as client:
+    try:
+        yield create_app(settings, celery)
+    finally:
+        worker.stop(in_sighandler=False)
+
+
+@pytest.fixture()
+def linked_service(orthanc_url, tiny_checkpoint, tmp_path):
+    with _linked_app(orthanc_url, tiny_checkpoint, tmp_path / "blobs") as app, TestClient(app) as client:
         yield client, orthanc_url, tmp_path / "blobs"
-    worker.stop(in_sighandler=False)
 
 
 @pytest.mark.slow
@@ -155,3 +163,89 @@ def test_a_server_down_when_the_results_are_stored_fails_the_job_with_nothing_wr
     meta = store.get_meta(job)
     assert meta["state"] == "failed" and "cannot be reached" in meta["error"]
     assert {p.name.split(".", 1)[1] for p in stored(tmp_path)} == {"json", "input.png", "source.json"}
+
+
+def _stow_body(*files: bytes, boundary: str = "whatif-boundary") -> tuple[bytes, dict]:
+    parts = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n" for f in files)
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    return parts + f"--{boundary}--\r\n".encode(), headers
+
+
+def test_stow_rs_makes_a_job_of_each_radiograph_and_refuses_the_rest(tmp_path):
+    from .conftest import stub_app  # a stub queue: the jobs are recorded, not run
+
+    given, ct = _input_dataset(), _input_dataset()
+    ct.Modality = "CT"
+    body, headers = _stow_body(_file(given), _file(ct), b"not DICOM")
+    app = stub_app(tmp_path, **UNLIMITED)
+    with TestClient(app) as client:
+        r = client.post(f"/dicomweb/studies?target={TARGET}", headers={**H, **headers}, content=body)
+        assert r.status_code == 202 and r.headers["content-type"] == "application/dicom+json", r.text
+        (taken,) = r.json()["00081199"]["Value"]
+        assert taken["00081155"]["Value"] == [given.SOPInstanceUID]
+        job = taken["00081190"]["Value"][0]
+        assert client.get(job, headers=H).json()["condition"] == TARGET
+        failed = r.json()["00081198"]["Value"]
+        assert [f["00081155"].get("Value") for f in failed] == [[ct.SOPInstanceUID], None]
+        assert "not a radiograph" in failed[0]["00000902"]["Value"][0]
+        assert len(app.state.celery.sent) == 1
+        # The target in a header instead; none, or no finding: 422; another media type: 415.
+        r = client.post("/dicomweb/studies", headers={**H, **headers, "X-Whatif-Target": TARGET}, content=body)
+        assert r.status_code == 202
+        assert client.post("/dicomweb/studies", headers={**H, **headers}, content=body).status_code == 422
+        r = client.post("/dicomweb/studies?target=nothing", headers={**H, **headers}, content=body)
+        assert r.status_code == 422
+        r = client.post(f"/dicomweb/studies?target={TARGET}", headers={**H, "Content-Type": "image/png"}, content=b"")
+        assert r.status_code == 415
+        body, headers = _stow_body(_file(ct))
+        r = client.post(f"/dicomweb/studies?target={TARGET}", headers={**H, **headers}, content=body)
+        assert r.status_code == 422 and r.json()["detail"].startswith("no instance was made into a job: the instance")
+
+
+@pytest.mark.slow
+def test_orthanc_sends_an_instance_by_stow_rs_and_gets_the_results_back(tmp_path, tiny_checkpoint):
+    """The whole loop with a real PACS: Orthanc sends (STOW-RS to the API, target in a header), the
+    job runs, and its results are stored back in the same study on that Orthanc."""
+    import threading
+
+    import requests
+    import uvicorn
+
+    from tests.helpers import serving, start_orthanc
+
+    api_port = free_port()
+    whatif = {"Url": f"http://127.0.0.1:{api_port}/dicomweb/", "HttpHeaders": {**H, "X-Whatif-Target": TARGET}}
+
+    def orthanc(port, data_dir):
+        return start_orthanc(port, data_dir, servers={"whatif": whatif})
+
+    with (
+        serving(orthanc, tmp_path) as port,
+        _linked_app(f"http://127.0.0.1:{port}/dicom-web", tiny_checkpoint, tmp_path / "blobs") as app,
+    ):
+        url = f"http://127.0.0.1:{port}/dicom-web"
+        server = uvicorn.Server(uvicorn.Config(app, port=api_port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                time.sleep(0.05)
+            given = _input_dataset()
+            _put(url, given)
+            [instance] = requests.post(
+                f"http://127.0.0.1:{port}/tools/find", json={"Level": "Instance", "Query": {}}, timeout=10
+            ).json()
+            started = time.monotonic()
+            sent = requests.post(
+                f"{url}/servers/whatif/stow", json={"Resources": [instance], "Synchronous": True}, timeout=60
+            )
+            assert sent.status_code == 200, sent.text
+            deadline = time.monotonic() + 180
+            pacs = DICOMwebClient(url)
+            while len(pacs.search_for_instances(study_instance_uid=given.StudyInstanceUID)) < 3:
+                assert time.monotonic() < deadline, "the results never reached Orthanc"
+                time.sleep(0.5)
+            print(f"\nOrthanc STOW-RS to the API, results back in the study: {time.monotonic() - started:.2f} s")
+        finally:
+            server.should_exit = True
+            thread.join(10)

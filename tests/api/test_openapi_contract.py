@@ -30,8 +30,13 @@ def api_schema(tmp_path_factory):
 
 # A schema-valid POST /counterfactual is still refused when its bytes are not an image (415) or its
 # target names no finding (422): what the schema cannot say. /readyz on the stub queue has no broker,
-# so its documented 503 is the right answer. Every other check runs on them.
-_EXCLUDED = {"POST /counterfactual": [positive_data_acceptance], "GET /readyz": [not_a_server_error]}
+# so its documented 503 is the right answer. Every other check runs on them. POST /dicomweb/studies
+# (STOW-RS) takes a multipart/related body the schema leaves undescribed: without one it is 415.
+_EXCLUDED = {
+    "POST /counterfactual": [positive_data_acceptance],
+    "POST /dicomweb/studies": [positive_data_acceptance],
+    "GET /readyz": [not_a_server_error],
+}
 
 
 def test_every_answer_is_documented(api_schema):

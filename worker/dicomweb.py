@@ -4,8 +4,8 @@ fetched by its UIDs (WADO-RS) as a job's input, and a job's results stored back 
 Every failure is one of two errors with a sentence safe to show to a client: `NotOnServer` (the
 server answered that it does not hold the instance) and `ServerUnavailable` (it cannot be reached,
 did not answer in time, refused the credentials, or answered with an error). The sentences name
-no UID: the UIDs of a patient's study identify it. dicomweb-client logs each request's URL (the
-UIDs) at DEBUG; its logger is kept at WARNING.
+no UID: the UIDs of a patient's study identify it. dicomweb-client and urllib3 log each request's
+URL (the UIDs) at DEBUG; their loggers are kept above it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import io
 import logging
 
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)  # its DEBUG lines carry the URL
 
 
 class DicomwebError(Exception):

@@ -7,6 +7,7 @@ results are stored), an instance that is not a radiograph."""
 import contextlib
 import io
 import json
+import logging
 import time
 
 import numpy as np
@@ -101,14 +102,17 @@ def test_round_trip_instance_in_orthanc_to_results_in_its_study(linked_service):
     print(f"\nround trip: job by UIDs to results in the study, {took:.2f} s")
 
 
-def test_a_uid_the_server_does_not_hold_is_404_and_stores_nothing(linked_service):
+def test_a_uid_the_server_does_not_hold_is_404_and_stores_nothing(linked_service, caplog):
     client, url, blobs = linked_service
     given = _input_dataset()
     _put(url, given)
+    caplog.set_level(logging.DEBUG)
     r = client.post("/counterfactual", headers=H, data={"target": TARGET, **_uids(given), "instance_uid": "1.2.3.4"})
     assert r.status_code == 404, r.text
     assert r.json()["type"].endswith("dicom-instance-not-found") and "does not hold" in r.json()["detail"]
     assert "1.2.3.4" not in r.text and not stored(blobs)
+    # The study's UIDs identify it: no log line carries them, at DEBUG either (requests' URLs included).
+    assert not [rec for rec in caplog.records if given.StudyInstanceUID in rec.getMessage()]
 
 
 def test_an_instance_that_is_not_a_radiograph_is_refused(linked_service):

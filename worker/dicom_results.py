@@ -24,13 +24,11 @@ from model.notice import SYNTHETIC_NOTICE
 
 DEIDENTIFIED, LINKED = "deidentified", "linked"
 MODES = (DEIDENTIFIED, LINKED)
-# The attributes of the input kept for linked mode: the study and the patient modules (PS3.3 C.7.1.1,
-# C.7.2.1) as highdicom's constructors take them, and the instance the result derives from.
-SOURCE_KEYWORDS = (
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPClassUID",
-    "SOPInstanceUID",
+# The attributes of the input kept for linked mode: the instance the result derives from, and the
+# patient and study modules (PS3.3 C.7.1.1, C.7.2.1), copied as the input holds them (absent ones
+# left empty: type 2).
+_INSTANCE = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
+_COPIED = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -41,6 +39,7 @@ SOURCE_KEYWORDS = (
     "StudyTime",
     "ReferringPhysicianName",
 )
+SOURCE_KEYWORDS = _INSTANCE + _COPIED
 _MANUFACTURER = "whatif-cxr"
 # Concepts of this project's own (a private coding scheme, PS3.16 8.2): no standard code says these.
 _SCHEME = "99WHATIF"
@@ -103,18 +102,9 @@ def derived_image(pixels: np.ndarray, provenance: Provenance, source: dict[str, 
         }
     else:
         pixels = burn_in(pixels)
-        study = {
-            "study_instance_uid": source["StudyInstanceUID"],
-            "patient_id": source.get("PatientID"),
-            "patient_name": source.get("PatientName"),
-            "patient_birth_date": source.get("PatientBirthDate"),
-            "patient_sex": source.get("PatientSex") or None,
-            "accession_number": source.get("AccessionNumber"),
-            "study_id": source.get("StudyID"),
-            "study_date": source.get("StudyDate") or now.date(),
-            "study_time": source.get("StudyTime") or now.time().replace(microsecond=0),
-            "referring_physician_name": source.get("ReferringPhysicianName"),
-        }
+        # The patient and study attributes are copied below as the input holds them: highdicom would
+        # refuse values archives do hold (PatientSex "U", a date written 2024-01-02).
+        study = {"study_instance_uid": source["StudyInstanceUID"]}
     sc = hd.sc.SCImage(
         pixel_array=np.ascontiguousarray(pixels),
         photometric_interpretation="MONOCHROME2",
@@ -139,6 +129,8 @@ def derived_image(pixels: np.ndarray, provenance: Provenance, source: dict[str, 
     sc.DerivationDescription = provenance.derivation()[:1024]
     sc.BurnedInAnnotation = "NO" if source is None else "YES"
     if source is not None:
+        for keyword in _COPIED:
+            setattr(sc, keyword, source.get(keyword, ""))
         ref = Dataset()
         ref.ReferencedSOPClassUID = source["SOPClassUID"]
         ref.ReferencedSOPInstanceUID = source["SOPInstanceUID"]
@@ -231,8 +223,16 @@ def structured_report(image, provenance: Provenance, region: np.ndarray):
         items.append(box)
     root = hd.sr.ContainerContentItem(name=concept("report", "Counterfactual generation report"))
     root.ContentSequence = items
+    # highdicom takes the patient and study from the evidence and checks their values; they are the
+    # image's own (in linked mode the input's, which it may refuse), so they are copied after.
+    evidence = Dataset()
+    for element in image:
+        if element.keyword not in _COPIED and element.keyword != "PixelData":
+            evidence.add(element)
+    for keyword in _COPIED:
+        setattr(evidence, keyword, "")
     sr = hd.sr.ComprehensiveSR(
-        evidence=[image],
+        evidence=[evidence],
         content=root,
         series_instance_uid=hd.UID(),
         series_number=2,
@@ -244,6 +244,8 @@ def structured_report(image, provenance: Provenance, region: np.ndarray):
         is_verified=False,
     )
     sr.SeriesDescription = "whatif-cxr counterfactual report (SYNTHETIC image)"
+    for keyword in _COPIED:
+        setattr(sr, keyword, image.get(keyword, ""))
     # A private coding scheme is declared where it is used (PS3.3 C.12.1.1.2.1).
     scheme = Dataset()
     scheme.CodingSchemeDesignator = _SCHEME

@@ -217,3 +217,12 @@ def test_dciodvfy_finds_no_error_in_either_file(tmp_path, linked):
         said = subprocess.run([dciodvfy, str(tmp_path / name)], capture_output=True, text=True, timeout=60)
         lines = (said.stdout + said.stderr).splitlines()
         assert not [line for line in lines if line.startswith("Error")], lines
+
+
+def test_linked_mode_copies_the_inputs_values_as_archives_hold_them():
+    """Values highdicom's constructors refuse (PatientSex "U", a date with dashes) are the input's
+    own: copied as they are, not a failed job."""
+    source = {**source_of(_input_dataset()), "PatientSex": "U", "StudyDate": "2024-01-02", "PatientBirthDate": "1953"}
+    image, report = _both(source)
+    for ds in (image, report):
+        assert (ds.PatientSex, ds.StudyDate, ds.PatientBirthDate, ds.PatientName) == ("U", "2024-01-02", "1953", NAME)

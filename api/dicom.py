@@ -80,11 +80,7 @@ def read_dicom(data: bytes, max_inflated_bytes: int):
     if syntax not in _TRANSFER_SYNTAXES:
         raise UploadRejected(415, f"unsupported DICOM transfer syntax: send {_ACCEPTED}")
     if not _decodable(syntax):
-        raise UploadRejected(
-            415,
-            f"this installation has no decoder for {syntax.name}: the operator can install whatif-cxr[gpl-codecs] "
-            "(pylibjpeg-libjpeg, GPL-3.0)",
-        )
+        raise UploadRejected(415, f"no decoder for the DICOM transfer syntax {syntax.name} here: {_missing(syntax)}")
     body = fp
     if syntax == uid.DeflatedExplicitVRLittleEndian:
         body = io.BytesIO(_inflate(memoryview(data)[fp.tell() :], max_inflated_bytes))
@@ -146,6 +142,21 @@ def grey_pixels(ds) -> tuple[np.ndarray, list[str]]:
             raise
         raise UploadRejected(422, "DICOM pixel data cannot be decoded (its decoder panicked)") from None
     return dicom_grey.grey(arr, ds, notes), notes
+
+
+def _missing(syntax) -> str:
+    """What the operator installs to decode `syntax` (for the refusal's message)."""
+    if syntax == uid.RLELossless:
+        return "its decoder, pylibjpeg-rle, is a dependency of whatif-cxr: reinstall it"
+    if syntax in (
+        uid.JPEGLossless,
+        uid.JPEGLosslessSV1,
+        uid.JPEGExtended12Bit,
+        uid.JPEGLSLossless,
+        uid.JPEGLSNearLossless,
+    ):
+        return "the operator can install whatif-cxr[gpl-codecs] (pylibjpeg-libjpeg, GPL-3.0)"
+    return "send it uncompressed or as JPEG 2000"
 
 
 def _decodable(syntax) -> bool:

@@ -17,5 +17,5 @@ def test_a_syntax_without_its_decoder_says_which_extra_decodes_it(monkeypatch):
     monkeypatch.setattr(dicom, "_decodable", lambda syntax: False)
     with pytest.raises(UploadRejected) as exc:
         dicom.read_dicom(data, 1 << 28)
-    assert exc.value.status == 415 and "no decoder for JPEG Lossless" in exc.value.message
+    assert exc.value.status == 415 and "no decoder for the DICOM transfer syntax JPEG Lossless" in exc.value.message
     assert "whatif-cxr[gpl-codecs]" in exc.value.message

@@ -32,6 +32,8 @@ def test_a_quick_comparison_runs_resumes_and_reports(tmp_path, tiny_checkpoint, 
     made = results["counts"]["counterfactuals_all"]
     assert sum(made[label] for label in TAIL) == cfg.head_images * len(TAIL)  # each head image, each tail finding
     assert results["checkpoint"].startswith(tiny_checkpoint)
+    if not sum(results["counts"]["counterfactuals_passed"].values()):  # (c) trains on (a)'s data: (a)'s scores
+        assert results["arms"]["c"]["per_finding"] == results["arms"]["a"]["per_finding"]
 
     def no_training(*a, **k):
         raise AssertionError("a finished classifier was trained again")

@@ -112,6 +112,9 @@ def run_downstream(
         name = f"{arm}/{seed}"
         if name in scores:
             continue
+        if arm == "c" and not bool(passed.any()):  # no verdict passed: (a)'s data and seed, (a)'s classifier
+            scores[name] = scores[f"a/{seed}"]
+            continue
         x, y, weights = sets[arm]
         clf = train_classifier(x, y, weights, seed, cfg)
         scores[name] = per_finding_auroc(clf, x_test, y_test)

@@ -45,6 +45,8 @@ def run_local(
     """Each item's outcome, in order. `pipe`: a model already loaded (used when `workers` is 1)."""
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if not items:
+        return
     if workers == 1:
         pipe = pipe or load_pipeline(checkpoint)
         for item in items:

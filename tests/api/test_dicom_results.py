@@ -34,6 +34,7 @@ VERDICT = {
     },
 }
 FINDINGS = [{"label": "Pleural Effusion", "status": "present", "side": "left", "zones": [], "severity": "moderate"}]
+DICOM_FILES = ("result.dcm", "report.dcm")
 PROVENANCE = Provenance("moderate left pleural effusion", FINDINGS, 7, "sha256:abc123", VERDICT)
 
 
@@ -226,3 +227,30 @@ def test_linked_mode_copies_the_inputs_values_as_archives_hold_them():
     image, report = _both(source)
     for ds in (image, report):
         assert (ds.PatientSex, ds.StudyDate, ds.PatientBirthDate, ds.PatientName) == ("U", "2024-01-02", "1953", NAME)
+
+
+def test_a_dicom_upload_in_the_default_mode_gets_results_with_none_of_its_identifiers(service):
+    """Upload to both files through the service (in-process worker, de-identified mode): the planted
+    name, birth date and record number of the upload are in neither, nor are its UIDs."""
+    import pydicom
+
+    from .conftest import wait
+    from .test_phi import PLANTED, _dicom_with_identifiers
+
+    data = _dicom_with_identifiers()
+    given = pydicom.dcmread(io.BytesIO(data))
+    headers = {"X-API-Key": KEY_A}
+    r = service.post(
+        "/counterfactual",
+        headers=headers,
+        files={"image": ("x.dcm", data, "application/dicom")},
+        data={"target": "moderate left pleural effusion"},
+    )
+    assert r.status_code == 202, r.text
+    body, _ = wait(service, r.json()["id"], KEY_A)
+    assert body["status"] == "succeeded" and body["result"]["dicom_mode"] == "deidentified", body
+    files = [service.get(f"/jobs/{body['id']}/{name}", headers=headers).content for name in DICOM_FILES]
+    report = hd.sr.srread(io.BytesIO(files[1]))
+    assert report.StudyInstanceUID == pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID
+    for planted in (*PLANTED, given.SOPInstanceUID):
+        assert not [f for f in files if planted.encode() in f], planted

@@ -1,56 +1,117 @@
-"""The bounded pool of threads that decodes uploads, off the event loop.
+"""The bounded pool that decodes uploads, off the event loop: in child processes by default.
 
 Decoding a large PNG, JPEG or DICOM takes seconds of CPU; inside the async handler it stalls
-every other request (`/healthz`, job polls, other uploads) for as long. Here at most `threads`
-uploads decode at once and up to `queue` more wait for a thread, briefly (a decode takes
-seconds); past that an upload is refused at once (`DecodePoolBusy`: 503 with Retry-After)
-rather than queued without bound, since each waiting upload holds its bytes in memory and
-each running one can take hundreds of MB.
+every other request (`/healthz`, job polls, other uploads) for as long. Here at most `workers`
+uploads decode at once and up to `queue` more wait, briefly (a decode takes seconds); past that
+an upload is refused at once (`DecodePoolBusy`: 503 with Retry-After) rather than queued without
+bound, since each waiting upload holds its bytes in memory and each running one can take
+hundreds of MB.
+
+Threads are not enough: a codec that holds the GIL while it decodes (OpenJPEG through
+pylibjpeg-openjpeg: 0.6-0.8 s for the RG1 radiograph) stalls the event loop from its thread, and
+one that crashes (a segfault in C on a hostile frame) takes the API process with it. In
+`processes` mode each decode runs in a child process (spawned, never forked from a process with
+threads): the event loop keeps answering, and a crash costs the uploads then decoding a refusal
+(`DecodeCrashed`) while the pool starts afresh. Arguments and results cross to the children with
+the standard library's own serialisation; they are the upload's bytes and what our decoder made
+of them, never data a client serialised. `threads` mode (`WHATIF_DECODE_ISOLATION=thread`)
+decodes in this process, for tests and debugging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 T = TypeVar("T")
+# A child decodes this many uploads, then a fresh one takes over: what a decoder leaks stays bounded.
+TASKS_PER_CHILD = 64
 
 
 class DecodePoolBusy(Exception):
-    """Every decode thread is busy and the queue is full."""
+    """Every decoder is busy and the queue is full."""
+
+
+class DecodeCrashed(Exception):
+    """The decode process stopped (a crash in a codec) while this upload was decoding."""
 
 
 class DecodePool:
-    def __init__(self, threads: int, queue: int):
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="whatif-decode")
-        self._limit = threads + queue
+    def __init__(self, workers: int, queue: int, processes: bool = True):
+        self._workers, self._processes = workers, processes
+        self._limit = workers + queue
         self._in_flight = 0
-        # The count drops in a future's done-callback, on a decode thread.
+        # The count drops in a future's done-callback, on another thread.
         self._lock = threading.Lock()
+        self._executor: Executor | None = self._start()
+
+    def _start(self) -> Executor:
+        if not self._processes:
+            return ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="whatif-decode")
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_warm,
+            max_tasks_per_child=TASKS_PER_CHILD,
+        )
 
     @property
     def in_flight(self) -> int:
-        """Uploads decoding or waiting for a thread."""
+        """Uploads decoding or waiting for a decoder."""
         return self._in_flight
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """`fn(*args)` on a decode thread; raises `DecodePoolBusy` at once if the queue is full."""
+        """`fn(*args)` on a decoder; `fn` a module-level function (it crosses to a child process by
+        name). Raises `DecodePoolBusy` at once if the queue is full, `DecodeCrashed` if the decoder
+        process died meanwhile."""
         with self._lock:
             if self._in_flight >= self._limit:
                 raise DecodePoolBusy
             self._in_flight += 1
+            if self._executor is None:  # closed with its app's lifespan, and the app served again
+                self._executor = self._start()
+            executor = self._executor
         try:
-            future = self._executor.submit(fn, *args)
+            future = executor.submit(fn, *args)
+        except BrokenProcessPool:
+            self._done(None)
+            self._restart(executor)
+            raise DecodeCrashed from None
         except BaseException:
             self._done(None)
             raise
         future.add_done_callback(self._done)
-        # A client that goes away cancels a waiting decode; a running one finishes, holding its slot.
-        return await asyncio.wrap_future(future)
+        try:
+            # A client that goes away cancels a waiting decode; a running one finishes, holding its slot.
+            return await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            self._restart(executor)
+            raise DecodeCrashed from None
+
+    def _restart(self, broken: Executor) -> None:
+        """A fresh pool in place of `broken`, once, whichever of its uploads notices first."""
+        with self._lock:
+            if self._executor is broken:
+                self._executor = self._start()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """End the decoders (the app's shutdown); a later upload starts them again."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _done(self, _future) -> None:
         with self._lock:
             self._in_flight -= 1
+
+
+def _warm() -> None:
+    """A child's first upload should not wait for the decoders' imports."""
+    import api.routes.counterfactual  # noqa: F401  (the decode function's module, with the decoders)

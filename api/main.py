@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import FastAPI, Request
 
 from worker.blobs import BlobStore
@@ -23,7 +25,15 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     settings = settings or Settings()
     _import_what_a_job_needs()
     access_log.install()  # request lines without query strings, however the app is served
+    pool = DecodePool(settings.decode_threads, settings.decode_queue, processes=settings.decode_isolation == "process")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        pool.close()  # the decode processes end with the app
+
     app = FastAPI(
+        lifespan=lifespan,
         title="whatif-cxr",
         description="Counterfactual chest X-rays. Every output is SYNTHETIC; the embedded model is trained on "
         "phantoms and is for demonstration and testing only, not for clinical use.",
@@ -38,7 +48,7 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     app.state.settings = settings
     app.state.store = BlobStore(settings.blob_dir, settings.blob_ttl_s, settings.housekeeping_s)
     app.state.celery = celery or make_celery(settings)
-    app.state.decode_pool = DecodePool(settings.decode_threads, settings.decode_queue)
+    app.state.decode_pool = pool
     app.include_router(counterfactual.router)
     app.include_router(stow.router)
     app.include_router(jobs.router)

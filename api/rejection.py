@@ -9,3 +9,7 @@ class UploadRejected(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+    def __reduce__(self):
+        # Raised in a decode process and sent back to the API (api/decode_pool.py) with both fields.
+        return (UploadRejected, (self.status, self.message))

@@ -8,10 +8,9 @@ whatever the weights hold. Measured, never asserted:
 
 - inference, with and without seed optimisation, at batch 1, 4 and 16, in each of `--precisions`
   (fp32; bf16 autocast, `model.device.autocast`). Batch B is B jobs (B images, each its own target
-  and seed) run as one batch through the pipeline's own steps (encode, condition, locate, starting
-  seed, Algorithm 2, DDIM, compose, editor, verdict): what a worker batching jobs runs (issue 28,
-  point 3). `__call__` takes at most `MAX_CANDIDATES` (8) candidates of one image, so it is not
-  used for B = 16. Seed optimisation runs with its early stop off, all `max_iters` iterations
+  and seed) run as one `CounterfactualPipeline.batch`: its inversions, Algorithm 2 and DDIM once
+  for all jobs, what a worker batching jobs runs (issue 28, point 3). Seed optimisation runs with
+  its early stop off, all `max_iters` iterations
   (the worst case): an untrained model's L_P says nothing about when a trained one would stop.
   Also `pipe(...)` end to end at batch 1: the issue's target, one seed-optimised counterfactual
   in at most 10 s on an A100/H100-class GPU.
@@ -46,12 +45,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from model import regions
 from model.device import DeviceError, autocast, resolve_device, resolve_precision
-from model.editor import request_vector
-from model.pipeline import Conditioning, CounterfactualPipeline, EncodedImage
-from model.preprocess import to_model_input
-from model.seed_optimization import optimize_seed
+from model.pipeline import CounterfactualPipeline, Request
 from training import editor_stage as editor_module
 from training import stages as stages_module
 from training.centroids import compute_centroids
@@ -101,54 +96,13 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> dict:
 
 # --- inference --------------------------------------------------------------------------------
 def run_batch(pipe: CounterfactualPipeline, images: list[np.ndarray], seed_opt, optimize: bool, seed: int = 0) -> None:
-    """B jobs as one batch through the pipeline's steps (`model/pipeline.py`, `__call__` steps 2-12),
-    each job with its own image, target and seed."""
-    b = len(images)
-    sampling = pipe.sampling
-    # 2. encode (one batch)
-    x = pipe.tensor(torch.cat([to_model_input(im, pipe.resolution) for im in images]))
-    with torch.no_grad():
-        dist = pipe.vae.encode(x)
-        z_id, z_path = pipe.vae.split(dist.mean)
-        recon = pipe.vae.decode(pipe.transformer(dist.mean))
-    # 3. condition: one context per job
-    jobs = [pipe.condition(TARGETS[i % len(TARGETS)]) for i in range(b)]
-    cond = torch.cat([c.cond for c in jobs])
-    conditioning = Conditioning("", [], [], cond, jobs[0].uncond)
-    # 4. locate (one batch through the segmenter)
-    with torch.no_grad():
-        masks = pipe.segmenter.masks(x).cpu().numpy()
-    anatomies = [regions.Anatomy.from_masks(m) for m in masks]
-    # 5. starting seeds: one per job
-    g = torch.Generator().manual_seed(seed)
-    latent = pipe.diffusion.config.latent_size
-    z_T = pipe.tensor(torch.randn((b, 1, latent, latent), generator=g))
-    if sampling.start == "inversion":
-        with torch.no_grad():
-            z_T = pipe.diffusion.invert(z_path, conditioning.uncond, sampling.steps)
-    # 6. Algorithm 2 on the B seeds at once: L_P is a sum over seeds, so each seed gets its own gradient
-    if optimize:
-        centroid = torch.cat([pipe.centroid_for(c.labels, None, []) for c in jobs])
-        first_t = pipe.diffusion.timesteps(sampling.steps)[0]
-        render_fn = pipe.renderer(z_id, cond, conditioning.uncond, sampling.guidance, first_t)
-        with torch.enable_grad():
-            optimize_seed(z_T, render_fn, centroid, pipe.contrastive.encode_image, seed_opt)
-    # 7. DDIM, 8. compose and the editor, 10-12. edit regions, verdicts, quality: per job where the
-    # pipeline's step takes one request
-    z_star = pipe.sample(z_T, conditioning, sampling)
-    ones = [EncodedImage(x[i : i + 1], z_id[i : i + 1], z_path[i : i + 1], recon[i : i + 1]) for i in range(b)]
-    with torch.no_grad():
-        raw = pipe.compose(z_id, z_star, x, recon, 0.0)
-        findings = [pipe.request_findings(c, one) for c, one in zip(jobs, ones)]
-        prior = [regions.request_prior(a, f) for a, f in zip(anatomies, findings)]
-        request = pipe.tensor(torch.stack([request_vector(f) for f in findings]))
-        prior_t = pipe.tensor(np.stack(prior).astype(np.float32))[:, None]
-        x_cf = (x + pipe.editor(x, raw.clamp(-1, 1), recon.clamp(-1, 1), prior_t, request)).clamp(-1, 1)
-    for i, (c, one) in enumerate(zip(jobs, ones)):
-        weight = pipe.edit_region(prior[i], x_cf[i : i + 1], one.x)
-        edited = pipe.apply_weight(one.x, x_cf[i : i + 1], weight)
-        pipe.judge(one, edited, c, anatomies[i])
-        pipe.quality(one, edited, c.labels)
+    """B jobs as one batch (`CounterfactualPipeline.batch`), each with its own image, target and seed."""
+    requests = [
+        Request(im, TARGETS[i % len(TARGETS)], seed=seed + i, optimize_seed=optimize) for i, im in enumerate(images)
+    ]
+    failed = [out for out in pipe.batch(requests, seed_opt=seed_opt) if isinstance(out, Exception)]
+    if failed:
+        raise failed[0]
 
 
 def bench_inference(pipe, device, precisions, batches, warmup, repeats) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -45,10 +47,13 @@ class Settings(WorkerSettings):
         "The default holds a 40-megapixel 16-bit image and its header",
     )
     decode_threads: int = Field(
-        2, ge=1, description="uploads decoded at once, on threads off the event loop; each can take hundreds of MB"
+        2, ge=1, description="uploads decoded at once, off the event loop; each can take hundreds of MB"
     )
-    decode_queue: int = Field(
-        8, ge=0, description="uploads that may wait for a decode thread; past it 503 with Retry-After"
+    decode_queue: int = Field(8, ge=0, description="uploads that may wait for a decoder; past it 503 with Retry-After")
+    decode_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="process: each upload decodes in a child process, so a codec that holds the GIL cannot stall "
+        "the API nor a crashing one stop it (api/decode_pool.py); thread: in the API's process (tests, debugging)",
     )
     max_steps: int = Field(200, gt=0, description="the largest `steps` a request may ask for")
     jobs_per_minute: float = Field(

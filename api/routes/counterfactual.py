@@ -27,7 +27,7 @@ from worker.dicom_results import LINKED, source_of
 
 from .. import idempotency
 from ..core.config import Settings
-from ..decode_pool import DecodePoolBusy
+from ..decode_pool import DecodeCrashed, DecodePoolBusy
 from ..deps import Caller, SettingsDep, StoreDep
 from ..ingest import box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
@@ -258,6 +258,13 @@ async def make_job(
     except UploadRejected as exc:
         UPLOADS_REJECTED.labels(str(exc.status)).inc()
         raise ProblemError(_KIND_OF_STATUS.get(exc.status, "invalid-request"), exc.message) from None
+    except DecodeCrashed:
+        UPLOADS_REJECTED.labels("422").inc()
+        raise ProblemError(
+            "invalid-request",
+            "the image could not be decoded: the decoder stopped on this or a concurrent upload; "
+            "if the image is sound, send it again",
+        ) from None
     except DecodePoolBusy:
         UPLOADS_REJECTED.labels("503").inc()
         raise ProblemError(

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import time
 from types import SimpleNamespace
 
@@ -9,6 +10,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+
+# The decoders run in this process for these tests, which patch and count them; the default, child
+# processes (api/decode_pool.py), has its own tests (test_decode_isolation.py). An app's settings
+# are read when it is made, so this holds for every app the tests make.
+os.environ.setdefault("WHATIF_DECODE_ISOLATION", "thread")
 
 # Random-looking keys: the settings refuse weak ones (api/core/keys.py).
 KEY_A = "tWtkTrW8naNjQu1heSWRp4k9OHzWCwXn"

@@ -109,7 +109,7 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: |")
     for r in rows:
         print(
-            f"| {r['isolation']}s | {r['statuses']} | {r['last_upload_s']:.1f} | {r['healthz_p50_ms']:.0f} "
+            f"| {r['isolation']} | {r['statuses']} | {r['last_upload_s']:.1f} | {r['healthz_p50_ms']:.0f} "
             f"| {r['healthz_max_ms']:.0f} |"
         )
     if args.json:

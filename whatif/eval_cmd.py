@@ -84,7 +84,12 @@ def _downstream(args) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     cfg = DownstreamConfig.quick() if args.quick else DownstreamConfig()
-    results = run_downstream(args.work, args.checkpoint, cfg, workers=args.workers)
+    try:
+        results = run_downstream(args.work, args.checkpoint, cfg, workers=args.workers)
+    except ValueError as exc:  # the work directory's augment run disagrees (training.longtail.output)
+        if type(exc).__module__.startswith("training.longtail"):
+            raise UsageError(f"--work {args.work}: {exc}") from None
+        raise
     command = "whatif eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "whatif eval --downstream"
     print(f"wrote {write_report(results, out, command)}")
     return 0

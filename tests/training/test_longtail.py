@@ -244,3 +244,15 @@ def test_an_unreadable_image_is_recorded_and_the_run_goes_on(tmp_path, tiny_chec
     assert summary.outcomes["error: unreadable image"] == 1
     again = augment(_opts(tmp_path, tiny_checkpoint, data=str(data), targets="Pleural Other", keep_failed=True))
     assert again.made == 0  # an input error is the input's: a rerun does not make it again
+
+
+def test_a_moved_dataset_directory_is_the_same_data(tmp_path, tiny_checkpoint):
+    from training.phantom.generate import generate
+
+    generate(2, 64, 5, tmp_path / "here", progress=False)
+    augment(_opts(tmp_path, tiny_checkpoint, data=str(tmp_path / "here"), targets="Fracture", keep_failed=True))
+    (tmp_path / "here").rename(tmp_path / "there")
+    again = augment(
+        _opts(tmp_path, tiny_checkpoint, data=str(tmp_path / "there"), targets="Fracture", keep_failed=True)
+    )
+    assert again.made == 0 and again.resumed == again.planned  # named by its manifest's content, not its path

@@ -92,7 +92,7 @@ def _chart(results: dict, path: Path) -> None:
 
     arms = results["arms"]
     labels = [lab for lab in CHEXPERT_LABELS if lab in arms["a"]["per_finding"]]
-    fig, ax = plt.subplots(figsize=(11, 4.2))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / len(arms)
     for j, (arm, r) in enumerate(arms.items()):
         means = [r["per_finding"][lab]["mean"] for lab in labels]
@@ -103,7 +103,7 @@ def _chart(results: dict, path: Path) -> None:
     ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("AUROC on held-out true phantoms")
     ax.set_title("Classifier AUROC per finding (* tail); synthetic phantoms, not clinical data")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=len(arms), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

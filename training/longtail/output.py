@@ -28,8 +28,10 @@ from .plan import Item
 HEADER = "augment.json"
 MANIFEST = "manifest.jsonl"
 FORMAT_VERSION = 1
-# The settings that decide what a run makes: a rerun must agree on all of them to resume.
-RUN_KEYS = ("data", "size", "targets", "per_image", "seed", "optimize_seed", "keep_failed", "checkpoint_digest")
+# The settings that decide what a run makes: a rerun must agree on all of them to resume. `dataset`
+# names the data by content where it can (`sources.dataset_id`), so that a moved directory, or one
+# named by another path, is the same data; `data`, the spec as given, is kept for the reader.
+RUN_KEYS = ("dataset", "size", "targets", "per_image", "seed", "optimize_seed", "keep_failed", "checkpoint_digest")
 
 
 class OutputError(ValueError):
@@ -40,6 +42,7 @@ class OutputDir:
     def __init__(self, root: str | os.PathLike, settings: dict):
         self.root = Path(root)
         self.settings = {key: settings[key] for key in RUN_KEYS}
+        self.header_settings = {"data": settings["data"], **self.settings}
         self.images = self.root / "images"
         self.manifest = self.root / MANIFEST
 
@@ -72,7 +75,8 @@ class OutputDir:
                 _write_atomic(
                     header,
                     json.dumps(
-                        {"format": FORMAT_VERSION, "notice": SYNTHETIC_NOTICE, "settings": self.settings}, indent=2
+                        {"format": FORMAT_VERSION, "notice": SYNTHETIC_NOTICE, "settings": self.header_settings},
+                        indent=2,
                     ).encode()
                     + b"\n",
                 )

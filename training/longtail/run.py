@@ -16,7 +16,7 @@ from .broker import connect, run_broker
 from .local import run_local
 from .output import OutputDir, outcome
 from .plan import parse_targets, plan
-from .sources import DEFAULT_PHANTOM_SIZE, open_source
+from .sources import DEFAULT_PHANTOM_SIZE, dataset_id, open_source
 
 
 @dataclasses.dataclass
@@ -83,7 +83,12 @@ def augment(opts: AugmentOptions) -> AugmentSummary:
     else:  # loaded here once even for --workers > 1: a bad checkpoint is reported before any work
         pipe = CounterfactualPipeline.from_pretrained(opts.checkpoint)
         digest = pipe.digest
-    settings = {**dataclasses.asdict(opts), "targets": [t.text for t in targets], "checkpoint_digest": digest}
+    settings = {
+        **dataclasses.asdict(opts),
+        "dataset": dataset_id(opts.data),
+        "targets": [t.text for t in targets],
+        "checkpoint_digest": digest,
+    }
     out = OutputDir(opts.out, settings)
     done = out.open()
     # An item that failed for a reason of the machine's (not its image or target) is made again.

@@ -49,6 +49,18 @@ def open_source(spec: str, size: int = DEFAULT_PHANTOM_SIZE) -> list[SourceImage
     return sources
 
 
+def dataset_id(spec: str) -> str:
+    """What names a dataset in a run's settings: for a directory its manifest's SHA-256 (the same
+    data wherever the directory lies), for a real layout its root resolved, else the spec."""
+    kind, _, where = spec.partition(":")
+    if kind in REAL_LAYOUTS:
+        return f"{kind}:{Path(where).resolve()}"
+    if kind == "phantom":
+        return spec
+    manifest = Path(spec) / "manifest.jsonl"
+    return "manifest:" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+
+
 def _phantom(spec: str, size: int) -> list[SourceImage]:
     from training.loop import TrainingError
     from training.phantom.cases import sample_case

@@ -21,6 +21,7 @@ decodes in this process, for tests and debugging.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import multiprocessing
 import threading
 from collections.abc import Callable
@@ -42,8 +43,10 @@ class DecodeCrashed(Exception):
 
 
 class DecodePool:
-    def __init__(self, workers: int, queue: int, processes: bool = True):
-        self._workers, self._processes = workers, processes
+    def __init__(self, workers: int, queue: int, processes: bool = True, warm: tuple[str, ...] = ()):
+        """`warm`: modules a decode process imports when it starts (the decode functions' own), so
+        that its first upload does not wait for them."""
+        self._workers, self._processes, self._warm = workers, processes, warm
         self._limit = workers + queue
         self._in_flight = 0
         # The count drops in a future's done-callback, on another thread.
@@ -57,6 +60,7 @@ class DecodePool:
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_warm,
+            initargs=(self._warm,),
             max_tasks_per_child=TASKS_PER_CHILD,
         )
 
@@ -112,6 +116,6 @@ class DecodePool:
             self._in_flight -= 1
 
 
-def _warm() -> None:
-    """A child's first upload should not wait for the decoders' imports."""
-    import api.routes.counterfactual  # noqa: F401  (the decode function's module, with the decoders)
+def _warm(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        importlib.import_module(name)

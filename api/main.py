@@ -25,7 +25,12 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
     settings = settings or Settings()
     _import_what_a_job_needs()
     access_log.install()  # request lines without query strings, however the app is served
-    pool = DecodePool(settings.decode_threads, settings.decode_queue, processes=settings.decode_isolation == "process")
+    pool = DecodePool(
+        settings.decode_threads,
+        settings.decode_queue,
+        processes=settings.decode_isolation == "process",
+        warm=("api.routes.counterfactual",),  # the decode function's module, with the decoders
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 
@@ -74,7 +75,9 @@ def _outcome(s, message: dict) -> dict:
     return {"ok": True, **result.to_message()}
 
 
+@functools.lru_cache(maxsize=4)
 def _redis(url: str):
+    """One client (and its connection pool) per broker for the worker's life, not one per item."""
     import redis
 
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)

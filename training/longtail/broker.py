@@ -49,6 +49,7 @@ def run_broker(
     reply_to = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
 
     keys = [item.key for item in items]
+    waiting = set(keys)  # not yet handed on: a reply for any other key is a redelivery's duplicate
     arrived: dict[str, Outcome] = {}
     sent = 0
     try:
@@ -66,8 +67,9 @@ def run_broker(
                         "Rerun the same command to continue"
                     )
                 reply = json.loads(popped[1])
-                if reply.get("key") in keys[position:] and reply["key"] not in arrived:  # a redelivery's duplicate
+                if reply.get("key") in waiting and reply["key"] not in arrived:
                     arrived[reply["key"]] = _outcome(reply)
+            waiting.discard(key)
             yield arrived.pop(key)
     finally:
         client.delete(reply_to)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections import Counter
 from pathlib import Path
 
 from model.notice import SYNTHETIC_NOTICE
@@ -149,10 +148,6 @@ def outcome(row: dict) -> str:
     if status == "passed":  # but nothing changed (`record`)
         status = "unchanged (the judge saw the finding in the input)"
     return status + (" (kept, marked)" if row["kept"] else "")
-
-
-def summarise(rows: list[dict]) -> Counter:
-    return Counter(outcome(r) for r in rows)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -417,9 +417,13 @@ def _decoded(
 
     if uids is not None:
         try:
-            data = dicomweb.fetch_instance(settings, *uids)
+            # Bounded by the upload limit while it arrives, not after: the PACS's instance is read no
+            # further than an upload would be (worker/dicomweb.py).
+            data = dicomweb.fetch_instance(settings, *uids, max_bytes=settings.max_upload_bytes)
         except dicomweb.NotOnServer as exc:
             raise UploadRejected(404, str(exc)) from None
+        except dicomweb.InstanceTooLarge as exc:
+            raise UploadRejected(413, str(exc)) from None
         except dicomweb.ServerUnavailable as exc:
             raise UploadRejected(502, str(exc)) from None
     png, notes, fmt = decode_upload(

@@ -245,3 +245,73 @@ def test_orthanc_sends_an_instance_by_stow_rs_and_gets_the_results_back(tmp_path
         finally:
             server.should_exit = True
             thread.join(10)
+
+
+class _EndlessInstance:
+    """A DICOMweb server on loopback whose WADO-RS answer for any instance is `size` bytes of a
+    multipart/related body, sent in 64 KiB pieces, with or without a Content-Length; it counts the
+    requests and the bytes it managed to send before the client hung up."""
+
+    def __init__(self, size: int, declare_length: bool):
+        import http.server
+        import threading
+
+        outer = self
+        self.requests, self.sent = 0, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=b')
+                if declare_length:
+                    self.send_header("Content-Length", str(size))
+                self.end_headers()
+                piece = b"\0" * 65536
+                try:
+                    while outer.sent < size:
+                        self.wfile.write(piece)
+                        outer.sent += len(piece)
+                except OSError:
+                    pass  # the client stopped reading: what the test wants
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("declare_length", [False, True], ids=["chunked", "content-length"])
+def test_a_fetch_stops_at_the_upload_limit_with_a_413(tmp_path, declare_length):
+    """An instance larger than WHATIF_MAX_UPLOAD_BYTES is refused while it arrives: a 413 naming the
+    limit, one request (the library's retry does not download it again), nothing stored."""
+    from .conftest import stub_app
+
+    limit = 2**20
+    pacs = _EndlessInstance(256 * 2**20, declare_length)  # 256 MiB on offer
+    try:
+        app = stub_app(tmp_path, dicomweb_url=pacs.url, max_upload_bytes=limit, **UNLIMITED)
+        with TestClient(app) as client:
+            started = time.monotonic()
+            r = client.post("/counterfactual", headers=H, data={"target": TARGET, **_uids(_input_dataset())})
+            took = time.monotonic() - started
+        assert r.status_code == 413, r.text
+        body = r.json()
+        assert body["type"].endswith("upload-too-large")
+        assert "larger than 1.0 MiB" in body["detail"] and "WHATIF_MAX_UPLOAD_BYTES" in body["detail"]
+        assert pacs.requests == 1 and not stored(tmp_path)
+        time.sleep(0.2)  # the server's last write fails once the client has closed
+        # Read: the limit and a chunk; sent: that and what the loopback socket buffers hold.
+        assert pacs.sent < 16 * 2**20, pacs.sent
+        print(
+            f"\nfetch over the limit ({'Content-Length' if declare_length else 'chunked'}): 413 in {took:.2f} s, "
+            f"{pacs.sent / 2**20:.1f} MiB sent of 256"
+        )
+    finally:
+        pacs.close()

@@ -71,6 +71,13 @@ KINDS = {
         "(WHATIF_JOBS_PER_MINUTE_PER_ADDRESS)",
         retry_after=True,
     ),
+    "preview-rate-limited": Kind(
+        429,
+        "Too many previews",
+        "this API key or this client address asked for previews faster than WHATIF_JOBS_PER_MINUTE "
+        "(WHATIF_JOBS_PER_MINUTE_PER_ADDRESS), counted apart from its jobs",
+        retry_after=True,
+    ),
     "queue-full": Kind(
         429,
         "Too many unfinished jobs",
@@ -110,7 +117,8 @@ KINDS = {
     "upload-too-large": Kind(
         413,
         "Upload too large",
-        "an uploaded file is larger than WHATIF_MAX_UPLOAD_BYTES, an image has more than WHATIF_MAX_PIXELS pixels, "
+        "an uploaded file (or an instance fetched from the DICOMweb server, whose download stops there) is "
+        "larger than WHATIF_MAX_UPLOAD_BYTES, an image has more than WHATIF_MAX_PIXELS pixels, "
         "or a deflated DICOM inflates past WHATIF_MAX_INFLATED_BYTES",
     ),
     "unsupported-media-type": Kind(

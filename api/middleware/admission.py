@@ -10,7 +10,8 @@ comes after a 64 MiB upload has been spooled. Here, before the body is read:
    is "local" (`local_only` has checked the connection).
 2. For `POST /counterfactual`: the job rate of the key and of the client address (429), the
    jobs not yet finished against `max_unfinished_jobs` (429) and the bytes under the blob
-   directory against `blob_quota_bytes` (507).
+   directory against `blob_quota_bytes` (507). For `POST /preview`: its own buckets of the
+   same rates (429); it stores nothing.
 
 The cap and the quota are read from the blob store (shared by every API replica), without reading
 the store (`BlobStore.usage`): the unfinished jobs from its index, exact; the bytes from a count
@@ -43,6 +44,10 @@ OWNER = "whatif.owner"  # the scope key `api.deps.caller` reads
 PUBLIC = frozenset({"/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
 # Routes that make jobs; a STOW-RS request (api/routes/stow.py) makes up to 8, and counts as one.
 JOB_ROUTES = frozenset({("POST", "/counterfactual"), ("POST", "/dicomweb/studies")})
+# Routes that decode an upload without making a job (the web form's preview, api/routes/web.py): a
+# decode costs what a job's does, so they have buckets of the job rates, their own so that a
+# preview does not spend the job it comes before. The queue and the quota do not apply: nothing is stored.
+PREVIEW_ROUTES = frozenset({("POST", "/preview")})
 # A job takes seconds to minutes; a client refused because the queue is full may try again this soon.
 QUEUE_RETRY_AFTER_S = 10
 
@@ -54,6 +59,10 @@ class Admission:
         self.auth_failures = rate_limit.buckets(settings, "auth-failures", settings.auth_failures_per_minute)
         self.jobs_by_key = rate_limit.buckets(settings, "jobs-by-key", settings.jobs_per_minute)
         self.jobs_by_address = rate_limit.buckets(settings, "jobs-by-address", settings.jobs_per_minute_per_address)
+        self.previews_by_key = rate_limit.buckets(settings, "previews-by-key", settings.jobs_per_minute)
+        self.previews_by_address = rate_limit.buckets(
+            settings, "previews-by-address", settings.jobs_per_minute_per_address
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _route_path(scope) in PUBLIC:
@@ -63,6 +72,8 @@ class Admission:
         owner, refusal = self._authenticate(scope, address)
         if refusal is None and (scope["method"], _route_path(scope)) in JOB_ROUTES:
             refusal = await self._admit_job(owner, address)
+        elif refusal is None and (scope["method"], _route_path(scope)) in PREVIEW_ROUTES:
+            refusal = self._admit_preview(owner, address)
         if refusal is not None:
             return await refusal(scope, receive, send)
         scope[OWNER] = owner
@@ -113,6 +124,20 @@ class Admission:
             )
         self.jobs_by_key.take(owner)
         self.jobs_by_address.take(address)
+        return None
+
+    def _admit_preview(self, owner: str, address: str):
+        s = self.settings
+        wait = max(self.previews_by_key.wait_s(owner), self.previews_by_address.wait_s(address))
+        if wait:
+            return problem(
+                "preview-rate-limited",
+                f"previews are made at most {s.jobs_per_minute:g} a minute per API key and "
+                f"{s.jobs_per_minute_per_address:g} per client address; try again in {math.ceil(wait)} s",
+                retry_after_s=wait,
+            )
+        self.previews_by_key.take(owner)
+        self.previews_by_address.take(address)
         return None
 
 

@@ -32,8 +32,10 @@ def api_schema(tmp_path_factory):
 # target names no finding (422): what the schema cannot say. /readyz on the stub queue has no broker,
 # so its documented 503 is the right answer. Every other check runs on them. POST /dicomweb/studies
 # (STOW-RS) takes a multipart/related body the schema leaves undescribed: without one it is 415.
+# POST /preview, as POST /counterfactual, refuses schema-valid bytes that are no image (415).
 _EXCLUDED = {
     "POST /counterfactual": [positive_data_acceptance],
+    "POST /preview": [positive_data_acceptance],
     "POST /dicomweb/studies": [positive_data_acceptance],
     "GET /readyz": [not_a_server_error],
 }
@@ -85,6 +87,9 @@ def test_every_route_documents_its_statuses():
     spec = app.openapi()
     post = spec["paths"]["/counterfactual"]["post"]["responses"]
     assert {"202", "400", "401", "403", "413", "415", "421", "422", "429", "500", "503", "507"} <= set(post)
+    preview = spec["paths"]["/preview"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "413", "415", "421", "422", "429", "500", "503"} <= set(preview)
+    assert preview["200"]["content"].keys() == {"image/png"} and "preview-rate-limited" in preview["429"]["description"]
     for path in ("/jobs/{job_id}", "/jobs/{job_id}/{name}"):
         assert {"200", "401", "404", "429"} <= set(spec["paths"][path]["get"]["responses"])
     assert spec["paths"]["/jobs/{job_id}/{name}"]["get"]["responses"]["200"]["content"].keys() == {

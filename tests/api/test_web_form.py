@@ -146,3 +146,71 @@ def test_form_box_and_a_failed_verdict_in_red_above_the_image(live_server, tmp_p
         assert "target not reached" in page.inner_text("#candidates-list")
         assert page.inner_text("#region-source") == "your box"  # the box reached the worker
         browser.close()
+
+
+def _dicom_file(path, rows: int, columns: int) -> None:
+    """A phantom radiograph as a 12-bit DX DICOM with a patient, saved without a file extension
+    (as a PACS export often is): the form must know it by the "DICM" at byte 128."""
+    import numpy as np
+    from PIL import Image
+
+    from training.phantom.renderer import render
+
+    from .test_hostile_uploads import _dataset, _file
+
+    grey = np.asarray(Image.fromarray(render(12, [], 0, 256).image).resize((columns, rows)), dtype=np.uint16)
+    ds = _dataset((grey * 16).tobytes(), rows=rows, columns=columns, PatientName="Quixandra^Velmorrow")
+    path.write_bytes(_file(ds))
+
+
+def test_form_previews_a_dicom_and_offers_the_dicom_downloads(live_server, tmp_path):
+    """A DICOM chosen in the form is previewed as the service decodes and de-identifies it (the
+    browser cannot show one), at its own size; after the job, the Original panel shows that
+    preview, and the derived image and the SR are offered, each marked SYNTHETIC."""
+    import os
+
+    chromium = require_binary("chromium")
+    from playwright.sync_api import sync_playwright
+
+    src = tmp_path / "IM0001"
+    _dicom_file(src, rows=240, columns=200)
+    with sync_playwright() as p:
+        browser = _launch(p, chromium)
+        page = browser.new_page(viewport={"width": 1150, "height": 1000})
+        asked = []
+        page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/preview") else None)
+        page.goto(live_server + "/")
+        page.set_input_files("#image", str(src))
+        page.wait_for_selector("#boxcanvas:not([hidden])", timeout=30_000)
+        assert len(asked) == 1
+        note = page.inner_text("#preview-note")
+        assert "decoded and de-identified" in note and "nothing stored" in note and "DICOM de-identified" in note
+        # The canvas shows the image at its own size (under 300 pixels: not enlarged), and not a black box.
+        assert page.eval_on_selector("#boxcanvas", "c => [c.width, c.height]") == [200, 240]
+        lit = page.eval_on_selector(
+            "#boxcanvas",
+            "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 < 3 && v > 40)",
+        )
+        assert lit, "the preview is drawn"
+        page.fill("#target", "moderate right pleural effusion")
+        page.click("#submit")
+        page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+        assert page.inner_text("#error") == ""
+        # The Original panel: the preview, decoded at the DICOM's own size (no longer a broken image).
+        assert page.eval_on_selector("#orig", "e => [e.complete, e.naturalWidth, e.naturalHeight]") == [True, 200, 240]
+        for link, label, name in (
+            ("#dl-dcm", "derived image (DICOM)", "result.dcm"),
+            ("#dl-sr", "structured report (DICOM SR)", "report.dcm"),
+        ):
+            text = page.inner_text(link)
+            assert label in text and "SYNTHETIC" in text, text
+            with page.expect_download() as download:  # what a click gives the clinician: the DICOM file
+                page.click(link)
+            saved = download.value
+            assert saved.suggested_filename.endswith(name)
+            with open(saved.path(), "rb") as f:
+                magic = f.read(132)[128:].decode()
+            assert magic == "DICM", (link, magic)
+        if os.environ.get("WHATIF_FORM_SCREENSHOT"):  # docs/web-form-dicom.png, made so
+            page.screenshot(path=os.environ["WHATIF_FORM_SCREENSHOT"], full_page=True)
+        browser.close()

@@ -17,6 +17,7 @@ record back; with the tombstone the record reads as deleted and the writer remov
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -38,6 +39,8 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 _NAME = re.compile(r"^[a-z0-9_.]{1,32}$")
 TMP_PREFIX = ".tmp-"
 TOMBSTONE = "deleted"
+# A job's lock file (`locked`): empty; deleted with the job's other files.
+LOCK = "lock"
 # A file without a job record is removed once it is this old: the API writes a new job's input
 # before its record, and a worker's results are renamed into place a moment before it checks the
 # record again (`commit`); both take well under a second.
@@ -154,6 +157,24 @@ class BlobStore:
             self.index.forget(job_id)
             raise BlobNotFound(job_id)
         return meta
+
+    @contextlib.contextmanager
+    def locked(self, job_id: str, wait: bool = True):
+        """Hold the job's exclusive lock (`flock` on `<id>.lock`) for a read-check-write of its record
+        that must not interleave with another process's: a worker taking a queued job
+        (`worker.tasks`), where two workers may look at it at once. Yields False, holding nothing, when
+        `wait` is False and another process holds it. The kernel drops the lock with the process that
+        held it, so a worker killed while holding it leaves nothing stale behind."""
+        fd = os.open(self._path(job_id, LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # and with it the lock
 
     def _record(self, job_id: str) -> dict | None:
         """The record as it is, or None (none, deleted, expired, half written); deletes nothing."""

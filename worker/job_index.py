@@ -108,10 +108,20 @@ class JobIndex:
             n += m is not None and m[2] != job_id and m[0] < mine and m[1] >= now_us
         return n
 
+    def queued(self, now: float) -> list[str]:
+        """The unexpired jobs still queued, oldest first (a worker filling a batch: `worker.tasks`)."""
+        now_us = _us(now)
+        found = sorted(m for name in self._names(QUEUED) if (m := _parse(name)) is not None and m[1] >= now_us)
+        return [job_id for _, _, job_id in found]
+
     def unfinished(self, now: float) -> int:
         """Unexpired jobs whose record has no `finished_at`."""
+        return len(self.unfinished_ids(now))
+
+    def unfinished_ids(self, now: float) -> list[str]:
+        """Their ids (the workers' sweep for lost jobs reads only their records: `worker.jobs.sweep`)."""
         now_us = _us(now)
-        return sum(1 for name in self._names(UNFINISHED) if (m := _parse(name)) is not None and m[1] >= now_us)
+        return [m[2] for name in self._names(UNFINISHED) if (m := _parse(name)) is not None and m[1] >= now_us]
 
     def reconcile(self, records: dict[str, dict], current) -> int:
         """Set the markers right from `records` ({id: record}, every live job's, as housekeeping read

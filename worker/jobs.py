@@ -153,12 +153,19 @@ def redeliver_if_lost(store: BlobStore, job_id: str, meta: dict, s, queue: Queue
 
 
 def sweep(store: BlobStore, s, queue: Queue) -> int:
-    """`redeliver_if_lost` for every job in the store: the workers run this every heartbeat interval,
-    so a lost job comes back even if nobody asks for it. -> how many were lost."""
+    """`redeliver_if_lost` for every unfinished job: the workers run this every heartbeat interval,
+    so a lost job comes back even if nobody asks for it. -> how many were lost.
+
+    The unfinished jobs come from the store's index (`worker/job_index.py`), so a sweep reads their
+    records only, not every finished job's; housekeeping sets the index right from the records."""
     n = 0
     epoch = queue.epoch()
     now = time.time()
-    for job_id, meta in store.records():
+    for job_id in store.index.unfinished_ids(now):
+        try:
+            meta = store.get_meta(job_id)
+        except BlobNotFound:
+            continue  # deleted or expired meanwhile
         if lost(meta, now, s.heartbeat_timeout_s) or lost_in_broker(meta, epoch):
             redeliver_if_lost(store, job_id, meta, s, queue, epoch)
             n += 1

@@ -14,7 +14,23 @@ class WorkerSettings(BaseSettings):
     broker_url: str = "redis://localhost:6379/0"
     blob_dir: str = "/tmp/whatif-blobs"
     blob_ttl_s: int = Field(3600, gt=0, description="uploads and results are deleted after this")
-    job_time_limit_s: int = Field(600, gt=0, description="a job running longer fails")
+    housekeeping_s: float = Field(
+        10,
+        gt=0,
+        description="how often (at most) one process, API or worker, counts the bytes under WHATIF_BLOB_DIR for "
+        "the quota and purges expired jobs; between counts each process adds its own writes (worker/blobs.py)",
+    )
+    job_time_limit_s: int = Field(
+        600, gt=0, description="a job running longer fails; with WHATIF_BATCH_SIZE > 1, the whole batch's time"
+    )
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="rows a worker runs in one forward pass: taking a job, it also takes the oldest queued jobs "
+        "with the same sampling settings until their candidates fill this many (worker/tasks.py). 1: one job at "
+        "a time. Larger batches give more jobs a second on a GPU, and each job waits for the whole batch",
+    )
     max_deliveries: int = Field(
         3, ge=1, description="a job started this often without finishing (its worker died each time) fails"
     )

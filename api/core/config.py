@@ -74,13 +74,6 @@ class Settings(WorkerSettings):
     blob_quota_bytes: int = Field(
         10 * 1024**3, gt=0, description="bytes under WHATIF_BLOB_DIR; a new job once they reach it is 507"
     )
-    housekeeping_s: float = Field(
-        10,
-        gt=0,
-        description="how often (at most) one API process counts the bytes under WHATIF_BLOB_DIR for the quota and "
-        "purges expired jobs, in the background; between counts each process adds its own writes "
-        "(worker/blobs.py)",
-    )
 
     @model_validator(mode="after")
     def _secure(self):

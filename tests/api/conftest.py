@@ -107,6 +107,20 @@ def wait(client, job_id, key, timeout=120):
     raise AssertionError(f"job {job_id} did not finish: {seen[-5:]}")
 
 
+class FakePipeline:
+    """Stands in for `CounterfactualPipeline` in the worker's task: `batch(requests)` answers each
+    request with `run(pixels, target, progress=..., **its other fields)` (`fake_result`, say)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def batch(self, requests, **settings):
+        return [
+            self.run(r.image, r.target, progress=r.progress or (lambda *a: None), region=r.region, seed=r.seed)
+            for r in requests
+        ]
+
+
 def fake_result(pixels, target, region_source="automatic"):
     """What `CounterfactualPipeline.__call__` returns, as the worker reads it, for tests that stand
     in for the model: the input unchanged, an 8 x 8 region in the corner, a passed verdict."""

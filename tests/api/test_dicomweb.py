@@ -162,7 +162,8 @@ def test_a_server_down_when_the_results_are_stored_fails_the_job_with_nothing_wr
         counterfactual(None, s, job, params)
     meta = store.get_meta(job)
     assert meta["state"] == "failed" and "cannot be reached" in meta["error"]
-    assert {p.name.split(".", 1)[1] for p in stored(tmp_path)} == {"json", "input.png", "source.json"}
+    # nothing of the results: the record, the input, its identifiers and the (empty) lock taking it
+    assert {p.name.split(".", 1)[1] for p in stored(tmp_path)} == {"json", "input.png", "source.json", "lock"}
 
 
 def _stow_body(*files: bytes, boundary: str = "whatif-boundary") -> tuple[bytes, dict]:

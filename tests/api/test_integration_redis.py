@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 from fastapi.testclient import TestClient
 
@@ -11,6 +10,10 @@ from .conftest import KEY_A, png_bytes, wait
 
 
 def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_path):
+    """Three jobs queued before the worker starts: it runs them as one batch (WHATIF_BATCH_SIZE=3),
+    and drops the messages of the two it took from the queue."""
+    import json
+
     from api.core.config import Settings
     from api.main import create_app
 
@@ -19,56 +22,63 @@ def test_job_through_redis_and_worker_process(redis_url, tiny_checkpoint, tmp_pa
         "WHATIF_BROKER_URL": f"{redis_url}/0",
         "WHATIF_BLOB_DIR": str(tmp_path / "blobs"),
         "WHATIF_CHECKPOINT": tiny_checkpoint,
+        "WHATIF_BATCH_SIZE": "3",
         "OMP_NUM_THREADS": "1",
     }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            "--loglevel=WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    settings = Settings(
+        api_keys=[KEY_A],
+        broker_url=f"{redis_url}/0",
+        blob_dir=str(tmp_path / "blobs"),
+        checkpoint=tiny_checkpoint,
     )
+    worker = None
     try:
-        settings = Settings(
-            api_keys=[KEY_A],
-            broker_url=f"{redis_url}/0",
-            blob_dir=str(tmp_path / "blobs"),
-            checkpoint=tiny_checkpoint,
-        )
         with TestClient(create_app(settings)) as client:
-            deadline = time.monotonic() + 60
-            while client.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, "worker never became ready"
-                time.sleep(0.5)
-            r = client.post(
-                "/counterfactual",
-                headers={"X-API-Key": KEY_A},
-                files={"image": ("x.png", png_bytes(), "image/png")},
-                data={"target": "small right pneumothorax"},
+            ids = []
+            for target in ("small right pneumothorax", "mild edema", "moderate left pleural effusion"):
+                r = client.post(
+                    "/counterfactual",
+                    headers={"X-API-Key": KEY_A},
+                    files={"image": ("x.png", png_bytes(), "image/png")},
+                    data={"target": target},
+                )
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["id"])
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.celery_app",
+                    "worker",
+                    "--pool=solo",
+                    "--concurrency=1",
+                    "--loglevel=WARNING",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
-            assert r.status_code == 202, r.text
-            body, seen = wait(client, r.json()["id"], KEY_A, timeout=180)
-            assert body["status"] == "succeeded", body
-            png = client.get(f"/jobs/{body['id']}/result.png", headers={"X-API-Key": KEY_A})
+            for job in ids:
+                body, seen = wait(client, job, KEY_A, timeout=240)
+                assert body["status"] == "succeeded", body
+            png = client.get(f"/jobs/{ids[0]}/result.png", headers={"X-API-Key": KEY_A})
             assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+            records = [json.loads((tmp_path / "blobs" / f"{job}.json").read_text()) for job in ids]
+            assert [r["attempts"] for r in records] == [1, 1, 1]
+            started = [r["started_at"] for r in records]
+            assert max(started) - min(started) < 1.0  # taken together, not one after another
     finally:
-        worker.terminate()
-        try:
-            out, _ = worker.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 def _redis_dump(client) -> str:

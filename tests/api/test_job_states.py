@@ -19,7 +19,7 @@ from worker.blobs import ORPHAN_GRACE_S, BlobNotFound, BlobStore
 from worker.heartbeat import Abandoned, Heartbeat
 from worker.settings import WorkerSettings
 
-from .conftest import KEY_A, UNLIMITED, fake_result, png_bytes, stored, stub_app
+from .conftest import KEY_A, UNLIMITED, FakePipeline, fake_result, png_bytes, stored, stub_app
 
 H = {"X-API-Key": KEY_A}
 
@@ -263,7 +263,7 @@ def _fake_pipeline(during=lambda: None):
         progress("sampling", 2, 2, 0.4)
         return fake_result(pixels, target, "automatic")
 
-    return run
+    return FakePipeline(run)
 
 
 def test_a_job_deleted_while_it_runs_leaves_no_file(tmp_path, monkeypatch):
@@ -333,6 +333,7 @@ def test_a_succeeded_job_records_its_result(tmp_path, monkeypatch):
         "diff.png",
         "result.dcm",
         "report.dcm",
+        "lock",  # empty: taking the job locks it (BlobStore.locked); deleted and expired with the job
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from .conftest import KEY_A, KEY_B, UNLIMITED, fake_result, stored, stub_app
+from .conftest import KEY_A, KEY_B, UNLIMITED, FakePipeline, fake_result, stored, stub_app
 
 MiB = 2**20
 PROBLEM = "application/problem+json"
@@ -289,7 +289,7 @@ def test_the_worker_reads_an_8_bit_input_as_its_exact_16_bit_value(tmp_path, mon
         seen["pixels"] = pixels
         return fake_result(pixels, target, "user")
 
-    monkeypatch.setattr(tasks, "pipeline", lambda checkpoint, *_: fake_pipeline)
+    monkeypatch.setattr(tasks, "pipeline", lambda checkpoint, *_: FakePipeline(fake_pipeline))
     task = SimpleNamespace(update_state=lambda **kw: None)
     tasks.counterfactual(task, s, job, {"target": "mild edema", "seed": 0, "optimize_seed": False})
     source = np.asarray(Image.open(io.BytesIO(_png(64))))

@@ -110,3 +110,76 @@ def test_a_user_mask_confines_the_change(tmp_path, tiny_checkpoint):
     )
     assert not region[mask == 0].any()  # never outside the user's region
     assert np.array_equal(result[mask == 0], given[mask == 0])
+
+
+# --- several jobs in one forward pass (WHATIF_BATCH_SIZE, issue 28 point 3) -------------------------
+
+FAST = {"seed": 0, "optimize_seed": False, "steps": 2, "guidance": None, "start": None, "detail": None}
+
+
+def _queued(store: BlobStore, target: str, at: float, **params) -> str:
+    """A job as the API leaves it: input, record queued with its message's params (`job_params`)."""
+    job = _job(store)
+    p = {**FAST, "target": target, "candidates": 1, "mask": False, **params}  # a free-text target: refined here
+    store.put_meta(job, {"owner": "t", "notes": [], "created_at": at, "state": "queued", "delivery": 1, "params": p})
+    return job
+
+
+def test_a_worker_takes_queued_jobs_into_its_batch(tmp_path, tiny_checkpoint):
+    from celery.exceptions import Ignore
+
+    s = WorkerSettings(blob_dir=str(tmp_path), checkpoint=tiny_checkpoint, batch_size=3)
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    first = _queued(store, "mild edema", 1.0)
+    other_steps = _queued(store, "mild edema", 2.0, steps=3)  # another sampling setting: not batched with it
+    second = _queued(store, "moderate left pleural effusion", 3.0)
+    too_wide = _queued(store, "mild edema", 4.0, candidates=2)  # 1 + 1 rows taken: no room for 2 more
+    third = _queued(store, "severe cardiomegaly", 5.0)
+    own = store.get_meta(first)["params"]
+    out = counterfactual(_Task(), s, first, {**own, "delivery": 1})
+    assert out["condition"] == "mild edema"
+    for job, condition in ((second, "moderate left pleural effusion"), (third, "severe cardiomegaly")):
+        record = store.get_meta(job)
+        assert record["state"] == "succeeded" and record["attempts"] == 1
+        assert record["result"]["condition"] == condition and b"SYNTHETIC" in store.get(job, "result.png")
+    for job in (other_steps, too_wide):
+        assert store.get_meta(job)["state"] == "queued" and "attempts" not in store.get_meta(job)
+    assert store.index.queued(0.0) == [other_steps, too_wide]
+    # The message of a job that ran in another's batch is dropped when it arrives.
+    with pytest.raises(Ignore):
+        counterfactual(_Task(), s, second, {**store.get_meta(second)["params"], "delivery": 1})
+    assert store.get_meta(second)["attempts"] == 1
+
+
+def test_a_job_another_worker_is_taking_is_passed_over(tmp_path, tiny_checkpoint):
+    s = WorkerSettings(blob_dir=str(tmp_path), checkpoint=tiny_checkpoint, batch_size=4)
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    first, held = _queued(store, "mild edema", 1.0), _queued(store, "mild edema", 2.0)
+    with store.locked(held):  # another worker, between its read of the record and its write
+        counterfactual(_Task(), s, first, {**store.get_meta(first)["params"], "delivery": 1})
+    assert store.get_meta(first)["state"] == "succeeded"
+    assert store.get_meta(held)["state"] == "queued"
+
+
+def test_each_job_of_a_batch_ends_on_its_own(tmp_path, tiny_checkpoint, monkeypatch):
+    """A job whose input is unusable fails with its reason, a job deleted while the batch runs leaves
+    nothing, and the others succeed."""
+    import worker.tasks
+
+    s = WorkerSettings(blob_dir=str(tmp_path), checkpoint=tiny_checkpoint, batch_size=4)
+    store = BlobStore(s.blob_dir, s.blob_ttl_s)
+    first, gone, fine = (_queued(store, "mild edema", float(t)) for t in range(3))
+    bad = _queued(store, "mild edema", 3.0, mask=True)  # its region (mask.png) is missing
+    take = worker.tasks._take_queued
+
+    def take_then_delete(*args):
+        taken = take(*args)
+        store.delete(gone)  # as DELETE /jobs/{id} does, once the job is running here
+        return taken
+
+    monkeypatch.setattr(worker.tasks, "_take_queued", take_then_delete)
+    counterfactual(_Task(), s, first, {**store.get_meta(first)["params"], "delivery": 1})
+    assert store.get_meta(first)["state"] == store.get_meta(fine)["state"] == "succeeded"
+    failed = store.get_meta(bad)
+    assert failed["state"] == "failed" and "mask.png" in failed["error"]
+    assert sorted(p.name for p in tmp_path.glob(f"{gone}.*")) == [f"{gone}.deleted"]

@@ -34,9 +34,10 @@ def test_compose_file_is_valid_and_complete():
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert services["worker-gpu"]["environment"]["WHATIF_DEVICE"] == "cuda"
-    # Both workers read the same queue, blobs and job time limit.
-    cpu_env = dict(services["worker"]["environment"], WHATIF_DEVICE=None)
-    assert cpu_env == dict(services["worker-gpu"]["environment"], WHATIF_DEVICE=None)
+    # Both workers read the same queue, blobs and job time limit; the GPU's batches queued jobs.
+    assert services["worker-gpu"]["environment"]["WHATIF_BATCH_SIZE"] == "4"
+    cpu_env = dict(services["worker"]["environment"], WHATIF_DEVICE=None, WHATIF_BATCH_SIZE=None)
+    assert cpu_env == dict(services["worker-gpu"]["environment"], WHATIF_DEVICE=None, WHATIF_BATCH_SIZE=None)
     assert services["worker"]["volumes"] == services["worker-gpu"]["volumes"] == services["api"]["volumes"]
     # Without API keys the stack refuses to start rather than run open.
     env.pop("WHATIF_API_KEYS")

@@ -29,7 +29,8 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
         settings.decode_threads,
         settings.decode_queue,
         processes=settings.decode_isolation == "process",
-        warm=("api.routes.counterfactual",),  # the decode function's module, with the decoders
+        # the decode functions' modules (a job's, a preview's), with the decoders
+        warm=("api.routes.counterfactual", "api.routes.web"),
     )
 
     @contextlib.asynccontextmanager

@@ -27,7 +27,7 @@ from worker.dicom_results import LINKED, source_of
 
 from .. import idempotency
 from ..core.config import Settings
-from ..decode_pool import DecodeCrashed, DecodePoolBusy
+from ..decoding import decode_on_pool
 from ..deps import Caller, SettingsDep, StoreDep
 from ..ingest import box_mask, decode_mask, decode_upload, image_shape, mask_png
 from ..metrics import JOBS_CREATED, UPLOADS_REJECTED
@@ -39,8 +39,6 @@ router = APIRouter()
 # model.pipeline.MAX_CANDIDATES, spelled here because the API process does not import torch
 # (tests/api/test_routes.py checks that the two agree).
 MAX_CANDIDATES = 8
-# A decode takes seconds; a client refused because the pool is full may try again this soon.
-RETRY_AFTER_S = 2
 # A Redis restart takes seconds; a client refused because the broker is down may try again this soon.
 BROKER_RETRY_AFTER_S = 5
 log = logging.getLogger(__name__)
@@ -72,14 +70,6 @@ _RESPONSES[202] = {
             "schema": {"type": "string", "enum": ["true"]},
         },
     },
-}
-# Where the route's own refusals come from (api/ingest.py's UploadRejected carries the status).
-_KIND_OF_STATUS = {
-    404: "dicom-instance-not-found",
-    413: "upload-too-large",
-    415: "unsupported-media-type",
-    422: "invalid-request",
-    502: "dicomweb-unavailable",
 }
 # A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters.
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
@@ -251,27 +241,9 @@ async def make_job(
 
     side = requested_side(refinement.findings)
     from_pacs = from_pacs or uids is not None
-    try:
-        png, notes, fmt, region, source = await request.app.state.decode_pool.run(
-            _decoded, data, mask_data, box, side, settings, uids, from_pacs
-        )
-    except UploadRejected as exc:
-        UPLOADS_REJECTED.labels(str(exc.status)).inc()
-        raise ProblemError(_KIND_OF_STATUS.get(exc.status, "invalid-request"), exc.message) from None
-    except DecodeCrashed:
-        UPLOADS_REJECTED.labels("422").inc()
-        raise ProblemError(
-            "invalid-request",
-            "the image could not be decoded: the decoder stopped on this or a concurrent upload; "
-            "if the image is sound, send it again",
-        ) from None
-    except DecodePoolBusy:
-        UPLOADS_REJECTED.labels("503").inc()
-        raise ProblemError(
-            "decoder-busy",
-            "the server is decoding as many uploads as it can; send it again shortly",
-            retry_after_s=RETRY_AFTER_S,
-        ) from None
+    png, notes, fmt, region, source = await decode_on_pool(
+        request, _decoded, data, mask_data, box, side, settings, uids, from_pacs
+    )
     # The broker first: while it is down nothing is written. Its epoch goes into the record, so that
     # a Redis that loses the message also loses the epoch and the job is sent again (worker/jobs.py).
     # Each call is bounded by the broker's timeouts (worker/celery_app.py) and runs off the event loop.

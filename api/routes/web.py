@@ -26,12 +26,10 @@ from fastapi import APIRouter, File, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse
 
 from ..core.config import Settings
-from ..decode_pool import DecodeCrashed, DecodePoolBusy
+from ..decoding import decode_on_pool
 from ..deps import Caller, SettingsDep
 from ..ingest import decode_upload
-from ..metrics import UPLOADS_REJECTED
-from ..problems import KEYED, ProblemError, responses
-from ..rejection import UploadRejected
+from ..problems import KEYED, responses
 
 router = APIRouter()
 FORM = resources.files("api").joinpath("static/index.html").read_text()
@@ -56,8 +54,7 @@ def form() -> str:
 PREVIEW_NOTICE = (
     "PREVIEW of the input as whatif-cxr decodes and de-identifies it; not stored; not a result, not SYNTHETIC"
 )
-# As POST /counterfactual refuses an upload (api/routes/counterfactual.py), with the same statuses.
-_KIND_OF_STATUS = {413: "upload-too-large", 415: "unsupported-media-type", 422: "invalid-request"}
+# An upload refused as POST /counterfactual refuses it (api/decoding.py), with the same statuses.
 _PREVIEW_RESPONSES = responses(
     *KEYED,
     "bad-request",
@@ -82,8 +79,6 @@ _PREVIEW_RESPONSES[200] = {
         },
     },
 }
-# A decode takes seconds; a client refused because the pool is full may try again this soon.
-RETRY_AFTER_S = 2
 
 
 @router.post("/preview", response_class=Response, responses=_PREVIEW_RESPONSES)
@@ -95,25 +90,7 @@ async def preview(
 ):
     # One byte past the limit is enough to refuse it (decode_upload's 413): the rest is never read.
     data = await image.read(settings.max_upload_bytes + 1)
-    try:
-        png, notes, fmt = await request.app.state.decode_pool.run(preview_png, data, settings)
-    except UploadRejected as exc:
-        UPLOADS_REJECTED.labels(str(exc.status)).inc()
-        raise ProblemError(_KIND_OF_STATUS.get(exc.status, "invalid-request"), exc.message) from None
-    except DecodeCrashed:
-        UPLOADS_REJECTED.labels("422").inc()
-        raise ProblemError(
-            "invalid-request",
-            "the image could not be decoded: the decoder stopped on this or a concurrent upload; "
-            "if the image is sound, send it again",
-        ) from None
-    except DecodePoolBusy:
-        UPLOADS_REJECTED.labels("503").inc()
-        raise ProblemError(
-            "decoder-busy",
-            "the server is decoding as many uploads as it can; send it again shortly",
-            retry_after_s=RETRY_AFTER_S,
-        ) from None
+    png, notes, fmt = await decode_on_pool(request, preview_png, data, settings)
     return Response(
         png,
         media_type="image/png",

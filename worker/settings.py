@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The most rows one forward pass may take (WHATIF_BATCH_SIZE): past it a GPU's memory, not the queue, decides.
+MAX_BATCH_SIZE = 64
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WHATIF_", extra="ignore")
@@ -25,8 +28,6 @@ class WorkerSettings(BaseSettings):
     )
     batch_size: int = Field(
         1,
-        ge=1,
-        le=64,
         description="rows a worker runs in one forward pass: taking a job, it also takes the oldest queued jobs "
         "with the same sampling settings until their candidates fill this many (worker/tasks.py). 1: one job at "
         "a time. Larger batches give more jobs a second on a GPU, and each job waits for the whole batch",
@@ -87,6 +88,14 @@ class WorkerSettings(BaseSettings):
             return (device_name if info.field_name == "device" else precision_name)(value)
         except DeviceError as exc:
             raise ValueError(f"WHATIF_{info.field_name.upper()}: {exc}") from None
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, value: int) -> int:
+        # Named as the operator sets it: the worker stops at start-up with this line.
+        if not 1 <= value <= MAX_BATCH_SIZE:
+            raise ValueError(f"WHATIF_BATCH_SIZE must be between 1 and {MAX_BATCH_SIZE}, got {value}")
+        return value
 
     @model_validator(mode="after")
     def _heartbeat(self):

@@ -183,3 +183,26 @@ def test_each_job_of_a_batch_ends_on_its_own(tmp_path, tiny_checkpoint, monkeypa
     failed = store.get_meta(bad)
     assert failed["state"] == "failed" and "mask.png" in failed["error"]
     assert sorted(p.name for p in tmp_path.glob(f"{gone}.*")) == [f"{gone}.deleted"]
+
+
+def test_a_job_in_a_batch_gets_what_it_gets_alone(tmp_path, tiny_checkpoint):
+    """The same input, request and seed, alone and second in a batch of three: the same result up to
+    float32 rounding (the pipeline's own test, tests/model/test_batch.py, holds it to 1e-9 in float64)."""
+    out = {}
+    for size in (1, 3):
+        s = WorkerSettings(blob_dir=str(tmp_path / str(size)), checkpoint=tiny_checkpoint, batch_size=size)
+        store = BlobStore(s.blob_dir, s.blob_ttl_s)
+        if size == 1:
+            job = first = _queued(store, "moderate left pleural effusion", 1.0, seed=7)
+        else:
+            first = _queued(store, "mild edema", 1.0)
+            job = _queued(store, "moderate left pleural effusion", 2.0, seed=7)
+            _queued(store, "severe cardiomegaly", 3.0, seed=3)
+        counterfactual(_Task(), s, first, {**store.get_meta(first)["params"], "delivery": 1})
+        record = store.get_meta(job)
+        assert record["state"] == "succeeded"
+        out[size] = (record["result"], _png(store, job, "result.png").astype(float), _png(store, job, "region.png"))
+    (alone, image_alone, region_alone), (batched, image_batched, region_batched) = out[1], out[3]
+    assert batched["seed"] == alone["seed"] == 7 and batched["verdict"]["status"] == alone["verdict"]["status"]
+    assert (region_alone != region_batched).mean() <= 0.001
+    assert np.abs(image_alone - image_batched).mean() <= 2.0  # 16-bit levels: the rounding of a larger batch

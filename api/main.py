@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, celery=None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        await pool.start()  # the decode processes before the first upload, not during it
         yield
         pool.close()  # the decode processes end with the app
 

@@ -2,21 +2,23 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load.py --clients 100 --jobs 300 --out load.json
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load.py --clients 100 --jobs 300 --worker-nice 10
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load.py --clients 100 --jobs 300 --worker-cpus 1
 
 Starts a redis-server (no persistence, as `tests/helpers.py` starts it), the API as
 `--api-processes` uvicorn processes (`uvicorn --factory api.main:create_app --workers N`; 2 by
-default, the least the k8s HPA runs, `deploy/k8s/api-hpa.yaml`; settings from `WHATIF_*`
-variables, one strong random API key made for the run) and `--workers` Celery workers (`--pool=solo --concurrency=1`,
-`OMP_NUM_THREADS=1`, optionally under `nice`) on an untrained tiny checkpoint (`whatif
-checkpoint init --preset tiny`) and without seed optimisation unless `--optimize-seed`, so that a
-job takes about a second and 300 jobs drain in minutes on 2 cores (the workers are busy
-throughout either way; shorter jobs mean more submits a second). Then `--clients` asyncio
-clients (httpx) each submit a 256 x 256 phantom PNG to `POST /counterfactual`, poll `GET
-/jobs/{id}` every `--poll-s` (with jitter) until the job is `succeeded` or `failed`, and submit
-the next, until `--jobs` jobs have been submitted. As a careful client does, each submit carries
-an `Idempotency-Key`, a 429 or 503 is sent again after its `Retry-After`, and a transport error
-(a kept-alive connection closed by the server as it was reused) is sent again at once; each is
-counted.
+default, the least the k8s HPA runs, `deploy/k8s/api-hpa.yaml`; settings from `WHATIF_*` variables,
+one strong random API key made for the run) and `--workers` Celery workers (`--pool=solo
+--concurrency=1`, `OMP_NUM_THREADS=1`, optionally under `nice`, or with `--worker-cpus` held to
+those CPUs while the API, Redis and the clients keep the others, as API pods keep CPU of their own
+in k8s) on an untrained tiny checkpoint (`whatif checkpoint init --preset tiny`) and without seed
+optimisation unless `--optimize-seed`, so that a job takes about a second and 300 jobs drain in
+minutes on 2 cores (the workers are busy throughout either way; shorter jobs mean more submits a
+second). Then `--clients` asyncio clients (httpx) each submit a 256 x 256 phantom PNG to `POST
+/counterfactual`, poll `GET /jobs/{id}` every `--poll-s` (with jitter) until the job is `succeeded`
+or `failed`, and submit the next, until `--jobs` jobs have been submitted. As a careful client does,
+each submit carries an `Idempotency-Key`, a 429 or 503 is sent again after its `Retry-After`, and a
+transport error (a kept-alive connection closed by the server as it was reused) is sent again at
+once; each is counted.
 
 Reported: submit and poll latency (p50, p95, p99, max, as the client sees it, the client's own
 event loop included) while jobs run; refusals by status; jobs lost (never `succeeded` or `failed`
@@ -84,8 +86,17 @@ def wait_for(check, what: str, timeout_s: float, procs: list[subprocess.Popen]) 
 class Service:
     """redis-server, uvicorn and the Celery workers, as processes of their own; `stop` ends them."""
 
-    def __init__(self, tmp: Path, workers: int, worker_nice: int, checkpoint: str | None, api_processes: int):
+    def __init__(
+        self,
+        tmp: Path,
+        workers: int,
+        worker_nice: int,
+        checkpoint: str | None,
+        api_processes: int,
+        worker_cpus: str | None = None,
+    ):
         self.tmp, self.procs, self.names, self.logs = tmp, [], [], []
+        self.worker_cpus = worker_cpus
         self.api_processes = api_processes
         self.key = secrets.token_urlsafe(32)
         self.redis_port, self.api_port = free_port(), free_port()
@@ -133,6 +144,8 @@ class Service:
         workers = []
         for i in range(self.n_workers):
             nice = ["nice", "-n", str(self.worker_nice)] if self.worker_nice else []
+            if self.worker_cpus:
+                nice = ["taskset", "-c", self.worker_cpus, *nice]
             celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo"]
             celery += ["--concurrency=1", "--loglevel=INFO", "--without-mingle", "--without-gossip", "-n", f"w{i}@%h"]
             workers.append(self.spawn(f"worker{i}", [*nice, *celery], env))
@@ -433,6 +446,10 @@ def main() -> None:
     )
     ap.add_argument("--worker-nice", type=int, default=0, help="run the workers under `nice -n` this (0: not)")
     ap.add_argument(
+        "--worker-cpus",
+        help="hold the workers to these CPUs (taskset -c, e.g. 1) and the API, Redis and the clients to the others",
+    )
+    ap.add_argument(
         "--optimize-seed", action="store_true", help="jobs with seed optimisation (default: without, about 3x shorter)"
     )
     ap.add_argument("--poll-s", type=float, default=1.0, help="a client's mean time between polls (jitter 0.5-1.5x)")
@@ -447,7 +464,14 @@ def main() -> None:
 
     load_before = os.getloadavg()  # other processes on the machine share its cores
     tmp = Path(tempfile.mkdtemp(prefix="whatif-load-"))
-    service = Service(tmp, args.workers, args.worker_nice, args.checkpoint, args.api_processes)
+    if args.worker_cpus:
+        # This process (the clients) and what it starts without taskset (Redis, the API) get the rest.
+        held = {int(c) for c in args.worker_cpus.split(",")}
+        rest = os.sched_getaffinity(0) - held
+        if not rest:
+            sys.exit("load.py: --worker-cpus leaves no CPU for the API and the clients")
+        os.sched_setaffinity(0, rest)
+    service = Service(tmp, args.workers, args.worker_nice, args.checkpoint, args.api_processes, args.worker_cpus)
     try:
         started = service.start(args.clients)
         before, mine = service.cpu_seconds(), os.times()
@@ -464,6 +488,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     nice = f" under nice -n {args.worker_nice}" if args.worker_nice else ""
+    nice += f" on CPU {args.worker_cpus} (the rest on the others)" if args.worker_cpus else ""
     print(
         f"\n`benchmarks/load.py {' '.join(sys.argv[1:])}`: {args.clients} clients, {args.jobs} jobs, "
         f"{args.workers} CPU workers{nice}, {args.api_processes} API processes, "

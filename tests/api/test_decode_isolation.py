@@ -78,3 +78,21 @@ def test_the_route_decodes_in_a_child_process(tmp_path):
             bad.status_code in (415, 422) and bad.json()["type"].endswith("invalid-request") or bad.status_code == 415
         )
     assert app.state.decode_pool.in_flight == 0
+
+
+@pytest.mark.slow
+def test_every_decoder_is_started_before_the_first_upload():
+    """`start` (the app's start-up) spawns each decode process: the first uploads do not wait for a
+    spawn, and two decodes at once run in the two processes already there."""
+    pool = DecodePool(2, 0, processes=True)
+    try:
+        asyncio.run(pool.start())
+        started = set(pool._executor._processes)  # ProcessPoolExecutor's own table of its children
+        assert len(started) == 2 and os.getpid() not in started
+
+        async def two_at_once():
+            return await asyncio.gather(pool.run(decode_probes.pid), pool.run(decode_probes.pid))
+
+        assert set(asyncio.run(two_at_once())) <= started
+    finally:
+        pool.close()

@@ -97,18 +97,18 @@ def _claim(store: BlobStore, s, job_id: str, params: dict) -> tuple[dict, int]:
     visibility timeout); another worker runs it (a fresh heartbeat), having taken it into its batch
     or from its message. The record is read and written under the job's lock, so that two workers
     never both take it."""
-    with store.locked(job_id):
-        try:
+    try:
+        with store.locked(job_id):  # an id no job can have is BlobNotFound here too
             meta = store.get_meta(job_id)
-        except BlobNotFound:
-            raise Ignore() from None
-        delivery = int(params.get("delivery", meta.get("delivery", 1)))
-        state = meta.get("state", QUEUED)
-        if state in FINISHED or delivery != int(meta.get("delivery", 1)):
-            raise Ignore()
-        if state == RUNNING and not lost(meta, time.time(), s.heartbeat_timeout_s):
-            raise Ignore()
-        return _start(store, job_id, meta, delivery), delivery
+            delivery = int(params.get("delivery", meta.get("delivery", 1)))
+            state = meta.get("state", QUEUED)
+            if state in FINISHED or delivery != int(meta.get("delivery", 1)):
+                raise Ignore()
+            if state == RUNNING and not lost(meta, time.time(), s.heartbeat_timeout_s):
+                raise Ignore()
+            return _start(store, job_id, meta, delivery), delivery
+    except BlobNotFound:  # deleted or expired, before or while it was taken
+        raise Ignore() from None
 
 
 def _start(store: BlobStore, job_id: str, meta: dict, delivery: int) -> dict:

@@ -206,3 +206,14 @@ def test_a_job_in_a_batch_gets_what_it_gets_alone(tmp_path, tiny_checkpoint):
     assert batched["seed"] == alone["seed"] == 7 and batched["verdict"]["status"] == alone["verdict"]["status"]
     assert (region_alone != region_batched).mean() <= 0.001
     assert np.abs(image_alone - image_batched).mean() <= 2.0  # 16-bit levels: the rounding of a larger batch
+
+
+def test_a_message_for_no_job_is_dropped(tmp_path):
+    """A message naming an id no job has, or one no job can have, is acknowledged and runs nothing."""
+    from celery.exceptions import Ignore
+
+    s = WorkerSettings(blob_dir=str(tmp_path))
+    for job_id in (BlobStore.new_id(), "../../etc/passwd"):
+        with pytest.raises(Ignore):
+            counterfactual(_Task(), s, job_id, {**FAST, "target": "mild edema", "delivery": 1})
+    assert not any(p.name.startswith("..") for p in tmp_path.iterdir())

@@ -195,7 +195,7 @@ def _run(store: BlobStore, s, batch: list[_Job]) -> None:
                 raise out
             if job.abandoned:
                 raise Abandoned(job.beat.reason)
-            job.outcome = _finish(store, s, job, out)
+            job.outcome = _finish(store, s, job, out, model)
         except Exception as exc:
             _fail(job, exc)
 
@@ -259,10 +259,10 @@ def _request_args(store: BlobStore, job: _Job) -> dict:
     }
 
 
-def _finish(store: BlobStore, s, job: _Job, out) -> dict:
-    """The job's result files, committed, and its record `succeeded` with the result."""
+def _finish(store: BlobStore, s, job: _Job, out, model) -> dict:
+    """The job's result files, committed, and its record `succeeded` with the result; `model` the
+    pipeline that made `out` (its checkpoint digest goes into the DICOM provenance)."""
     job_id, params, meta, beat, input16 = job.id, job.params, job.meta, job.beat, job.input16
-    model = pipeline(s.checkpoint, s.device, s.precision)
     # The result in 16 bits, composed from the stored input itself: outside the region every pixel
     # is input.png's own value. (An input above model.composite.MAX_OUTPUT_SIDE was reduced by the
     # pipeline, as its notes say; its reduced input is then the reference.)

@@ -97,16 +97,26 @@ class Admission:
         self.auth_failures.take(address)
         return None, problem("unauthorized", "missing or unknown X-API-Key")
 
+    def _too_soon(self, by_key, by_address, owner: str, address: str, kind: str, what: str):
+        """The rate-limit refusal (`kind`, Retry-After) if either bucket is empty, else None; `what`
+        names the work in its text ("jobs are created")."""
+        s = self.settings
+        wait = max(by_key.wait_s(owner), by_address.wait_s(address))
+        if not wait:
+            return None
+        return problem(
+            kind,
+            f"{what} at most {s.jobs_per_minute:g} a minute per API key and "
+            f"{s.jobs_per_minute_per_address:g} per client address; try again in {math.ceil(wait)} s",
+            retry_after_s=wait,
+        )
+
     async def _admit_job(self, owner: str, address: str):
         s = self.settings
-        wait = max(self.jobs_by_key.wait_s(owner), self.jobs_by_address.wait_s(address))
-        if wait:
-            return problem(
-                "rate-limited",
-                f"jobs are created at most {s.jobs_per_minute:g} a minute per API key and "
-                f"{s.jobs_per_minute_per_address:g} per client address; try again in {math.ceil(wait)} s",
-                retry_after_s=wait,
-            )
+        by_key, by_address = self.jobs_by_key, self.jobs_by_address
+        refusal = self._too_soon(by_key, by_address, owner, address, "rate-limited", "jobs are created")
+        if refusal is not None:
+            return refusal
         usage = await anyio.to_thread.run_sync(self.store.usage)  # file-system calls: off the event loop
         if usage.unfinished >= s.max_unfinished_jobs:
             return problem(
@@ -127,15 +137,10 @@ class Admission:
         return None
 
     def _admit_preview(self, owner: str, address: str):
-        s = self.settings
-        wait = max(self.previews_by_key.wait_s(owner), self.previews_by_address.wait_s(address))
-        if wait:
-            return problem(
-                "preview-rate-limited",
-                f"previews are made at most {s.jobs_per_minute:g} a minute per API key and "
-                f"{s.jobs_per_minute_per_address:g} per client address; try again in {math.ceil(wait)} s",
-                retry_after_s=wait,
-            )
+        by_key, by_address = self.previews_by_key, self.previews_by_address
+        refusal = self._too_soon(by_key, by_address, owner, address, "preview-rate-limited", "previews are made")
+        if refusal is not None:
+            return refusal
         self.previews_by_key.take(owner)
         self.previews_by_address.take(address)
         return None

@@ -26,18 +26,20 @@ def _preview(client, data: bytes, name="x.dcm", headers=H):
     return client.post("/preview", headers=headers, files={"image": (name, data, "application/dicom")})
 
 
+def _job(client, data: bytes):
+    """The job the same upload makes (POST /counterfactual)."""
+    return client.post(
+        "/counterfactual", headers=H, data={"target": "small left pleural effusion"}, files={"image": ("x.dcm", data)}
+    )
+
+
 def test_a_dicom_preview_is_the_input_a_job_stores_marked_and_not_stored(tmp_path):
     data = _dicom()
     with TestClient(stub_app(tmp_path, **UNLIMITED)) as client:
         r = _preview(client, data)
         assert r.status_code == 200, r.text
         assert not stored(tmp_path, index=True)  # nothing written, not even an index entry
-        made = client.post(
-            "/counterfactual",
-            headers=H,
-            data={"target": "small left pleural effusion"},
-            files={"image": ("x.dcm", data)},
-        )
+        made = _job(client, data)
         assert made.status_code == 202, made.text
         job_input = client.app.state.store.get(made.json()["id"], "input.png")
     assert r.headers["content-type"] == "image/png"
@@ -89,10 +91,5 @@ def test_the_key_and_a_rate_of_its_own_apply(tmp_path):
         assert third.status_code == 429 and third.json()["type"].endswith("preview-rate-limited"), third.text
         assert int(third.headers["retry-after"]) >= 1
         # Previews spend their own bucket, not the jobs': the job they came before is still made.
-        made = client.post(
-            "/counterfactual",
-            headers=H,
-            data={"target": "small left pleural effusion"},
-            files={"image": ("x.dcm", data)},
-        )
+        made = _job(client, data)
         assert made.status_code == 202, made.text
